@@ -1,0 +1,3 @@
+from kzoo.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,17 @@
+"""Presets: named, versioned model configurations with weights (keras-hub's convention)."""
+
+from kzoo.presets.mixin import PresetMixin
+from kzoo.presets.preset_io import load_preset, make_archive, resolve_preset, save_preset
+from kzoo.presets.registry import PresetInfo, get_preset, list_presets, register_preset
+
+__all__ = [
+    "PresetInfo",
+    "PresetMixin",
+    "get_preset",
+    "list_presets",
+    "load_preset",
+    "make_archive",
+    "register_preset",
+    "resolve_preset",
+    "save_preset",
+]

@@ -1,0 +1,35 @@
+"""``from_preset`` / ``save_to_preset`` for every kzoo model."""
+
+from kzoo.presets import preset_io
+
+
+class PresetMixin:
+    """Gives a keras model ``from_preset`` and ``save_to_preset``.
+
+    Example:
+
+    ```python
+    model = kzoo.models.ColorFramePredictor.from_preset("convlstm_color_shapes")
+    model.save_to_preset("/tmp/my_preset")
+    same = kzoo.models.ColorFramePredictor.from_preset("/tmp/my_preset")
+    ```
+    """
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, sha256=None, **kwargs):
+        """Build a model from a registered preset name, a preset directory or an archive URL.
+
+        Args:
+            preset: A name from ``kzoo list``, a local preset directory, or an http(s)/file
+                URL of a ``.tar.gz``/``.zip`` holding one.
+            load_weights: ``False`` builds the architecture with fresh weights.
+            sha256: Expected sha256 of a URL's archive (registered presets carry their own).
+            **kwargs: Config entries to override.
+        """
+        return preset_io.load_preset(
+            preset, expected_class=cls, sha256=sha256, load_weights=load_weights, **kwargs
+        )
+
+    def save_to_preset(self, preset_dir, overwrite=True):
+        """Write this model as a preset directory, atomically."""
+        return preset_io.save_preset(self, preset_dir, overwrite=overwrite)
