@@ -9,4 +9,5 @@ that ``kzoo --help`` is fast.
 TARGET_MODULES = [
     "kzoo.models.conv_lstm.cli",
     "kzoo.models.detr.cli",
+    "kzoo.models.detr.train_cli",
 ]

@@ -167,7 +167,10 @@ def _resolve_registered(info):
 
 
 def _keras_home():
-    # The same directory keras.utils.get_file caches into (KERAS_HOME, else ~/.keras).
+    # keras reads KERAS_HOME once, at import; reading it here too lets a process point the cache
+    # elsewhere later (tests, a CLI option) while defaulting to keras's own directory.
+    if os.environ.get("KERAS_HOME"):
+        return os.path.expanduser(os.environ["KERAS_HOME"])
     from keras.src.backend import config as keras_config
 
     return os.path.expanduser(keras_config.keras_home())
@@ -228,8 +231,8 @@ def _fetch_archive(url, sha256, name=None):
             "or add #sha256=<hex> to the URL."
         )
     target = os.path.join(_cache_root(), f"{name or _stem(base)}-{sha256[:12]}")
-    if os.path.isfile(os.path.join(target, CONFIG_FILE)):
-        return target
+    if os.path.isdir(target) and os.path.isfile(os.path.join(_preset_root(target), CONFIG_FILE)):
+        return _preset_root(target)
     archive = _download(url, sha256, f"{sha256[:12]}-{base}")
     try:
         with atomic_directory(target) as tmp:

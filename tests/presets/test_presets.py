@@ -1,0 +1,178 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from kzoo import presets
+from kzoo.presets import preset_io
+from tests.presets.tiny_model import TinyPresetModel, build
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+X = np.linspace(-1, 1, 12, dtype="float32").reshape(4, 3)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = build(units=5)
+    path = model.save_to_preset(tmp_path / "p")
+    assert sorted(os.listdir(path)) == ["config.json", "metadata.json", "model.weights.h5"]
+    meta = json.loads((tmp_path / "p" / "metadata.json").read_text())
+    assert meta["backend"] == keras.backend.backend()
+    assert meta["kzoo_version"]
+    assert len(meta["weights_sha256"]) == 64
+    loaded = TinyPresetModel.from_preset(str(tmp_path / "p"))
+    assert loaded.units == 5
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded(X)), keras.ops.convert_to_numpy(model(X))
+    )
+
+
+def test_load_weights_false_gives_fresh_weights(tmp_path):
+    model = build()
+    model.save_to_preset(tmp_path / "p")
+    fresh = TinyPresetModel.from_preset(str(tmp_path / "p"), load_weights=False)
+    fresh(X)
+    assert not np.allclose(
+        keras.ops.convert_to_numpy(fresh(X)), keras.ops.convert_to_numpy(model(X))
+    )
+
+
+def test_save_overwrites_atomically_and_failure_leaves_old_preset(tmp_path, monkeypatch):
+    target = tmp_path / "p"
+    build(seed=1).save_to_preset(target)
+    before = (target / "model.weights.h5").read_bytes()
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    model = build(seed=2)
+    monkeypatch.setattr(model, "save_weights", boom)
+    with pytest.raises(KeyboardInterrupt):
+        model.save_to_preset(target)
+    # The interrupted save left the old preset whole and no temporary directory behind.
+    assert (target / "model.weights.h5").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["p"]
+
+
+def test_interrupted_first_save_leaves_nothing(tmp_path, monkeypatch):
+    model = build()
+    monkeypatch.setattr(model, "save_weights", lambda *a, **k: (_ for _ in ()).throw(OSError("disk")))
+    with pytest.raises(OSError):
+        model.save_to_preset(tmp_path / "new")
+    assert os.listdir(tmp_path) == []
+
+
+def test_unknown_preset_name_lists_close_matches(monkeypatch):
+    info = presets.PresetInfo(name="tiny_test_preset", model_class="TinyPresetModel", location="x")
+    monkeypatch.setitem(presets.registry._PRESETS, info.name, info)
+    with pytest.raises(ValueError, match="Did you mean: tiny_test_preset"):
+        TinyPresetModel.from_preset("tiny_tset_preset")
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        TinyPresetModel.from_preset(str(tmp_path / "nope"))
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(ValueError, match="no config.json"):
+        TinyPresetModel.from_preset(str(tmp_path))
+
+
+def test_config_naming_unregistered_class(tmp_path):
+    build().save_to_preset(tmp_path / "p")
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    config["registered_name"] = "evil>Payload"
+    config["class_name"] = "Payload"
+    (tmp_path / "p" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="did not register"):
+        TinyPresetModel.from_preset(str(tmp_path / "p"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_weights_are_refused(tmp_path, damage):
+    build().save_to_preset(tmp_path / "p")
+    weights = tmp_path / "p" / "model.weights.h5"
+    data = bytearray(weights.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        TinyPresetModel.from_preset(str(tmp_path / "p"))
+
+
+def test_truncated_weights_without_metadata_still_clear(tmp_path):
+    build().save_to_preset(tmp_path / "p")
+    os.remove(tmp_path / "p" / "metadata.json")
+    weights = tmp_path / "p" / "model.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(ValueError, match="Could not read weights"):
+        TinyPresetModel.from_preset(str(tmp_path / "p"))
+
+
+def test_save_to_preset_needs_built_model(tmp_path):
+    with pytest.raises(ValueError, match="must be built"):
+        TinyPresetModel().save_to_preset(tmp_path / "p")
+
+
+def test_wrong_class_is_refused(tmp_path):
+    build().save_to_preset(tmp_path / "p")
+
+    class Other(presets.PresetMixin, keras.Model):
+        pass
+
+    with pytest.raises(ValueError, match="holds a TinyPresetModel"):
+        Other.from_preset(str(tmp_path / "p"))
+
+
+SAVE = """
+import sys, numpy as np, keras
+sys.path.insert(0, {root!r})
+from tests.presets.tiny_model import build
+m = build(units=6, seed=7)
+m.save_to_preset(sys.argv[1])
+np.save(sys.argv[1] + ".npy", keras.ops.convert_to_numpy(m(np.asarray({x!r}, "float32"))))
+np.savez(sys.argv[1] + ".weights.npz", *m.get_weights())
+"""
+LOAD = """
+import sys, numpy as np, keras
+sys.path.insert(0, {root!r})
+from tests.presets.tiny_model import TinyPresetModel
+m = TinyPresetModel.from_preset(sys.argv[1])
+np.save(sys.argv[2], keras.ops.convert_to_numpy(m(np.asarray({x!r}, "float32"))))
+np.savez(sys.argv[2] + ".weights.npz", *m.get_weights())
+"""
+
+
+def _run(code, backend, *args):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], check=True, env=env,
+                   cwd=ROOT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("saved_on", ["jax", "tensorflow", "torch"])
+def test_preset_loads_identically_on_every_backend(tmp_path, saved_on):
+    fmt = {"root": ROOT, "x": X.tolist()}
+    preset = str(tmp_path / f"saved_{saved_on}")
+    _run(SAVE.format(**fmt), saved_on, preset)
+    expected = np.load(preset + ".npy")
+    for backend in ("jax", "tensorflow", "torch"):
+        if backend == saved_on:
+            continue
+        out = str(tmp_path / f"{backend}.npy")
+        _run(LOAD.format(**fmt), backend, preset, out)
+        saved = np.load(preset + ".weights.npz")
+        loaded = np.load(out + ".weights.npz")
+        assert len(saved.files) == len(loaded.files) == 4
+        for key in saved.files:  # the weights arrive bit for bit
+            np.testing.assert_array_equal(loaded[key], saved[key])
+        # Outputs agree to float32 rounding: backends order their float operations differently.
+        np.testing.assert_allclose(np.load(out), expected, rtol=1e-6, atol=1e-6)
+    assert preset_io.read_metadata(preset)["backend"] == saved_on
