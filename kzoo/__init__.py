@@ -9,14 +9,20 @@ import sys
 from kzoo.backend import check_backend_env
 from kzoo.version import __version__
 
+
+def _running_as_cli():
+    argv = getattr(sys, "orig_argv", sys.argv)
+    if "-m" in argv:
+        return argv[argv.index("-m") + 1 : argv.index("-m") + 2] == ["kzoo"]
+    return os.path.basename(sys.argv[0]) == "kzoo"
+
+
 try:
     check_backend_env()
 except ValueError as _error:
     # The `kzoo` command reports user mistakes as one line; the check has to run before keras
     # is imported, which is before the command's own error handling exists.
-    if os.path.basename(sys.argv[0]) == "kzoo" or sys.argv[0].endswith(
-        os.path.join("kzoo", "__main__.py")
-    ):
+    if _running_as_cli():
         print(f"kzoo: error: {_error}", file=sys.stderr)
         raise SystemExit(2) from None
     raise

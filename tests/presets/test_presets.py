@@ -60,7 +60,9 @@ def test_save_overwrites_atomically_and_failure_leaves_old_preset(tmp_path, monk
 
 def test_interrupted_first_save_leaves_nothing(tmp_path, monkeypatch):
     model = build()
-    monkeypatch.setattr(model, "save_weights", lambda *a, **k: (_ for _ in ()).throw(OSError("disk")))
+    monkeypatch.setattr(
+        model, "save_weights", lambda *a, **k: (_ for _ in ()).throw(OSError("disk"))
+    )
     with pytest.raises(OSError):
         model.save_to_preset(tmp_path / "new")
     assert os.listdir(tmp_path) == []
@@ -152,8 +154,9 @@ np.savez(sys.argv[2] + ".weights.npz", *m.get_weights())
 
 def _run(code, backend, *args):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], check=True, env=env,
-                   cwd=ROOT)
+    subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args], check=True, env=env, cwd=ROOT
+    )
 
 
 @pytest.mark.slow
