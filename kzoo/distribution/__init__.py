@@ -1,1 +1,5 @@
 """kzoo.distribution."""
+
+from kzoo.distribution.context_parallel import ContextParallel, zigzag_permutation
+
+__all__ = ["ContextParallel", "zigzag_permutation"]

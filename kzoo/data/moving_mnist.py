@@ -1,0 +1,96 @@
+"""Loader of the standard Moving MNIST file ``mnist_test_seq.npy`` (20, N, 64, 64), uint8."""
+
+import os
+import urllib.parse
+
+import keras
+import numpy as np
+
+from kzoo.utils.files import sha256_file
+
+MOVING_MNIST_URL = "http://www.cs.toronto.edu/~nitish/unsupervised_video/mnist_test_seq.npy"
+CACHE_SUBDIR = os.path.join("kzoo", "datasets")
+
+
+def _keras_home():
+    from keras.src.backend import config as keras_config
+
+    return os.path.expanduser(keras_config.keras_home())
+
+
+def _fetch(url, sha256):
+    if not sha256:
+        raise ValueError(
+            f"Refusing to download {url} without a sha256 to check it against; pass sha256=..."
+        )
+    fname = f"{sha256[:12]}-{os.path.basename(urllib.parse.urlparse(url).path) or 'data.npy'}"
+    target = os.path.join(_keras_home(), CACHE_SUBDIR, fname)
+    try:
+        path = keras.utils.get_file(
+            fname=fname,
+            origin=url,
+            file_hash=sha256,
+            hash_algorithm="sha256",
+            cache_dir=_keras_home(),
+            cache_subdir=CACHE_SUBDIR,
+        )
+    except ValueError:
+        if os.path.exists(target):
+            os.remove(target)
+        raise ValueError(
+            f"The file downloaded from {url} does not match sha256 {sha256}; it was deleted."
+        ) from None
+    except Exception as e:  # get_file wraps URL errors in a bare Exception
+        if os.path.exists(target):
+            os.remove(target)
+        raise ValueError(f"Could not download {url}: {e}") from None
+    if sha256_file(path) != sha256:
+        os.remove(path)
+        raise ValueError(f"The cached copy of {url} does not match sha256 {sha256}; deleted it.")
+    return path
+
+
+def load_moving_mnist(source, sha256=None, normalize=True):
+    """Load Moving MNIST as ``(N, 20, 64, 64, 1)`` videos.
+
+    Args:
+        source: A local path of ``mnist_test_seq.npy``, or an http(s)/file URL of it
+            (downloaded once into the keras cache, ``~/.keras/kzoo/datasets``), for example
+            ``kzoo.data.MOVING_MNIST_URL``.
+        sha256: The file's sha256. Required for URLs; checked for local files when given.
+        normalize: ``True`` gives float32 in [0, 1]; ``False`` the file's uint8 values.
+
+    Returns:
+        Array ``(N, T, H, W, 1)`` (the file is time-major ``(T, N, H, W)``).
+
+    Example:
+
+    ```python
+    videos = kzoo.data.load_moving_mnist("mnist_test_seq.npy")
+    x, y = kzoo.data.next_frame_targets(videos[:, :11], target="sequence")
+    ```
+    """
+    source = os.fspath(source)
+    scheme = urllib.parse.urlparse(source).scheme
+    if scheme in ("http", "https", "file"):
+        path = _fetch(source, sha256)
+    else:
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"Moving MNIST file {source!r} does not exist.")
+        path = source
+        if sha256 and sha256_file(path) != sha256:
+            raise ValueError(f"{path} does not match sha256 {sha256}.")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{path} is not a numpy array file: {e}") from None
+    if not isinstance(data, np.ndarray) or data.ndim != 4 or min(data.shape) == 0:
+        raise ValueError(
+            f"{path} should hold a (time, sequences, height, width) array like "
+            f"mnist_test_seq.npy's (20, 10000, 64, 64); got shape {getattr(data, 'shape', None)}."
+        )
+    videos = np.transpose(data, (1, 0, 2, 3))[..., None]
+    if normalize:
+        scale = 255.0 if data.dtype == np.uint8 else 1.0
+        videos = videos.astype("float32") / scale
+    return videos

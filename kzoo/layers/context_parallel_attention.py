@@ -1,0 +1,162 @@
+"""``ContextParallelAttention``: multi-head (or grouped-query) attention that shards the sequence."""
+
+import keras
+from keras import layers, ops
+
+from kzoo.ops.ring_attention import ring_attention
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class ContextParallelAttention(layers.Layer):
+    """Multi-head attention that runs as ring attention under context parallelism.
+
+    Called like ``keras.layers.MultiHeadAttention``: ``layer(query, value, key=None,
+    attention_mask=None)``, with the same weights (``query_dense``, ``key_dense``,
+    ``value_dense``, ``output_dense`` einsum kernels and biases), plus grouped-query attention
+    (``num_key_value_heads``) and ``causal``.
+
+    When the active distribution is a :class:`kzoo.distribution.ContextParallel` whose sequence
+    axis has more than one device, each device keeps its queries and the keys/values travel
+    round a ring of devices (``shard_map`` + ``ppermute``, exact log-sum-exp merging, zigzag
+    causal load balance; see ``kzoo.ops.ring_attention_jax``); the sequence axis is then in the
+    distribution's layout order. Otherwise it computes exact attention on one device. The two
+    modes have the same weights and give the same outputs.
+
+    On torch and TensorFlow the layer always computes exact single-device attention: keras
+    3.15's distribution API (meshes, layouts, ``set_distribution``) works on JAX only - on torch
+    it does not exist and TensorFlow's ignores the distribution - so there is no sharded
+    sequence to run a ring over.
+
+    Args:
+        num_heads: Number of query heads.
+        key_dim: Size of each query/key head.
+        value_dim: Size of each value head; ``key_dim`` by default.
+        num_key_value_heads: Number of key/value heads for grouped-query attention (a divisor
+            of ``num_heads``); ``num_heads`` by default (multi-head attention).
+        use_bias: Whether the projections have biases.
+        output_shape: Size of the output's last axis; the query's by default.
+        causal: Mask keys after each query's position.
+        kernel_initializer, bias_initializer: For the projections.
+
+    Call arguments:
+        query: ``(batch, q_len, dim)``.
+        value: ``(batch, kv_len, dim)``.
+        key: Optional ``(batch, kv_len, dim)``; ``value`` by default.
+        attention_mask: Optional key padding mask ``(batch, kv_len)`` (``True`` = attend), or
+            on one device a full ``(batch, q_len, kv_len)`` mask. A query that sees no key
+            outputs the output projection's bias.
+
+    Example:
+
+    ```python
+    layer = kzoo.layers.ContextParallelAttention(num_heads=4, key_dim=16,
+                                                 num_key_value_heads=2, causal=True)
+    x = np.random.rand(2, 32, 64).astype("float32")
+    y = layer(x, x)  # (2, 32, 64)
+    ```
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim,
+        value_dim=None,
+        num_key_value_heads=None,
+        use_bias=True,
+        output_shape=None,
+        causal=False,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for name, val in (("num_heads", num_heads), ("key_dim", key_dim)):
+            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+                raise ValueError(f"{name} must be a positive integer; got {val!r}.")
+        if value_dim is not None and (not isinstance(value_dim, int) or value_dim < 1):
+            raise ValueError(f"value_dim must be a positive integer or None; got {value_dim!r}.")
+        if num_key_value_heads is None:
+            num_key_value_heads = num_heads
+        if (
+            not isinstance(num_key_value_heads, int)
+            or num_key_value_heads < 1
+            or num_heads % num_key_value_heads
+        ):
+            raise ValueError(
+                "num_key_value_heads must be a positive divisor of num_heads="
+                f"{num_heads}; got {num_key_value_heads!r}."
+            )
+        if output_shape is not None and (not isinstance(output_shape, int) or output_shape < 1):
+            raise ValueError(
+                f"output_shape must be a positive integer or None; got {output_shape!r}."
+            )
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.value_dim = value_dim or key_dim
+        self.num_key_value_heads = num_key_value_heads
+        self.use_bias = bool(use_bias)
+        self.output_shape_ = output_shape
+        self.causal = bool(causal)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def _dense(self, name, equation, shape, bias_axes):
+        return layers.EinsumDense(
+            equation,
+            output_shape=shape,
+            bias_axes=bias_axes if self.use_bias else None,
+            kernel_initializer=keras.initializers.get(
+                self.kernel_initializer.__class__.from_config(self.kernel_initializer.get_config())
+            ),
+            bias_initializer=self.bias_initializer,
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        key_shape = value_shape if key_shape is None else key_shape
+        out_dim = self.output_shape_ or query_shape[-1]
+        h, hk = self.num_heads, self.num_key_value_heads
+        self.query_dense = self._dense("query", "abc,cde->abde", (None, h, self.key_dim), "de")
+        self.query_dense.build(query_shape)
+        self.key_dense = self._dense("key", "abc,cde->abde", (None, hk, self.key_dim), "de")
+        self.key_dense.build(key_shape)
+        self.value_dense = self._dense("value", "abc,cde->abde", (None, hk, self.value_dim), "de")
+        self.value_dense.build(value_shape)
+        self.output_dense = self._dense("attention_output", "abcd,cde->abe", (None, out_dim), "e")
+        self.output_dense.build(tuple(query_shape[:-1]) + (h, self.value_dim))
+        self.built = True
+
+    def call(self, query, value, key=None, attention_mask=None):
+        key = value if key is None else key
+        q = self.query_dense(query)
+        k = self.key_dense(key)
+        v = self.value_dense(value)
+        if attention_mask is not None:
+            attention_mask = ops.cast(attention_mask, "bool")
+        out = ring_attention(q, k, v, key_mask=attention_mask, causal=self.causal)
+        return self.output_dense(out)
+
+    def compute_output_shape(self, query_shape, value_shape, key_shape=None):
+        return tuple(query_shape[:-1]) + (self.output_shape_ or query_shape[-1],)
+
+    def compute_output_spec(self, query, value, key=None, attention_mask=None):
+        shape = self.compute_output_shape(query.shape, value.shape)
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "key_dim": self.key_dim,
+                "value_dim": self.value_dim,
+                "num_key_value_heads": self.num_key_value_heads,
+                "use_bias": self.use_bias,
+                "output_shape": self.output_shape_,
+                "causal": self.causal,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            }
+        )
+        return config

@@ -1,0 +1,145 @@
+"""The ConvLSTM forward pass in keras.ops, for every backend (the dispatch fallback).
+
+The input convolution of all timesteps is one convolution over batch x time; the loop
+(``keras.ops.scan``: ``lax.scan`` on JAX, a ``tf.while_loop`` on TensorFlow) then does one
+convolution of the state per step, with the recurrent kernel of all four gates at once.
+"""
+
+from keras import ops
+
+
+def _gate_slices(kernel):
+    """The kernel of each gate (i, f, c, o), split along the output-channel axis."""
+    return ops.split(kernel, 4, axis=-1)
+
+
+def _bias_shape(rank, channels, data_format, leading):
+    if data_format == "channels_last":
+        return (1,) * (leading + rank) + (channels,)
+    return (1,) * leading + (channels,) + (1,) * rank
+
+
+def input_projection(inputs, kernel, bias, input_masks, config):
+    """The input convolution of every timestep: ``(batch, time, ...)`` -> ``(batch, time, ...)``
+    with ``4 * filters`` channels, as one convolution over the merged batch and time axes."""
+    rank, filters = config["rank"], config["filters"]
+    channel_axis = 2 if config["data_format"] == "channels_first" else -1
+    shape = ops.shape(inputs)
+    batch, steps = shape[0], shape[1]
+
+    def conv(x, w):
+        merged = ops.reshape(x, (-1,) + tuple(ops.shape(x)[2:]))
+        return ops.conv(
+            merged,
+            w,
+            strides=config["strides"],
+            padding=config["padding"],
+            data_format=config["data_format"],
+            dilation_rate=config["dilation_rate"],
+        )
+
+    if input_masks is None:
+        z = conv(inputs, kernel)
+    else:
+        # One mask per gate (fixed over time), so each gate sees differently masked inputs.
+        kernels = _gate_slices(kernel)
+        parts = [
+            conv(inputs * ops.expand_dims(m, 1), k) for m, k in zip(input_masks, kernels)
+        ]
+        z = ops.concatenate(parts, axis=1 if channel_axis == 2 else -1)
+    if bias is not None:
+        z = z + ops.reshape(bias, _bias_shape(rank, 4 * filters, config["data_format"], 1))
+    return ops.reshape(z, (batch, steps) + tuple(ops.shape(z)[1:]))
+
+
+def conv_lstm_forward(
+    inputs,
+    kernel,
+    recurrent_kernel,
+    bias,
+    initial_state=None,
+    mask=None,
+    input_masks=None,
+    recurrent_mask_fn=None,
+    config=None,
+):
+    """Run a ConvLSTM over ``inputs``; returns ``(output, h, c)``.
+
+    ``output`` is the sequence of outputs ``(batch, time, ...)`` with ``return_sequences``,
+    else the last output. ``mask`` is a boolean ``(batch, time)`` tensor: a masked step keeps
+    the state and repeats the previous output (zeros before the first step), as keras's RNN.
+    """
+    rank, filters = config["rank"], config["filters"]
+    channels_first = config["data_format"] == "channels_first"
+    c_axis = 1 if channels_first else -1
+    act, rec_act = config["activation"], config["recurrent_activation"]
+
+    z = input_projection(inputs, kernel, bias, input_masks, config)
+    z = ops.moveaxis(z, 1, 0)  # time-major for the scan
+    if mask is not None:
+        mask = ops.moveaxis(mask, 1, 0)
+    if config["go_backwards"]:
+        z = ops.flip(z, axis=0)
+        if mask is not None:
+            mask = ops.flip(mask, axis=0)
+
+    if initial_state is None:
+        first = z[0]
+        zeros = ops.zeros_like(
+            first[:, :filters] if channels_first else first[..., :filters]
+        )
+        h0, c0 = zeros, zeros
+    else:
+        h0, c0 = initial_state
+
+    rec_kernels = None
+    rec_masks = None
+    if recurrent_mask_fn is not None:
+        rec_masks = recurrent_mask_fn(h0)
+        rec_kernels = _gate_slices(recurrent_kernel)
+
+    def recurrent_conv(x, w):
+        return ops.conv(
+            x, w, strides=1, padding="same", data_format=config["data_format"]
+        )
+
+    def step(carry, xs):
+        if mask is None:
+            h, c = carry
+            z_t = xs
+        else:
+            h, c, prev = carry
+            z_t, m_t = xs
+        if rec_masks is None:
+            gates = z_t + recurrent_conv(h, recurrent_kernel)
+        else:
+            gates = z_t + ops.concatenate(
+                [recurrent_conv(h * m, k) for m, k in zip(rec_masks, rec_kernels)], axis=c_axis
+            )
+        i, f, g, o = ops.split(gates, 4, axis=c_axis)
+        c_new = rec_act(f) * c + rec_act(i) * act(g)
+        h_new = rec_act(o) * act(c_new)
+        if mask is None:
+            new = (h_new, c_new)
+        else:
+            keep = ops.reshape(m_t, (-1,) + (1,) * (rank + 1))
+            new = (
+                ops.where(keep, h_new, h),
+                ops.where(keep, c_new, c),
+                ops.where(keep, h_new, prev),
+            )
+        # keras's TensorFlow scan needs the per-step outputs to mirror the carry.
+        return new, new
+
+    if mask is None:
+        init, xs = (h0, c0), z
+    else:
+        init, xs = (h0, c0, ops.zeros_like(h0)), (z, mask)
+    last, ys = ops.scan(step, init, xs)
+    h, c = last[0], last[1]
+    if config["return_sequences"]:
+        seq = ys[0] if mask is None else ys[2]
+        output = ops.moveaxis(seq, 0, 1)
+    else:
+        output = h if mask is None else last[2]
+    return output, h, c

@@ -1,0 +1,172 @@
+"""``LayerNormalization``: keras's layer, right on every axis and backend, with fused GPU kernels."""
+
+import keras
+from keras import constraints, initializers, regularizers
+
+from kzoo.ops.layer_norm import layer_norm, normalize_axes
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class LayerNormalization(keras.layers.Layer):
+    """Layer normalisation (Ba et al., 2016), a drop-in for ``keras.layers.LayerNormalization``.
+
+    Same arguments, weights (``gamma`` then ``beta``, shaped like the normalised axes) and
+    config as keras's layer, so it loads that layer's weights. The computation goes through
+    ``kzoo.ops.layer_norm``: a Triton kernel for torch on CUDA, a Pallas kernel for JAX on GPU,
+    and a ``keras.ops`` composition elsewhere. Unlike keras 3.15 on torch it is also correct when
+    the normalised axes are not the trailing ones (e.g. ``axis=1`` on channels-first data).
+
+    Args:
+        axis: Int or list of ints, the axes to normalise over. Defaults to -1.
+        epsilon: Non-negative float added to the variance. Defaults to 1e-3.
+        center: Whether to add the learned offset ``beta``. Defaults to True.
+        scale: Whether to multiply by the learned scale ``gamma``. Defaults to True.
+        rms_scaling: keras's deprecated variant: scale by the variance without centring (no
+            ``beta``). Defaults to False.
+        beta_initializer, gamma_initializer: Initialisers of the weights.
+        beta_regularizer, gamma_regularizer: Optional regularisers.
+        beta_constraint, gamma_constraint: Optional constraints.
+        **kwargs: Base layer arguments (``name``, ``dtype``, ...).
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = LayerNormalization(axis=1)  # channels-first: normalise over C
+    >>> x = np.random.rand(2, 4, 5, 5).astype("float32")
+    >>> y = layer(x)
+    >>> tuple(y.shape), tuple(layer.gamma.shape)
+    ((2, 4, 5, 5), (4,))
+    """
+
+    def __init__(
+        self,
+        axis=-1,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        rms_scaling=False,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(axis, bool) or not isinstance(axis, (int, list, tuple)):
+            raise ValueError(f"`axis` must be an int or a list of ints; received {axis!r}.")
+        if isinstance(axis, (list, tuple)):
+            if not axis or any(isinstance(a, bool) or not isinstance(a, int) for a in axis):
+                raise ValueError(
+                    f"`axis` must be an int or a non-empty list of ints; received {axis!r}."
+                )
+            if len(set(axis)) != len(axis):
+                raise ValueError(f"`axis`={axis!r} names the same axis more than once.")
+            axis = list(axis)
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon < 0:
+            raise ValueError(f"`epsilon` must be a non-negative float; received {epsilon!r}.")
+        for name, value in (("center", center), ("scale", scale), ("rms_scaling", rms_scaling)):
+            if not isinstance(value, bool):
+                raise ValueError(f"`{name}` must be True or False; received {value!r}.")
+        self.axis = axis
+        self.epsilon = float(epsilon)
+        self.center = center
+        self.scale = scale
+        self.rms_scaling = rms_scaling
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self.beta_constraint = constraints.get(beta_constraint)
+        self.gamma_constraint = constraints.get(gamma_constraint)
+        self.supports_masking = True
+        # Statistics are computed in float32 whatever the input; keep the weights in their dtype.
+        self.autocast = False
+
+    def build(self, input_shape):
+        ndim = len(input_shape)
+        axes = normalize_axes(self.axis, ndim)
+        shape = tuple(input_shape[a] for a in axes)
+        if any(d is None for d in shape):
+            raise ValueError(
+                f"The normalised axes {list(axes)} of input shape {tuple(input_shape)} must have "
+                "known sizes."
+            )
+        if any(d == 0 for d in shape):
+            raise ValueError(
+                f"Cannot normalise over axes {list(axes)} of input shape {tuple(input_shape)}: "
+                "the normalised size is 0."
+            )
+        # keras stores the built axes as a sorted list of the axes as given (negative kept).
+        given = self.axis if isinstance(self.axis, list) else [self.axis]
+        self.axis = sorted(given)
+        self._axes = axes
+        self._param_shape = shape
+        if self.scale or self.rms_scaling:
+            self.gamma = self.add_weight(
+                name="gamma",
+                shape=shape,
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+                trainable=True,
+                autocast=False,
+            )
+        else:
+            self.gamma = None
+        if self.center and not self.rms_scaling:
+            self.beta = self.add_weight(
+                name="beta",
+                shape=shape,
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+                trainable=True,
+                autocast=False,
+            )
+        else:
+            self.beta = None
+
+    def call(self, inputs):
+        outputs = layer_norm(
+            inputs,
+            self.gamma,
+            self.beta,
+            axis=list(self._axes),
+            epsilon=self.epsilon,
+            rms_scaling=self.rms_scaling,
+        )
+        return keras.ops.cast(outputs, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        normalize_axes(self.axis, len(input_shape))
+        return tuple(input_shape)
+
+    def load_own_variables(self, store):
+        expected = [v for v in (self.gamma, self.beta) if v is not None] if self.built else []
+        if self.built and len(store.keys()) == len(expected):
+            for i, v in enumerate(expected):
+                found = tuple(store[str(i)].shape)
+                if found != tuple(v.shape):
+                    raise ValueError(
+                        f"Layer '{self.name}': the saved `{v.name}` has shape {found}; this "
+                        f"layer expects {tuple(v.shape)} (axis={self.axis})."
+                    )
+        super().load_own_variables(store)
+
+    def get_config(self):
+        config = {
+            "axis": self.axis,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "rms_scaling": self.rms_scaling,
+            "beta_initializer": initializers.serialize(self.beta_initializer),
+            "gamma_initializer": initializers.serialize(self.gamma_initializer),
+            "beta_regularizer": regularizers.serialize(self.beta_regularizer),
+            "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
+            "beta_constraint": constraints.serialize(self.beta_constraint),
+            "gamma_constraint": constraints.serialize(self.gamma_constraint),
+        }
+        return {**super().get_config(), **config}

@@ -1,0 +1,227 @@
+"""``CausalLM``: a small decoder-only transformer language model built for context parallelism."""
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from kzoo.layers.context_parallel_attention import ContextParallelAttention
+from kzoo.layers.layer_normalization import LayerNormalization
+from kzoo.ops.ring_attention import active_context_parallel
+from kzoo.presets import PresetMixin
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class CausalLMBlock(layers.Layer):
+    """Pre-norm transformer block: ``x + attention(norm(x))``, then ``x + mlp(norm(x))``.
+
+    Args:
+        hidden_dim: Width of the residual stream.
+        num_heads: Query heads.
+        num_key_value_heads: Key/value heads (grouped-query attention); ``num_heads`` default.
+        intermediate_dim: Width of the MLP; ``4 * hidden_dim`` by default.
+        layer_norm_epsilon: Epsilon of both normalisations.
+
+    Example:
+
+    ```python
+    block = kzoo.models.CausalLMBlock(hidden_dim=32, num_heads=4)
+    y = block(np.zeros((2, 16, 32), "float32"))
+    ```
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        num_heads,
+        num_key_value_heads=None,
+        intermediate_dim=None,
+        layer_norm_epsilon=1e-5,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(hidden_dim, int) or hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be a positive integer; got {hidden_dim!r}.")
+        if not isinstance(num_heads, int) or num_heads < 1 or hidden_dim % num_heads:
+            raise ValueError(
+                f"num_heads must be a positive divisor of hidden_dim={hidden_dim}; "
+                f"got {num_heads!r}."
+            )
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.num_key_value_heads = num_key_value_heads or num_heads
+        self.intermediate_dim = intermediate_dim or 4 * hidden_dim
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.attention_norm = LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=self.dtype_policy, name="attention_norm"
+        )
+        self.attention = ContextParallelAttention(
+            num_heads=num_heads,
+            key_dim=hidden_dim // num_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            causal=True,
+            dtype=self.dtype_policy,
+            name="attention",
+        )
+        self.mlp_norm = LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=self.dtype_policy, name="mlp_norm"
+        )
+        self.mlp_in = layers.Dense(
+            self.intermediate_dim, activation="gelu", dtype=self.dtype_policy, name="mlp_in"
+        )
+        self.mlp_out = layers.Dense(hidden_dim, dtype=self.dtype_policy, name="mlp_out")
+
+    def build(self, input_shape):
+        self.attention_norm.build(input_shape)
+        self.attention.build(input_shape, input_shape)
+        self.mlp_norm.build(input_shape)
+        self.mlp_in.build(input_shape)
+        self.mlp_out.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
+        self.built = True
+
+    def call(self, x):
+        h = self.attention_norm(x)
+        x = x + self.attention(h, h)
+        return x + self.mlp_out(self.mlp_in(self.mlp_norm(x)))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "num_key_value_heads": self.num_key_value_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class CausalLM(PresetMixin, keras.Model):
+    """A decoder-only transformer language model whose attention can be context parallel.
+
+    Token and learned position embeddings, ``num_layers`` pre-norm blocks of
+    ``kzoo.layers.LayerNormalization`` + :class:`kzoo.layers.ContextParallelAttention` (causal)
+    + a GELU MLP, a final normalisation and a dense layer to the vocabulary logits.
+
+    Under a :class:`kzoo.distribution.ContextParallel` distribution the token sequence is in
+    the distribution's layout order (``cp.to_layout_order(tokens)``, and the same for the
+    targets); the model embeds each slot's *global* position (``cp.layout_positions``), so it
+    computes exactly what it computes on one device, only permuted.
+
+    Args:
+        vocabulary_size: Number of tokens.
+        num_layers: Number of transformer blocks.
+        hidden_dim: Width of the residual stream.
+        num_heads: Query heads per attention layer.
+        num_key_value_heads: Key/value heads (grouped-query attention).
+        intermediate_dim: MLP width; ``4 * hidden_dim`` by default.
+        max_sequence_length: Size of the position embedding table.
+        layer_norm_epsilon: Epsilon of the normalisations.
+
+    Example:
+
+    ```python
+    model = kzoo.models.CausalLM(vocabulary_size=64, num_layers=2, hidden_dim=32, num_heads=4)
+    logits = model(np.zeros((2, 16), "int32"))  # (2, 16, 64)
+    ```
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        num_layers,
+        hidden_dim,
+        num_heads,
+        num_key_value_heads=None,
+        intermediate_dim=None,
+        max_sequence_length=2048,
+        layer_norm_epsilon=1e-5,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for name, val in (
+            ("vocabulary_size", vocabulary_size),
+            ("num_layers", num_layers),
+            ("max_sequence_length", max_sequence_length),
+        ):
+            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+                raise ValueError(f"{name} must be a positive integer; got {val!r}.")
+        self.vocabulary_size = vocabulary_size
+        self.num_layers = num_layers
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.num_key_value_heads = num_key_value_heads or num_heads
+        self.intermediate_dim = intermediate_dim or 4 * hidden_dim
+        self.max_sequence_length = max_sequence_length
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.token_embedding = layers.Embedding(
+            vocabulary_size, hidden_dim, dtype=self.dtype_policy, name="token_embedding"
+        )
+        self.position_embedding = layers.Embedding(
+            max_sequence_length, hidden_dim, dtype=self.dtype_policy, name="position_embedding"
+        )
+        self.blocks = [
+            CausalLMBlock(
+                hidden_dim,
+                num_heads,
+                num_key_value_heads=self.num_key_value_heads,
+                intermediate_dim=self.intermediate_dim,
+                layer_norm_epsilon=layer_norm_epsilon,
+                dtype=self.dtype_policy,
+                name=f"block_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.final_norm = LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=self.dtype_policy, name="final_norm"
+        )
+        self.logits = layers.Dense(vocabulary_size, dtype=self.dtype_policy, name="logits")
+
+    def build(self, input_shape):
+        self.token_embedding.build(input_shape)
+        self.position_embedding.build((input_shape[1],))
+        hidden_shape = tuple(input_shape) + (self.hidden_dim,)
+        for block in self.blocks:
+            block.build(hidden_shape)
+        self.final_norm.build(hidden_shape)
+        self.logits.build(hidden_shape)
+        self.built = True
+
+    def call(self, token_ids):
+        seq_len = ops.shape(token_ids)[1]
+        if seq_len > self.max_sequence_length:
+            raise ValueError(
+                f"The sequence length {seq_len} exceeds max_sequence_length="
+                f"{self.max_sequence_length}."
+            )
+        dist, _ = active_context_parallel()
+        positions = np.arange(seq_len) if dist is None else dist.layout_positions(seq_len)
+        x = self.token_embedding(token_ids)
+        x = x + self.position_embedding(ops.convert_to_tensor(positions.astype("int32")))[None]
+        for block in self.blocks:
+            x = block(x)
+        return self.logits(self.final_norm(x))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.vocabulary_size,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "num_layers": self.num_layers,
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "num_key_value_heads": self.num_key_value_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "max_sequence_length": self.max_sequence_length,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config

@@ -1,0 +1,242 @@
+"""Next-frame video predictors built from stacked ConvLSTM2D layers (keras's video example)."""
+
+import keras
+
+from kzoo.layers.conv_lstm import ConvLSTM2D
+from kzoo.presets import PresetMixin
+
+
+def _check_stack(filters, kernel_sizes, channels):
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels <= 0:
+        raise ValueError(f"`channels` must be a positive integer; got {channels!r}.")
+    filters = tuple(filters) if isinstance(filters, (list, tuple)) else (filters,)
+    kernel_sizes = (
+        tuple(kernel_sizes) if isinstance(kernel_sizes, (list, tuple)) else (kernel_sizes,)
+    )
+    if not filters or not all(isinstance(f, int) and f > 0 for f in filters):
+        raise ValueError(f"`filters` must be a non-empty list of positive ints; got {filters!r}.")
+    if len(kernel_sizes) != len(filters) or not all(
+        isinstance(k, int) and k > 0 for k in kernel_sizes
+    ):
+        raise ValueError(
+            f"`kernel_sizes` must hold one positive int per ConvLSTM layer ({len(filters)}); "
+            f"got {kernel_sizes!r}."
+        )
+    return filters, kernel_sizes
+
+
+def conv_lstm_stack(x, filters, kernel_sizes, activation, last_return_sequences, layer_cls):
+    """ConvLSTM2D layers with BatchNormalization between them (not after the last)."""
+    for index, (f, k) in enumerate(zip(filters, kernel_sizes)):
+        last = index == len(filters) - 1
+        x = layer_cls(
+            f,
+            (k, k),
+            padding="same",
+            activation=activation,
+            return_sequences=last_return_sequences or not last,
+            name=f"conv_lstm_{index}",
+        )(x)
+        if not last:
+            x = keras.layers.BatchNormalization(name=f"batch_norm_{index}")(x)
+    return x
+
+
+def _frames_input(channels, frame_size):
+    # keras's own ConvLSTM2D needs static spatial dims (the benchmark builds with it); kzoo's
+    # does not, so the models accept any frame size.
+    size = (None, None) if frame_size is None else tuple(frame_size)
+    return keras.Input(shape=(None,) + size + (channels,), name="frames")
+
+
+def build_next_frame_graph(
+    channels, filters, kernel_sizes, activation, head_kernel_size, layer_cls, frame_size=None
+):
+    """Inputs and outputs of ``NextFramePredictor``'s graph, with ``layer_cls`` as ConvLSTM."""
+    inputs = _frames_input(channels, frame_size)
+    x = conv_lstm_stack(inputs, filters, kernel_sizes, activation, True, layer_cls)
+    k = head_kernel_size
+    outputs = keras.layers.Conv3D(
+        channels, (k, k, k), padding="same", activation="sigmoid", name="head"
+    )(x)
+    return inputs, outputs
+
+
+def build_color_frame_graph(
+    channels,
+    output_channels,
+    filters,
+    kernel_sizes,
+    activation,
+    head_kernel_size,
+    layer_cls,
+    frame_size=None,
+):
+    """Inputs and outputs of ``ColorFramePredictor``'s graph, with ``layer_cls`` as ConvLSTM."""
+    inputs = _frames_input(channels, frame_size)
+    x = conv_lstm_stack(inputs, filters, kernel_sizes, activation, False, layer_cls)
+    k = head_kernel_size
+    outputs = keras.layers.Conv2D(
+        output_channels, (k, k), padding="same", activation="sigmoid", name="head"
+    )(x)
+    return inputs, outputs
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class NextFramePredictor(PresetMixin, keras.Model):
+    """Predicts every next frame of a video: stacked ConvLSTM2D + BatchNorm, Conv3D head.
+
+    Input ``(batch, time, height, width, channels)`` in [0, 1]; output the same shape, step
+    ``t`` being the prediction of frame ``t + 1`` (train on ``next_frame_targets(v,
+    "sequence")``). Any frame size works; frames are channels-last. Compiled at construction
+    with Adam and binary cross-entropy, as keras's next-frame example (``compile`` again to
+    change it).
+
+    Args:
+        channels: Channels of a frame (1 for grey videos).
+        filters: Filters of each ConvLSTM2D layer.
+        kernel_sizes: Kernel size of each ConvLSTM2D layer.
+        activation: Activation of the ConvLSTM cells.
+        head_kernel_size: Kernel size of the sigmoid Conv3D head.
+
+    Example:
+
+    ```python
+    model = kzoo.models.NextFramePredictor(channels=1, filters=(16, 16), kernel_sizes=(5, 3))
+    x, y = kzoo.data.next_frame_targets(kzoo.data.moving_objects(32), "sequence")
+    model.fit(x, y, epochs=1, batch_size=8)
+    ```
+    """
+
+    def __init__(
+        self,
+        channels=1,
+        filters=(64, 64, 64),
+        kernel_sizes=(5, 3, 1),
+        activation="relu",
+        head_kernel_size=3,
+        **kwargs,
+    ):
+        filters, kernel_sizes = _check_stack(filters, kernel_sizes, channels)
+        if not isinstance(head_kernel_size, int) or head_kernel_size <= 0:
+            raise ValueError(
+                f"`head_kernel_size` must be a positive integer; got {head_kernel_size!r}."
+            )
+        inputs, outputs = build_next_frame_graph(
+            channels, filters, kernel_sizes, activation, head_kernel_size, ConvLSTM2D
+        )
+        kwargs.setdefault("name", "next_frame_predictor")
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.channels = channels
+        self.filters = filters
+        self.kernel_sizes = kernel_sizes
+        self.activation = activation
+        self.head_kernel_size = head_kernel_size
+        self.compile()
+
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
+        """Adam (learning rate 1e-3) and binary cross-entropy unless told otherwise."""
+        optimizer = keras.optimizers.Adam(1e-3) if optimizer == "auto" else optimizer
+        loss = "binary_crossentropy" if loss == "auto" else loss
+        metrics = ["mae"] if metrics == "auto" else metrics
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "channels": self.channels,
+            "filters": list(self.filters),
+            "kernel_sizes": list(self.kernel_sizes),
+            "activation": self.activation,
+            "head_kernel_size": self.head_kernel_size,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class ColorFramePredictor(PresetMixin, keras.Model):
+    """Predicts the frame after a colour video: stacked ConvLSTM2D, Conv2D head.
+
+    The last ConvLSTM2D returns only its last output; a sigmoid Conv2D with ``output_channels``
+    filters turns it into the next frame. Input ``(batch, time, height, width, channels)`` in
+    [0, 1]; output ``(batch, height, width, output_channels)`` (train on
+    ``next_frame_targets(v, "last")``). Compiled at construction with Adam, MAE loss and an MAE
+    metric.
+
+    Args:
+        channels: Channels of an input frame.
+        output_channels: Channels of the predicted frame.
+        filters: Filters of each ConvLSTM2D layer.
+        kernel_sizes: Kernel size of each ConvLSTM2D layer.
+        activation: Activation of the ConvLSTM cells.
+        head_kernel_size: Kernel size of the Conv2D head.
+
+    Example:
+
+    ```python
+    model = kzoo.models.ColorFramePredictor.from_preset("convlstm_color_shapes")
+    videos = kzoo.data.moving_objects(4, color=True, seed=7)
+    x, y = kzoo.data.next_frame_targets(videos, target="last")
+    next_frames = model.predict(x)  # (4, 32, 32, 3)
+    ```
+    """
+
+    def __init__(
+        self,
+        channels=3,
+        output_channels=3,
+        filters=(64, 64, 64),
+        kernel_sizes=(5, 3, 1),
+        activation="relu",
+        head_kernel_size=3,
+        **kwargs,
+    ):
+        filters, kernel_sizes = _check_stack(filters, kernel_sizes, channels)
+        if not isinstance(output_channels, int) or output_channels <= 0:
+            raise ValueError(
+                f"`output_channels` must be a positive integer; got {output_channels!r}."
+            )
+        if not isinstance(head_kernel_size, int) or head_kernel_size <= 0:
+            raise ValueError(
+                f"`head_kernel_size` must be a positive integer; got {head_kernel_size!r}."
+            )
+        inputs, outputs = build_color_frame_graph(
+            channels, output_channels, filters, kernel_sizes, activation, head_kernel_size,
+            ConvLSTM2D,
+        )
+        kwargs.setdefault("name", "color_frame_predictor")
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.channels = channels
+        self.output_channels = output_channels
+        self.filters = filters
+        self.kernel_sizes = kernel_sizes
+        self.activation = activation
+        self.head_kernel_size = head_kernel_size
+        self.compile()
+
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
+        """Adam (learning rate 1e-3), MAE loss and an MAE metric unless told otherwise."""
+        optimizer = keras.optimizers.Adam(1e-3) if optimizer == "auto" else optimizer
+        loss = "mae" if loss == "auto" else loss
+        metrics = ["mae"] if metrics == "auto" else metrics
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "channels": self.channels,
+            "output_channels": self.output_channels,
+            "filters": list(self.filters),
+            "kernel_sizes": list(self.kernel_sizes),
+            "activation": self.activation,
+            "head_kernel_size": self.head_kernel_size,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

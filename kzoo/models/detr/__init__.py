@@ -1,0 +1,25 @@
+"""DETR: the detection transformer, its backbone, transformer, heads and post-processing."""
+
+from kzoo.models.detr import presets  # noqa: F401  (registers detr_resnet50/101_coco)
+from kzoo.models.detr.backbone import FrozenBatchNormalization, ResNetBackbone
+from kzoo.models.detr.detr_model import DETR
+from kzoo.models.detr.optimizer import ScaledAdamW
+from kzoo.models.detr.position_embedding import SinePositionEmbedding
+from kzoo.models.detr.transformer import (
+    DETRAttention,
+    DETRTransformer,
+    TransformerDecoderLayer,
+    TransformerEncoderLayer,
+)
+
+__all__ = [
+    "DETR",
+    "DETRAttention",
+    "DETRTransformer",
+    "FrozenBatchNormalization",
+    "ResNetBackbone",
+    "ScaledAdamW",
+    "SinePositionEmbedding",
+    "TransformerDecoderLayer",
+    "TransformerEncoderLayer",
+]

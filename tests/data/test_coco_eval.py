@@ -1,0 +1,93 @@
+"""COCO evaluation through pycocotools: perfect, shifted, missing and wrong-class detections."""
+
+import numpy as np
+import pytest
+
+from kzoo.data.coco_eval import evaluate_detections
+from kzoo.data.detection import SyntheticDetection
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = SyntheticDetection(num_images=12, image_size=64, min_objects=1, max_objects=3, seed=7)
+    samples = [ds.sample(i) for i in range(ds.num_images)]
+    return ds.coco_ground_truth(), samples
+
+
+def perfect(samples, shift=0.0):
+    out = []
+    for _, boxes, labels in samples:
+        b = boxes.copy()
+        b[:, [0, 2]] += shift * (b[:, 2:3] - b[:, 0:1])
+        out.append({"boxes": b, "scores": np.ones(len(labels)), "labels": labels})
+    return out
+
+
+def test_perfect_predictions_score_one(data):
+    gt, samples = data
+    result = evaluate_detections(perfect(samples), gt)
+    assert result == pytest.approx({"AP": 1.0, "AP50": 1.0, "AP75": 1.0})
+
+
+def test_known_shift_passes_iou_half_but_not_three_quarters(data):
+    gt, samples = data
+    # Shifting a box by a fraction s of its width gives IoU (1 - s) / (1 + s): 0.538 for
+    # s = 0.3, above 0.5 and below 0.55, so AP50 stays 1 and AP75 drops to 0.
+    result = evaluate_detections(perfect(samples, shift=0.3), gt)
+    assert result["AP50"] == pytest.approx(1.0)
+    assert result["AP75"] == pytest.approx(0.0)
+    # AP averages the ten IoU thresholds 0.50:0.95; only 0.50 passes.
+    assert result["AP"] == pytest.approx(0.1, abs=1e-6)
+    # s = 0.1 gives IoU 0.818: AP75 passes too, and 0.80 is the last threshold (7 of 10).
+    result = evaluate_detections(perfect(samples, shift=0.1), gt)
+    assert result["AP75"] == pytest.approx(1.0)
+    assert result["AP"] == pytest.approx(0.7, abs=1e-6)
+
+
+def test_wrong_labels_missing_images_and_no_detections(data):
+    gt, samples = data
+    wrong = perfect(samples)
+    for d in wrong:
+        d["labels"] = (d["labels"] + 1) % 3
+    assert evaluate_detections(wrong, gt)["AP50"] < 0.05
+    half = perfect(samples)
+    for d in half[::2]:
+        d.update(boxes=np.zeros((0, 4)), scores=np.zeros(0), labels=np.zeros(0, int))
+    # Precision stays 1, so AP50 is each class's recall (on COCO's 101-point grid), averaged.
+    recalls = []
+    for c in range(3):
+        kept = sum((s[2] == c).sum() for s in samples[1::2])
+        recalls.append(kept / sum((s[2] == c).sum() for s in samples))
+    grid = np.linspace(0, 1, 101)
+    expected = np.mean([(grid <= r + 1e-9).sum() / 101 for r in recalls])
+    result = evaluate_detections(half, gt)
+    assert 0.0 < result["AP50"] < 1.0
+    assert result["AP50"] == pytest.approx(expected, abs=1e-6)
+    empty = [{"boxes": np.zeros((0, 4)), "scores": [], "labels": []} for _ in samples]
+    assert evaluate_detections(empty, gt) == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+
+
+def test_low_scored_false_positives_do_not_hurt_ap50_much(data):
+    gt, samples = data
+    dets = perfect(samples)
+    for d in dets:
+        d["boxes"] = np.concatenate([d["boxes"], [[0, 0, 5, 5]]])
+        d["scores"] = np.concatenate([d["scores"], [0.01]])
+        d["labels"] = np.concatenate([d["labels"], [0]])
+    assert evaluate_detections(dets, gt)["AP50"] == pytest.approx(1.0)
+
+
+def test_bad_input_raises(data):
+    gt, samples = data
+    with pytest.raises(ValueError, match="same length"):
+        evaluate_detections(
+            [{"boxes": np.zeros((2, 4)), "scores": [1], "labels": [0]}], gt, image_ids=[1]
+        )
+    with pytest.raises(ValueError, match="labels must lie"):
+        evaluate_detections(
+            [{"boxes": np.zeros((1, 4)), "scores": [1], "labels": [5]}], gt, image_ids=[1]
+        )
+    with pytest.raises(ValueError, match="COCO dict"):
+        evaluate_detections([], {"images": []})
+    with pytest.raises(ValueError, match="detections for 1 images"):
+        evaluate_detections(perfect(samples)[:1], gt)

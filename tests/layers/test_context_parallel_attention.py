@@ -1,0 +1,143 @@
+"""ContextParallelAttention: keras's own attention layers are the single-device reference; under
+ContextParallel on 8 virtual devices (JAX) it must give the single-device outputs and gradients."""
+
+import keras
+import numpy as np
+import pytest
+
+from kzoo.layers import ContextParallelAttention
+
+
+def _x(b=2, s=16, d=12, seed=0):
+    return np.random.default_rng(seed).normal(size=(b, s, d)).astype("float32")
+
+
+def _mask(b=2, s=16, seed=1):
+    mask = np.random.default_rng(seed).random((b, s)) > 0.3
+    mask[:, 0] = True  # every causal query sees at least one key (keras averages otherwise)
+    return mask
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_matches_keras_multi_head_attention(causal):
+    x, y, mask = _x(), _x(s=16, seed=2), _mask()
+    # keras's MultiHeadAttention fails on JAX when value_dim != key_dim; that case is checked
+    # against float64 numpy below.
+    ref = keras.layers.MultiHeadAttention(num_heads=3, key_dim=4, output_shape=7)
+    layer = ContextParallelAttention(num_heads=3, key_dim=4, output_shape=7, causal=causal)
+    full_mask = np.broadcast_to(mask[:, None, :], (2, 16, 16))
+    expected = ref(x, y, attention_mask=full_mask, use_causal_mask=causal)
+    layer(x, y)
+    assert [w.shape for w in layer.weights] == [w.shape for w in ref.weights]
+    layer.set_weights(ref.get_weights())
+    got = layer(x, y, attention_mask=mask)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected), atol=2e-5
+    )
+    assert got.shape == (2, 16, 7)
+
+
+def test_grouped_query_matches_keras_group_query_attention():
+    x, mask = _x(), _mask()
+    ref = keras.layers.GroupQueryAttention(head_dim=4, num_query_heads=4, num_key_value_heads=2)
+    layer = ContextParallelAttention(num_heads=4, key_dim=4, num_key_value_heads=2, causal=True)
+    full_mask = np.broadcast_to(mask[:, None, :], (2, 16, 16))
+    expected = ref(x, x, attention_mask=full_mask, use_causal_mask=True)
+    layer(x, x)
+    assert [w.shape for w in layer.weights] == [w.shape for w in ref.weights]
+    layer.set_weights(ref.get_weights())
+    got = layer(x, x, attention_mask=mask)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected), atol=2e-5
+    )
+
+
+def test_value_dim_and_key_matches_float64_numpy():
+    q_in, k_in, v_in, mask = _x(seed=3), _x(seed=4), _x(seed=5), _mask()
+    layer = ContextParallelAttention(num_heads=4, key_dim=3, value_dim=5, num_key_value_heads=2)
+    out = keras.ops.convert_to_numpy(layer(q_in, v_in, key=k_in, attention_mask=mask))
+    wq, bq, wk, bk, wv, bv, wo, bo = (np.asarray(w, np.float64) for w in layer.get_weights())
+    q = np.einsum("bsd,dhk->bshk", q_in, wq) + bq
+    k = np.repeat(np.einsum("bsd,dhk->bshk", k_in, wk) + bk, 2, axis=2)
+    v = np.repeat(np.einsum("bsd,dhk->bshk", v_in, wv) + bv, 2, axis=2)
+    s = np.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(3)
+    s = np.where(mask[:, None, None, :], s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ref = np.einsum("bhqs,bshv,hvo->bqo", p, v, wo) + bo
+    np.testing.assert_allclose(out, ref, atol=2e-5)
+
+
+def test_separate_key_and_config_round_trip():
+    layer = ContextParallelAttention(num_heads=2, key_dim=3, num_key_value_heads=1, causal=True)
+    q, k, v = _x(s=8, seed=3), _x(s=8, seed=4), _x(s=8, seed=5)
+    out = layer(q, v, key=k)
+    clone = ContextParallelAttention.from_config(layer.get_config())
+    clone(q, v, key=k)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(clone(q, v, key=k)), keras.ops.convert_to_numpy(out), atol=1e-6
+    )
+    # The key really is the key: swapping key and value changes the result.
+    swapped = keras.ops.convert_to_numpy(layer(q, k, key=v))
+    assert np.max(np.abs(swapped - keras.ops.convert_to_numpy(out))) > 1e-3
+    inputs = keras.Input((8, 12))
+    model = keras.Model(inputs, layer(inputs, inputs))
+    restored = keras.models.model_from_json(model.to_json())
+    assert restored.layers[-1].get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"num_heads": 0, "key_dim": 4}, "num_heads"),
+        ({"num_heads": 4, "key_dim": 4, "num_key_value_heads": 3}, "num_key_value_heads"),
+        ({"num_heads": 4, "key_dim": -1}, "key_dim"),
+        ({"num_heads": 4, "key_dim": 4, "output_shape": 0}, "output_shape"),
+    ],
+)
+def test_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ContextParallelAttention(**kwargs)
+
+
+@pytest.mark.backends("jax")
+@pytest.mark.parametrize("mesh,causal", [((2, 4), True), ((1, 8), False)])
+def test_context_parallel_matches_single_device_outputs_and_all_gradients(mesh, causal):
+    import jax
+
+    from kzoo.distribution import ContextParallel
+
+    b, s, d = 2, 32, 12
+    x, mask = _x(b, s, d), _mask(b, s)
+    cot = np.random.default_rng(9).normal(size=(b, s, d)).astype("float32")
+    layer = ContextParallelAttention(num_heads=4, key_dim=4, num_key_value_heads=2, causal=causal)
+    layer(x, x)
+    weights = [np.asarray(w) for w in layer.get_weights()]
+
+    def make_grad_fn():
+        # A fresh function per mode: jax.jit caches traces by function, and the distribution
+        # is read while tracing.
+        def loss(trainable, x, mask, cot):
+            out, _ = layer.stateless_call(trainable, [], x, x, attention_mask=mask)
+            return jax.numpy.sum(out * cot), out
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+    (_, out_ref), (dw_ref, dx_ref) = make_grad_fn()(weights, x, mask, cot)
+
+    cp = ContextParallel(keras.distribution.DeviceMesh(mesh, ["batch", "context"]))
+    order = [cp.to_layout_order(a) for a in (x, mask, cot)]
+    with cp.scope():
+        (_, out_cp), (dw_cp, dx_cp) = make_grad_fn()(weights, *order)
+    np.testing.assert_array_less(
+        np.max(np.abs(cp.from_layout_order(np.asarray(out_cp)) - np.asarray(out_ref))), 1e-4
+    )
+    np.testing.assert_array_less(
+        np.max(np.abs(cp.from_layout_order(np.asarray(dx_cp)) - np.asarray(dx_ref))), 1e-4
+    )
+    assert len(dw_cp) == len(layer.trainable_weights) == 8
+    for var, a, b_ in zip(layer.trainable_weights, dw_cp, dw_ref):
+        assert np.max(np.abs(np.asarray(a) - np.asarray(b_))) <= 1e-4, var.path
+        if not var.path.endswith("key/bias"):  # softmax ignores a key bias: its gradient is 0
+            assert np.max(np.abs(np.asarray(b_))) > 1e-3, var.path

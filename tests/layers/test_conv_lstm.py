@@ -1,0 +1,335 @@
+"""kzoo's ConvLSTM layers against keras.layers.ConvLSTM{1,2,3}D: outputs and gradients."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from kzoo.kernels import dispatch
+from kzoo.layers import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D
+from kzoo.layers import conv_lstm as conv_lstm_module
+
+KZOO = {1: ConvLSTM1D, 2: ConvLSTM2D, 3: ConvLSTM3D}
+KERAS = {1: keras.layers.ConvLSTM1D, 2: keras.layers.ConvLSTM2D, 3: keras.layers.ConvLSTM3D}
+SPATIAL = {1: (7,), 2: (6, 5), 3: (4, 5, 3)}
+TOL = 1e-5
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _inputs(rank, data_format, batch=2, steps=3, channels=2, seed=0):
+    rng = np.random.default_rng(seed)
+    spatial = SPATIAL[rank]
+    shape = (batch, steps) + (
+        (channels,) + spatial if data_format == "channels_first" else spatial + (channels,)
+    )
+    return rng.normal(size=shape).astype("float32")
+
+
+def _pair(rank, filters=3, kernel_size=3, **kwargs):
+    ours = KZOO[rank](filters, kernel_size, **kwargs)
+    theirs = KERAS[rank](filters, kernel_size, **kwargs)
+    return ours, theirs
+
+
+def _build_same(ours, theirs, x, **call_kwargs):
+    theirs(x, **call_kwargs)
+    ours(x, **call_kwargs)
+    weights = theirs.get_weights()
+    # Random bias, so that a gate-order mix-up cannot hide behind the zero/one init.
+    weights[-1] = np.random.default_rng(1).normal(size=weights[-1].shape).astype("float32")
+    theirs.set_weights(weights)
+    ours.set_weights(weights)
+
+
+def _outputs_and_grads(layer, x, call_kwargs):
+    """Outputs of ``layer(x)`` and the gradients of a weighted sum of them with respect to x
+    and every trainable weight."""
+    backend = keras.backend.backend()
+
+    def weighted_sum(outs):
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        total = 0.0
+        for index, o in enumerate(outs):
+            w = np.random.default_rng(5 + index).normal(size=tuple(o.shape)).astype("float32")
+            total = total + keras.ops.sum(keras.ops.multiply(o, keras.ops.convert_to_tensor(w)))
+        return total
+
+    if backend == "jax":
+        import jax
+
+        trainable = [v.value for v in layer.trainable_variables]
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+
+        def loss_fn(tv, xin):
+            outs, _ = layer.stateless_call(tv, non_trainable, xin, **call_kwargs)
+            return weighted_sum(outs)
+
+        grads_w, grad_x = jax.grad(loss_fn, argnums=(0, 1))(trainable, x)
+        outs = layer(x, **call_kwargs)
+        return outs, [grad_x] + list(grads_w)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            outs = layer(xt, **call_kwargs)
+            loss = weighted_sum(outs)
+        grads = tape.gradient(loss, [xt] + list(layer.trainable_variables))
+        return outs, grads
+    import torch
+
+    xt = torch.tensor(x, requires_grad=True)
+    outs = layer(xt, **call_kwargs)
+    loss = weighted_sum(outs)
+    params = [v.value for v in layer.trainable_variables]
+    grads = torch.autograd.grad(loss, [xt] + params)
+    return outs, grads
+
+
+def _assert_close(a, b, tol=TOL):
+    a = a if isinstance(a, (list, tuple)) else [a]
+    b = b if isinstance(b, (list, tuple)) else [b]
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        u, v = _np(u), _np(v)
+        assert u.shape == v.shape
+        np.testing.assert_allclose(u, v, atol=tol, rtol=0)
+
+
+def _check_parity(rank, data_format, layer_kwargs, call_kwargs=None, x=None):
+    call_kwargs = call_kwargs or {}
+    x = _inputs(rank, data_format) if x is None else x
+    ours, theirs = _pair(rank, data_format=data_format, **layer_kwargs)
+    _build_same(ours, theirs, x, **call_kwargs)
+    out_ours, grads_ours = _outputs_and_grads(ours, x, call_kwargs)
+    out_theirs, grads_theirs = _outputs_and_grads(theirs, x, call_kwargs)
+    _assert_close(out_ours, out_theirs)
+    _assert_close(grads_ours, grads_theirs)
+    return out_ours
+
+
+CASES = [
+    (2, "channels_last", dict(padding="same", return_sequences=True)),
+    (2, "channels_first", dict(padding="same", return_sequences=True)),
+    (2, "channels_last", dict(padding="valid", dilation_rate=2)),
+    (2, "channels_first", dict(padding="valid", dilation_rate=(2, 1), return_state=True)),
+    (2, "channels_last", dict(padding="same", strides=2, kernel_size=2, go_backwards=True)),
+    (2, "channels_first", dict(padding="same", go_backwards=True, return_sequences=True)),
+    (2, "channels_last", dict(padding="valid", strides=(2, 1), return_state=True)),
+    (2, "channels_last", dict(use_bias=False, activation="relu", unit_forget_bias=False)),
+    (1, "channels_last", dict(padding="same", return_sequences=True, return_state=True)),
+    (1, "channels_first", dict(padding="valid", dilation_rate=2, go_backwards=True)),
+    (3, "channels_last", dict(padding="same", kernel_size=2, return_sequences=True)),
+    (3, "channels_first", dict(padding="valid", return_state=True)),
+]
+
+
+@pytest.mark.parametrize("rank,data_format,kwargs", CASES)
+def test_matches_keras_outputs_and_gradients(rank, data_format, kwargs):
+    kwargs = dict(kwargs)
+    kernel_size = kwargs.pop("kernel_size", 3)
+    _check_parity(rank, data_format, dict(kernel_size=kernel_size, **kwargs))
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_mask_matches_keras(data_format):
+    x = _inputs(2, data_format, batch=3, steps=4)
+    # Masked first steps (the output repeats zeros), a masked middle step, and no mask at all.
+    mask = np.array(
+        [[False, True, True, True], [True, False, True, True], [True, True, True, True]]
+    )
+    for go_backwards, return_sequences in ((False, True), (True, False)):
+        if True:
+            _check_parity(
+                2,
+                data_format,
+                dict(
+                    padding="same",
+                    return_sequences=return_sequences,
+                    go_backwards=go_backwards,
+                    return_state=True,
+                ),
+                call_kwargs={"mask": mask},
+                x=x,
+            )
+
+
+def test_initial_state_matches_keras():
+    x = _inputs(2, "channels_last")
+    ours, theirs = _pair(2, padding="same", return_state=True)
+    _build_same(ours, theirs, x)
+    rng = np.random.default_rng(3)
+    state = [rng.normal(size=(2, 6, 5, 3)).astype("float32") for _ in range(2)]
+    _assert_close(ours(x, initial_state=state), theirs(x, initial_state=state))
+
+
+def test_stateful_matches_keras_and_resets():
+    x1 = _inputs(2, "channels_last", seed=1)
+    x2 = _inputs(2, "channels_last", seed=2)
+    ours, theirs = _pair(2, padding="same", stateful=True)
+    _build_same(ours, theirs, x1)
+    ours.reset_state()
+    theirs.reset_state()
+    first = _np(ours(x1))
+    _assert_close(first, theirs(x1))
+    second = _np(ours(x2))
+    _assert_close(second, theirs(x2))
+    # The state carried over: the same batch again gives a different result until reset.
+    assert np.abs(_np(ours(x1)) - first).max() > 1e-3
+    ours.reset_state()
+    _assert_close(ours(x1), first)
+    # States are not weights, as in keras.
+    assert len(ours.get_weights()) == len(theirs.get_weights()) == 3
+
+
+def test_dropout_same_masks_as_keras_with_the_same_seed():
+    x = _inputs(2, "channels_last", steps=4)
+    kwargs = dict(padding="same", dropout=0.4, recurrent_dropout=0.3, seed=11)
+    ours, theirs = _pair(2, return_sequences=True, **kwargs)
+    # Both draw the same masks from equal seeds, in training and (unused) in inference calls.
+    _build_same(ours, theirs, x)
+    _assert_close(ours(x), theirs(x))
+    train = _np(ours(x, training=True))
+    _assert_close(train, theirs(x, training=True))
+    _assert_close(ours(x, training=True), theirs(x, training=True))
+    # Dropout is active in training and off in inference.
+    infer = _np(ours(x, training=False))
+    plain = KZOO[2](3, 3, padding="same", return_sequences=True)
+    plain(x)
+    plain.set_weights(ours.get_weights())
+    _assert_close(infer, plain(x))
+    assert np.abs(train - infer).max() > 1e-3
+
+
+def test_dropout_masks_fixed_over_the_sequence():
+    # With only input dropout and a constant input, every step sees the same dropped pixels;
+    # a 1x1 kernel makes each pixel's trajectory depend only on its own mask, so two pixels
+    # whose masks agree in every gate's channels follow the same path at every step.
+    layer = ConvLSTM2D(
+        1, 1, dropout=0.5, seed=3, return_sequences=True, kernel_initializer="ones",
+        recurrent_initializer="zeros",
+    )
+    x = np.ones((1, 6, 8, 8, 1), "float32")
+    out = _np(layer(x, training=True))[0, ..., 0]  # (time, 8, 8)
+    reference = out[:, 0, 0]
+    flat = out.reshape(6, -1)
+    same = np.all(np.abs(flat - reference[:, None]) < 1e-6, axis=0)
+    # Pixels either repeat pixel (0, 0)'s whole trajectory or differ from it at step 0 already.
+    differs_at_start = np.abs(flat[0] - reference[0]) > 1e-6
+    assert np.all(same | differs_at_start)
+    assert 1 < same.sum() < 64
+
+
+def test_weights_match_keras_names_and_files(tmp_path):
+    x = _inputs(2, "channels_last")
+    ours, theirs = _pair(2, padding="same")
+    _build_same(ours, theirs, x)
+    assert [w.name for w in ours.weights] == [w.name for w in theirs.weights]
+    assert [tuple(w.shape) for w in ours.weights] == [tuple(w.shape) for w in theirs.weights]
+    # A keras model's weights file loads into the same model built with kzoo's layer.
+    ref = keras.Sequential([keras.Input((3, 6, 5, 2)), keras.layers.ConvLSTM2D(3, 3)])
+    path = str(tmp_path / "ref.weights.h5")
+    ref.save_weights(path)
+    mine = keras.Sequential([keras.Input((3, 6, 5, 2)), ConvLSTM2D(3, 3)])
+    mine.load_weights(path)
+    _assert_close(mine(x), ref(x))
+
+
+def test_unit_forget_bias_initialisation():
+    layer = ConvLSTM2D(4, 3)
+    layer.build((None, 2, 5, 5, 1))
+    bias = _np(layer.cell.bias)
+    np.testing.assert_array_equal(bias, np.r_[np.zeros(4), np.ones(4), np.zeros(8)])
+
+
+def test_serialization_round_trip(tmp_path):
+    x = _inputs(2, "channels_last")
+    inputs = keras.Input((None, 6, 5, 2))
+    outputs = ConvLSTM2D(3, 3, padding="same", return_sequences=True, dropout=0.1)(inputs)
+    model = keras.Model(inputs, outputs)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.layers[1], ConvLSTM2D)
+    _assert_close(loaded(x), model(x))
+    config = model.layers[1].get_config()
+    clone = ConvLSTM2D.from_config(config)
+    assert clone.get_config() == config
+
+
+def test_any_frame_size_with_unknown_spatial_dims():
+    inputs = keras.Input((None, None, None, 2))
+    outputs = ConvLSTM2D(3, 3, padding="same", return_sequences=True)(inputs)
+    model = keras.Model(inputs, outputs)
+    for size in ((6, 5), (9, 4)):
+        y = model(np.zeros((2, 3) + size + (2,), "float32"))
+        assert tuple(y.shape) == (2, 3) + size + (3,)
+
+
+def test_fit_reduces_loss():
+    x = _inputs(2, "channels_last", batch=8)
+    y = np.tanh(x[:, -1, ..., :1])
+    model = keras.Sequential(
+        [keras.Input((3, 6, 5, 2)), ConvLSTM2D(4, 3, padding="same"), keras.layers.Conv2D(1, 1)]
+    )
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    history = model.fit(x, y, epochs=12, batch_size=8, verbose=0)
+    assert history.history["loss"][-1] < 0.85 * history.history["loss"][0]
+
+
+@pytest.mark.backends("torch")
+def test_torch_fast_path_is_selected_and_equals_portable(monkeypatch):
+    assert dispatch.select(conv_lstm_module.OP).name == "torch-channels-first"
+    x = _inputs(2, "channels_last")
+    layer = ConvLSTM2D(3, 2, padding="same", return_sequences=True, return_state=True)
+    fast = layer(x)
+    monkeypatch.setenv("KZOO_KERNELS", "off")
+    assert dispatch.select(conv_lstm_module.OP).name == "portable"
+    _assert_close(layer(x), fast)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(filters=0, kernel_size=3), "filters"),
+        (dict(filters=-2, kernel_size=3), "filters"),
+        (dict(filters=2.5, kernel_size=3), "filters"),
+        (dict(filters=4, kernel_size=0), "kernel_size"),
+        (dict(filters=4, kernel_size=(3, -1)), "kernel_size"),
+        (dict(filters=4, kernel_size=(3, 3, 3)), "kernel_size"),
+        (dict(filters=4, kernel_size=3, padding="full"), "padding"),
+        (dict(filters=4, kernel_size=3, padding="causal"), "padding"),
+        (dict(filters=4, kernel_size=3, strides=0), "strides"),
+        (dict(filters=4, kernel_size=3, strides=2, dilation_rate=2), "dilation_rate"),
+        (dict(filters=4, kernel_size=3, data_format="nhwc"), "data_format"),
+        (dict(filters=4, kernel_size=3, dropout=1.5), "dropout"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        ConvLSTM2D(**kwargs)
+
+
+def test_bad_inputs_raise_value_error():
+    layer = ConvLSTM2D(3, 3)
+    with pytest.raises(ValueError, match="inputs.*rank 5"):
+        layer(np.zeros((2, 6, 5, 2), "float32"))
+    with pytest.raises(ValueError, match="zero timesteps"):
+        layer(np.zeros((2, 0, 6, 5, 2), "float32"))
+    layer(np.zeros((2, 3, 6, 5, 2), "float32"))
+    with pytest.raises(ValueError, match="inputs.*4 channels.*built for 2"):
+        layer(np.zeros((2, 3, 6, 5, 4), "float32"))
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        ConvLSTM2D(3, 5)(np.zeros((1, 2, 3, 3, 1), "float32"))
+
+
+def test_no_framework_imported_by_the_layer_module():
+    # The torch fast path is imported lazily by the dispatch, only when selected.
+    source = open(conv_lstm_module.__file__).read()
+    assert "import torch" not in source and "import jax" not in source
+    assert os.path.basename(conv_lstm_module.__file__) == "conv_lstm.py"

@@ -1,0 +1,200 @@
+"""kzoo.layers.LayerNormalization against keras's layer and a float64 numpy reference."""
+
+import keras
+import numpy as np
+import pytest
+
+from kzoo.layers import LayerNormalization
+
+
+def reference(x, axes, gamma=None, beta=None, epsilon=1e-3):
+    """Layer norm in float64; ``gamma``/``beta`` are shaped like the normalised axes."""
+    x = np.asarray(x, np.float64)
+    axes = tuple(sorted(a % x.ndim for a in axes))
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    out = (x - mean) / np.sqrt(var + epsilon)
+    shape = [x.shape[a] if a in axes else 1 for a in range(x.ndim)]
+    if gamma is not None:
+        out = out * np.asarray(gamma, np.float64).reshape(shape)
+    if beta is not None:
+        out = out + np.asarray(beta, np.float64).reshape(shape)
+    return out
+
+
+def _random_weights(layer):
+    rng = np.random.default_rng(0)
+    layer.set_weights([rng.normal(1.0, 0.5, w.shape).astype("float32") for w in layer.weights])
+
+
+@pytest.mark.parametrize(
+    "shape, axis",
+    [
+        ((3, 7), -1),
+        ((2, 5, 6), [1, 2]),
+        ((2, 4, 3, 5), 1),  # channels-first: keras 3.15 gets this wrong on torch
+        ((2, 4, 5, 4), 1),  # ... and silently so when W == C
+        ((2, 4, 3, 5), [1, 3]),
+        ((2, 3, 4, 5), [-3, -2]),
+        ((3, 4, 5), [0, 2]),
+    ],
+)
+def test_matches_float64_on_every_axis(shape, axis):
+    x = np.random.default_rng(1).normal(2.0, 3.0, shape).astype("float32")
+    layer = LayerNormalization(axis=axis, epsilon=1e-5)
+    layer.build(shape)
+    _random_weights(layer)
+    axes = [axis] if isinstance(axis, int) else axis
+    out = keras.ops.convert_to_numpy(layer(x))
+    ref = reference(x, axes, layer.gamma.numpy(), layer.beta.numpy(), 1e-5)
+    assert out.dtype == np.float32 and out.shape == shape
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"axis": [1, 2], "epsilon": 1e-6},
+        {"center": False},
+        {"scale": False},
+        {"center": False, "scale": False},
+        {"rms_scaling": True},
+    ],
+)
+def test_matches_keras_layer_on_trailing_axes(kwargs):
+    x = np.random.default_rng(2).normal(0.5, 2.0, (4, 3, 6)).astype("float32")
+    ours = LayerNormalization(**kwargs)
+    with pytest.warns(UserWarning) if kwargs.get("rms_scaling") else _no_warning():
+        theirs = keras.layers.LayerNormalization(**kwargs)
+    ours.build(x.shape)
+    theirs.build(x.shape)
+    assert [w.path.split("/")[-1] for w in ours.weights] == [
+        w.path.split("/")[-1] for w in theirs.weights
+    ]
+    _random_weights(theirs)
+    ours.set_weights(theirs.get_weights())
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(ours(x)),
+        keras.ops.convert_to_numpy(theirs(x)),
+        rtol=2e-5,
+        atol=2e-5,
+    )
+    assert ours.get_config()["axis"] == theirs.get_config()["axis"]
+
+
+class _no_warning:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_large_mean_keeps_precision():
+    # Values around 1e4 with unit spread: a one-pass variance (E[x^2] - E[x]^2) loses it all
+    # (E[x^2] ~ 1e8 has a float32 spacing of 8); the float32 mean itself limits us to ~1e-3.
+    x = (1e4 + np.random.default_rng(3).normal(0, 1, (2, 5, 64))).astype("float32")
+    layer = LayerNormalization(axis=1, epsilon=1e-5)
+    out = keras.ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(out, reference(x, [1], epsilon=1e-5), atol=1e-2)
+
+
+def test_float16_and_mixed_precision():
+    x = np.random.default_rng(4).normal(3.0, 2.0, (3, 40)).astype("float16")
+    layer = LayerNormalization(dtype="mixed_float16")
+    out = layer(x)
+    assert keras.backend.standardize_dtype(out.dtype) == "float16"
+    assert keras.backend.standardize_dtype(layer.gamma.dtype) == "float32"
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(out).astype("float64"), reference(x, [-1]), atol=1e-2
+    )
+
+
+def test_zero_rows_and_one_feature():
+    layer = LayerNormalization()
+    out = layer(np.zeros((0, 8), "float32"))
+    assert tuple(out.shape) == (0, 8)
+    # One feature: the centred value is 0, so the output is beta.
+    layer = LayerNormalization(beta_initializer="ones")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(layer(np.full((3, 1), 5.0, "float32"))), np.ones((3, 1))
+    )
+
+
+def test_trains_in_a_functional_model_and_round_trips(tmp_path):
+    inputs = keras.Input((4, 3, 3))
+    h = LayerNormalization(axis=1, name="norm")(inputs)
+    outputs = keras.layers.Dense(2)(keras.layers.Flatten()(h))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(16, 4, 3, 3)).astype("float32")
+    y = rng.normal(size=(16, 2)).astype("float32")
+    before = model.get_layer("norm").gamma.numpy().copy()
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    assert not np.allclose(model.get_layer("norm").gamma.numpy(), before)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.get_layer("norm"), LayerNormalization)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-6
+    )
+
+
+def test_loads_keras_layer_weights_and_rejects_wrong_shapes(tmp_path):
+    def model_with(layer_cls, features, **kwargs):
+        inputs = keras.Input((3, features))
+        return keras.Model(inputs, layer_cls(name="ln", **kwargs)(inputs))
+
+    theirs = model_with(keras.layers.LayerNormalization, 6)
+    _random_weights(theirs.get_layer("ln"))
+    path = str(tmp_path / "ln.weights.h5")
+    theirs.save_weights(path)
+    ours = model_with(LayerNormalization, 6)
+    ours.load_weights(path)
+    x = np.random.default_rng(6).normal(size=(2, 3, 6)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x)), atol=2e-5
+    )
+    wrong = model_with(LayerNormalization, 5)
+    with pytest.raises(ValueError, match="gamma.*shape \\(6,\\).*expects \\(5,\\)"):
+        wrong.load_weights(path)
+
+
+def test_config_round_trip():
+    layer = LayerNormalization(axis=[1, 3], epsilon=1e-4, center=False, name="n")
+    clone = LayerNormalization.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert isinstance(restored, LayerNormalization) and restored.axis == [1, 3]
+
+
+@pytest.mark.parametrize(
+    "axis, shape, match",
+    [
+        (4, (2, 3, 4, 5), "out of range"),
+        (-5, (2, 3, 4, 5), "out of range"),
+        ([1, -3], (2, 3, 4, 5), "more than once"),
+        (1, (2, 0, 4), "normalised size is 0"),
+    ],
+)
+def test_bad_axes_are_clear_errors(axis, shape, match):
+    with pytest.raises(ValueError, match=match):
+        LayerNormalization(axis=axis).build(shape)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"axis": "channels"}, "`axis`"),
+        ({"axis": [1, 1]}, "more than once"),
+        ({"axis": []}, "`axis`"),
+        ({"epsilon": -1.0}, "`epsilon`"),
+        ({"center": "yes"}, "`center`"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LayerNormalization(**kwargs)

@@ -1,0 +1,107 @@
+"""DETR presets from a checkpoint URL: download through keras, sha256, convert once, cache.
+
+A real HTTP server on 127.0.0.1 (the ``http_server`` fixture) serves a checkpoint in the original
+facebookresearch format, generated from a random transformers DETR.
+"""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import torch
+from detr_checkpoints import hf_outputs, make_hf_model, original_checkpoint, small_config
+
+from kzoo import presets
+from kzoo.models.detr import DETR
+from kzoo.models.detr import convert as convert_module
+from kzoo.presets import registry
+from kzoo.utils.files import sha256_file
+
+NAME = "detr_test_tiny"
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    return make_hf_model(small_config(num_labels=4, num_queries=6), seed=3)
+
+
+@pytest.fixture
+def served(hf_model, http_server, monkeypatch):
+    root, base = http_server
+    path = root / "detr-tiny.pth"
+    torch.save(original_checkpoint(hf_model), path)
+    sha = sha256_file(path)
+    info = presets.PresetInfo(
+        NAME,
+        "DETR",
+        f"{base}/detr-tiny.pth",
+        sha256=sha,
+        converter="kzoo.models.detr.convert:convert_detr",
+    )
+    monkeypatch.setitem(registry._PRESETS, NAME, info)
+    calls = []
+    real = convert_module.convert_detr
+
+    def counting(src, dst):
+        calls.append(src)
+        return real(src, dst)
+
+    monkeypatch.setattr(convert_module, "convert_detr", counting)
+    return path, sha, calls
+
+
+def _entries(keras_home):
+    root = os.path.join(keras_home, "kzoo", "presets")
+    return sorted(os.listdir(root)) if os.path.isdir(root) else []
+
+
+def test_download_verify_convert_once_and_cache(served, hf_model, keras_home, capsys):
+    path, sha, calls = served
+    model = DETR.from_preset(NAME)
+    assert "Downloading data from" in capsys.readouterr().out
+    assert len(calls) == 1
+    assert f"{NAME}-{sha[:12]}" in _entries(keras_home)
+    cached = os.path.join(keras_home, "kzoo", "presets", f"{NAME}-{sha[:12]}")
+    assert sorted(os.listdir(cached)) == ["config.json", "metadata.json", "model.weights.h5"]
+    image = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
+    out = model.predict_on_batch(image)
+    ref_logits, ref_boxes = hf_outputs(hf_model, image)
+    assert np.max(np.abs(keras.ops.convert_to_numpy(out["logits"]) - ref_logits)) <= 1e-4
+    assert np.max(np.abs(keras.ops.convert_to_numpy(out["boxes"]) - ref_boxes)) <= 1e-4
+    # The second time the converted preset is used as it is: no download, no conversion.
+    os.remove(path)
+    again = DETR.from_preset(NAME)
+    assert len(calls) == 1 and "Downloading" not in capsys.readouterr().out
+    for a, b in zip(model.weights, again.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def test_tampered_download_is_refused_and_not_cached(served, keras_home):
+    path, sha, calls = served
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"does not match sha256 {sha}"):
+        DETR.from_preset(NAME)
+    assert calls == []
+    leftovers = [os.path.join(d, f) for d, _, files in os.walk(keras_home) for f in files]
+    assert leftovers == [], leftovers
+    # Once the server has the right file again, the same call succeeds.
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    DETR.from_preset(NAME)
+    assert len(calls) == 1
+
+
+def test_released_presets_are_registered():
+    for name, url_hex in (("detr_resnet50_coco", "e632da11"), ("detr_resnet101_coco", "2c7b67e5")):
+        info = presets.get_preset(name)
+        assert info.model_class == "DETR" and info.license == "Apache-2.0"
+        assert info.location.startswith("https://dl.fbaipublicfiles.com/detr/detr-r")
+        assert info.location.endswith(f"-{url_hex}.pth")
+        # torch.hub convention: the hex in the file name starts the file's sha256.
+        assert len(info.sha256) == 64 and info.sha256.startswith(url_hex)
+        int(info.sha256, 16)
+        module, _, attr = info.converter.partition(":")
+        assert getattr(__import__(module, fromlist=[attr]), attr) is convert_module.convert_detr
