@@ -62,12 +62,12 @@ def _bench_backend(args):
         out_ref = keras.ops.convert_to_numpy(ref(x[: args.batch], training=False))
         max_diff = float(np.abs(out_kz - out_ref).max())
 
-        def fit(model):
+        def fit(model, x=x, y=y):
             start = time.perf_counter()
             model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
             return (time.perf_counter() - start) / args.batches
 
-        def infer(model):
+        def infer(model, x=x):
             start = time.perf_counter()
             model.predict_on_batch(x[: args.batch])
             return time.perf_counter() - start
@@ -104,6 +104,12 @@ def main():
     parser.add_argument("--filters", default="16,16")
     parser.add_argument("--kernel-sizes", default="3,3")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads per framework; 1 avoids oversubscribing a shared 2-core machine",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -112,6 +118,17 @@ def main():
     rows = []
     for backend in args.backends.split(","):
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        threads = str(args.threads)
+        env.update(
+            OMP_NUM_THREADS=threads,
+            TF_NUM_INTRAOP_THREADS=threads,
+            TF_NUM_INTEROP_THREADS=threads,
+        )
+        if args.threads == 1:
+            env["XLA_FLAGS"] = (
+                env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+                " intra_op_parallelism_threads=1"
+            ).strip()
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
         cmd = [sys.executable, os.path.abspath(__file__), "--child"]
         for key, value in vars(args).items():
@@ -129,7 +146,7 @@ def main():
     print(
         f"\nbatch {args.batch}, {args.frames} frames of {args.size}x{args.size}x3, ConvLSTM2D "
         f"filters {args.filters}, kernels {args.kernel_sizes}; median of {args.repeats} "
-        "alternating runs\n"
+        f"alternating runs; {args.threads} CPU thread(s) per framework\n"
     )
     print(
         "| backend | model | fit step kzoo (s) | fit step keras (s) | fit speedup "

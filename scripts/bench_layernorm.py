@@ -51,8 +51,12 @@ def _timer(fns, sync, rounds, min_time):
         once = max(time.perf_counter() - start, 1e-7)
         iters[name] = max(1, min(1000, math.ceil(min_time / once)))
     samples = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(rounds):
+        # Rotate the order so that no implementation always runs right after the same other one
+        # (a large free just before a call, for instance, costs the next allocation page faults).
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = fns[name]
             start = time.perf_counter()
             for _ in range(iters[name]):
                 out = fn()
@@ -264,7 +268,12 @@ def _summarise(results):
     ]
     ratios = {}
     for key, g in sorted(groups.items()):
-        cells = [f"{g[i]['ms']:.3f} ({g[i]['gbps']:.0f})" if i in g else "-" for i in impls]
+        cells = [
+            f"{g[i]['ms']:.3f} ({g[i]['gbps']:.{0 if g[i]['gbps'] >= 100 else 1}f})"
+            if i in g
+            else "-"
+            for i in impls
+        ]
         ratio = g["kzoo"]["kzoo_over_keras"]
         ratios.setdefault((key[0], key[1], key[5]), []).append(ratio)
         lines.append(

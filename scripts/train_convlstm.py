@@ -20,7 +20,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=14)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=5,
+        help="first epochs on binary cross-entropy (MAE alone stalls at a black frame)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-sequences", type=int, default=768)
     parser.add_argument("--val-sequences", type=int, default=64)
     parser.add_argument("--filters", default="16,16")
@@ -59,6 +65,7 @@ def main():
         seed=args.seed,
         verbose=2,
         preset_dir=args.preset_dir,
+        warmup_epochs=args.warmup_epochs,
     )
     result = training.evaluate_against_copy_last(model)
     result.update(

@@ -8,3 +8,4 @@ from kzoo.data.moving_objects import (  # noqa: E402,F401
 )
 from kzoo.data.coco_eval import evaluate_detections  # noqa: E402,F401
 from kzoo.data.detection import SyntheticDetection  # noqa: E402,F401
+from kzoo.data import images  # noqa: E402,F401

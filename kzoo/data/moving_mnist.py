@@ -13,6 +13,9 @@ CACHE_SUBDIR = os.path.join("kzoo", "datasets")
 
 
 def _keras_home():
+    # KERAS_HOME is read now rather than at keras's import, so that it can be changed later.
+    if os.environ.get("KERAS_HOME"):
+        return os.path.expanduser(os.environ["KERAS_HOME"])
     from keras.src.backend import config as keras_config
 
     return os.path.expanduser(keras_config.keras_home())
@@ -55,7 +58,8 @@ def load_moving_mnist(source, sha256=None, normalize=True):
 
     Args:
         source: A local path of ``mnist_test_seq.npy``, or an http(s)/file URL of it
-            (downloaded once into the keras cache, ``~/.keras/kzoo/datasets``), for example
+            (downloaded once into the keras cache, ``$KERAS_HOME/kzoo/datasets``, by default
+            ``~/.keras/kzoo/datasets``), for example
             ``kzoo.data.MOVING_MNIST_URL``.
         sha256: The file's sha256. Required for URLs; checked for local files when given.
         normalize: ``True`` gives float32 in [0, 1]; ``False`` the file's uint8 values.

@@ -68,7 +68,7 @@ def _fwd_kernel(x_ref, w_ref, b_ref, y_ref, mean_ref, rstd_ref, *, n, eps, block
         x = _load_row(x_ref, cols, n)
         mean = jnp.sum(x) / n
         xc = jnp.where(mask, x - mean, 0.0)
-        rstd = lax.rsqrt(jnp.sum(xc * xc) / n + eps)
+        rstd = 1.0 / jnp.sqrt(jnp.sum(xc * xc) / n + eps)
         y = xc * rstd * _load_row(w_ref, cols, n) + _load_row(b_ref, cols, n)
         plgpu.store(y_ref.at[cols], y.astype(y_ref.dtype), mask=mask)
     else:
@@ -78,7 +78,7 @@ def _fwd_kernel(x_ref, w_ref, b_ref, y_ref, mean_ref, rstd_ref, *, n, eps, block
             d = jnp.where(c < n, _load_row(x_ref, c, n) - mean, 0.0)
             return acc + d * d
 
-        rstd = lax.rsqrt(jnp.sum(_fold(n, block, sq, zeros)) / n + eps)
+        rstd = 1.0 / jnp.sqrt(jnp.sum(_fold(n, block, sq, zeros)) / n + eps)
 
         def write(c, carry):
             y = (_load_row(x_ref, c, n) - mean) * rstd

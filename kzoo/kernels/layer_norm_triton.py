@@ -20,6 +20,7 @@ autograd formula, so they work under autograd and ``torch.compile``. This module
 and is imported only by the dispatch (``kzoo.ops.layer_norm``) on first use.
 """
 
+import functools
 import math
 
 import torch
@@ -207,18 +208,19 @@ def _num_warps(block, element_size):
     return max(1, min(16, block * element_size // 256))
 
 
+@functools.cache
+def _multiprocessors(index):
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _programs(rows, device):
     if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        target = 4 * sms
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        target = 4 * _multiprocessors(index)
     else:
         # The interpreter runs programs one after another; a few still exercise the reduction.
         target = 4
     return max(1, min(rows, target))
-
-
-def _empty_param(x):
-    return x.new_empty((0,), dtype=torch.float32)
 
 
 @torch.library.custom_op("kzoo::layer_norm_fwd", mutates_args=())

@@ -230,8 +230,7 @@ class ConvLSTM(keras.layers.Layer):
             data_format = keras.config.image_data_format()
         if data_format not in ("channels_last", "channels_first"):
             raise ValueError(
-                "`data_format` must be 'channels_last' or 'channels_first'; "
-                f"got {data_format!r}."
+                f"`data_format` must be 'channels_last' or 'channels_first'; got {data_format!r}."
             )
         self.data_format = data_format
         for name, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
@@ -279,7 +278,9 @@ class ConvLSTM(keras.layers.Layer):
         expected = self.rank + 3
         if len(shape) != expected:
             layout = (
-                "(batch, time, channels, " if self.data_format == "channels_first" else "(batch, time, "
+                "(batch, time, channels, "
+                if self.data_format == "channels_first"
+                else "(batch, time, "
             )
             dims = ", ".join("dim" for _ in range(self.rank))
             tail = ")" if self.data_format == "channels_first" else ", channels)"

@@ -43,9 +43,7 @@ def input_projection(inputs, kernel, bias, input_masks, config):
     else:
         # One mask per gate (fixed over time), so each gate sees differently masked inputs.
         kernels = _gate_slices(kernel)
-        parts = [
-            conv(inputs * ops.expand_dims(m, 1), k) for m, k in zip(input_masks, kernels)
-        ]
+        parts = [conv(inputs * ops.expand_dims(m, 1), k) for m, k in zip(input_masks, kernels)]
         z = ops.concatenate(parts, axis=1 if channel_axis == 2 else -1)
     if bias is not None:
         z = z + ops.reshape(bias, _bias_shape(rank, 4 * filters, config["data_format"], 1))
@@ -85,9 +83,7 @@ def conv_lstm_forward(
 
     if initial_state is None:
         first = z[0]
-        zeros = ops.zeros_like(
-            first[:, :filters] if channels_first else first[..., :filters]
-        )
+        zeros = ops.zeros_like(first[:, :filters] if channels_first else first[..., :filters])
         h0, c0 = zeros, zeros
     else:
         h0, c0 = initial_state
@@ -99,9 +95,7 @@ def conv_lstm_forward(
         rec_kernels = _gate_slices(recurrent_kernel)
 
     def recurrent_conv(x, w):
-        return ops.conv(
-            x, w, strides=1, padding="same", data_format=config["data_format"]
-        )
+        return ops.conv(x, w, strides=1, padding="same", data_format=config["data_format"])
 
     def step(carry, xs):
         if mask is None:

@@ -183,6 +183,7 @@ class CausalLM(PresetMixin, keras.Model):
         self.logits = layers.Dense(vocabulary_size, dtype=self.dtype_policy, name="logits")
 
     def build(self, input_shape):
+        self._check_length(input_shape[1])
         self.token_embedding.build(input_shape)
         self.position_embedding.build((input_shape[1],))
         hidden_shape = tuple(input_shape) + (self.hidden_dim,)
@@ -194,11 +195,7 @@ class CausalLM(PresetMixin, keras.Model):
 
     def call(self, token_ids):
         seq_len = ops.shape(token_ids)[1]
-        if seq_len > self.max_sequence_length:
-            raise ValueError(
-                f"The sequence length {seq_len} exceeds max_sequence_length="
-                f"{self.max_sequence_length}."
-            )
+        self._check_length(seq_len)
         dist, _ = active_context_parallel()
         positions = np.arange(seq_len) if dist is None else dist.layout_positions(seq_len)
         x = self.token_embedding(token_ids)
@@ -206,6 +203,13 @@ class CausalLM(PresetMixin, keras.Model):
         for block in self.blocks:
             x = block(x)
         return self.logits(self.final_norm(x))
+
+    def _check_length(self, seq_len):
+        if seq_len is not None and seq_len > self.max_sequence_length:
+            raise ValueError(
+                f"The sequence length {seq_len} exceeds max_sequence_length="
+                f"{self.max_sequence_length}."
+            )
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.vocabulary_size,)

@@ -96,6 +96,7 @@ def load_preset(source, expected_class=None, sha256=None, load_weights=True, **c
         # The weights are about to be overwritten: skip drawing random initial values.
         with placeholder_initializers(model):
             model.build_from_config(build_config)
+        model.built = True  # as keras' own deserialization does after build_from_config
     if load_weights:
         _load_weights(model, preset_dir)
     return model

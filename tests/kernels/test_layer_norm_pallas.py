@@ -128,22 +128,6 @@ def test_zero_rows_and_no_parameters(ln):
     )
 
 
-def test_jit_and_grad(ln):
-    import jax
-    import jax.numpy as jnp
-
-    x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 7)).astype("float32"))
-    w = jnp.ones((7,), jnp.float32)
-
-    def loss(x, w):
-        return jnp.sum(ln.layer_norm_2d(x, w, None, 1e-5, interpret=_interpret()) ** 2)
-
-    eager = jax.grad(loss, argnums=(0, 1))(x, w)
-    jitted = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
-    for a, b in zip(eager, jitted):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
-
-
 def test_bad_input(ln):
     import jax.numpy as jnp
 

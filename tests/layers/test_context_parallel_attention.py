@@ -18,16 +18,20 @@ def _mask(b=2, s=16, seed=1):
     return mask
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_matches_keras_multi_head_attention(causal):
+def test_matches_keras_multi_head_attention():
     x, y, mask = _x(), _x(s=16, seed=2), _mask()
+    for causal in (False, True):
+        _check_against_keras_mha(x, y, mask, causal)
+
+
+def _check_against_keras_mha(x, y, mask, causal):
     # keras's MultiHeadAttention fails on JAX when value_dim != key_dim; that case is checked
     # against float64 numpy below.
     ref = keras.layers.MultiHeadAttention(num_heads=3, key_dim=4, output_shape=7)
     layer = ContextParallelAttention(num_heads=3, key_dim=4, output_shape=7, causal=causal)
     full_mask = np.broadcast_to(mask[:, None, :], (2, 16, 16))
     expected = ref(x, y, attention_mask=full_mask, use_causal_mask=causal)
-    layer(x, y)
+    layer.build(x.shape, y.shape)
     assert [w.shape for w in layer.weights] == [w.shape for w in ref.weights]
     layer.set_weights(ref.get_weights())
     got = layer(x, y, attention_mask=mask)
@@ -37,22 +41,7 @@ def test_matches_keras_multi_head_attention(causal):
     assert got.shape == (2, 16, 7)
 
 
-def test_grouped_query_matches_keras_group_query_attention():
-    x, mask = _x(), _mask()
-    ref = keras.layers.GroupQueryAttention(head_dim=4, num_query_heads=4, num_key_value_heads=2)
-    layer = ContextParallelAttention(num_heads=4, key_dim=4, num_key_value_heads=2, causal=True)
-    full_mask = np.broadcast_to(mask[:, None, :], (2, 16, 16))
-    expected = ref(x, x, attention_mask=full_mask, use_causal_mask=True)
-    layer(x, x)
-    assert [w.shape for w in layer.weights] == [w.shape for w in ref.weights]
-    layer.set_weights(ref.get_weights())
-    got = layer(x, x, attention_mask=mask)
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected), atol=2e-5
-    )
-
-
-def test_value_dim_and_key_matches_float64_numpy():
+def test_grouped_query_value_dim_and_key_match_float64_numpy():
     q_in, k_in, v_in, mask = _x(seed=3), _x(seed=4), _x(seed=5), _mask()
     layer = ContextParallelAttention(num_heads=4, key_dim=3, value_dim=5, num_key_value_heads=2)
     out = keras.ops.convert_to_numpy(layer(q_in, v_in, key=k_in, attention_mask=mask))
@@ -68,21 +57,23 @@ def test_value_dim_and_key_matches_float64_numpy():
     np.testing.assert_allclose(out, ref, atol=2e-5)
 
 
-def test_separate_key_and_config_round_trip():
-    layer = ContextParallelAttention(num_heads=2, key_dim=3, num_key_value_heads=1, causal=True)
-    q, k, v = _x(s=8, seed=3), _x(s=8, seed=4), _x(s=8, seed=5)
+def test_config_round_trip_and_serialization():
+    # The same configuration and shapes as the float64 test, so eager JAX reuses its compiles.
+    layer = ContextParallelAttention(
+        num_heads=4, key_dim=3, value_dim=5, num_key_value_heads=2, causal=True
+    )
+    q, k, v = _x(seed=3), _x(seed=4), _x(seed=5)
     out = layer(q, v, key=k)
     clone = ContextParallelAttention.from_config(layer.get_config())
-    clone(q, v, key=k)
+    clone.build(q.shape, v.shape, k.shape)
     clone.set_weights(layer.get_weights())
+    assert clone.causal and clone.num_key_value_heads == 2 and clone.value_dim == 5
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(clone(q, v, key=k)), keras.ops.convert_to_numpy(out), atol=1e-6
     )
-    # The key really is the key: swapping key and value changes the result.
-    swapped = keras.ops.convert_to_numpy(layer(q, k, key=v))
-    assert np.max(np.abs(swapped - keras.ops.convert_to_numpy(out))) > 1e-3
-    inputs = keras.Input((8, 12))
+    inputs = keras.Input((16, 12))
     model = keras.Model(inputs, layer(inputs, inputs))
+    assert model.output.shape == (None, 16, 12)
     restored = keras.models.model_from_json(model.to_json())
     assert restored.layers[-1].get_config() == layer.get_config()
 
@@ -102,8 +93,11 @@ def test_rejects_bad_arguments(kwargs, match):
 
 
 @pytest.mark.backends("jax")
-@pytest.mark.parametrize("mesh,causal", [((2, 4), True), ((1, 8), False)])
-def test_context_parallel_matches_single_device_outputs_and_all_gradients(mesh, causal):
+def test_context_parallel_matches_single_device_outputs_and_all_gradients():
+    # One configuration: the weight gradients only differ between the modes through the
+    # attention op, whose meshes (1x8, 2x4) and causal/non-causal variants
+    # tests/ops/test_ring_attention.py covers.
+    mesh, causal = (2, 4), True
     import jax
 
     from kzoo.distribution import ContextParallel
@@ -112,7 +106,7 @@ def test_context_parallel_matches_single_device_outputs_and_all_gradients(mesh, 
     x, mask = _x(b, s, d), _mask(b, s)
     cot = np.random.default_rng(9).normal(size=(b, s, d)).astype("float32")
     layer = ContextParallelAttention(num_heads=4, key_dim=4, num_key_value_heads=2, causal=causal)
-    layer(x, x)
+    layer.build(x.shape, x.shape)
     weights = [np.asarray(w) for w in layer.get_weights()]
 
     def make_grad_fn():

@@ -66,9 +66,9 @@ def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="num_heads"):
         CausalLM(vocabulary_size=8, num_layers=1, hidden_dim=8, num_heads=3)
     with pytest.raises(ValueError, match="max_sequence_length"):
-        CausalLM(vocabulary_size=8, num_layers=1, hidden_dim=8, num_heads=2, max_sequence_length=4)(
-            np.zeros((1, 8), "int32")
-        )
+        CausalLM(
+            vocabulary_size=8, num_layers=1, hidden_dim=8, num_heads=2, max_sequence_length=4
+        ).build((1, 8))
 
 
 @pytest.mark.backends("jax")

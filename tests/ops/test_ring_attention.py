@@ -144,10 +144,11 @@ def _out_and_grads(cp, causal, dtype, q, k, v, mask, cotangent):
 @pytest.mark.backends("jax")
 @pytest.mark.parametrize(
     "mesh,causal,load_balance",
-    [((1, 8), True, "zigzag"), ((2, 4), False, "zigzag"), ((2, 4), True, "contiguous")],
+    [((1, 8), True, "zigzag"), ((2, 4), False, "zigzag"), ((4, 2), True, "contiguous")],
 )
 def test_ring_matches_single_device_output_and_gradients(mesh, causal, load_balance):
-    q, k, v, mask = _inputs(s=32, h=4, hk=2)  # grouped-query attention, key padding
+    # Grouped-query attention and key padding; 4 rows so that a 4-way batch axis divides them.
+    q, k, v, mask = _inputs(b=4, s=32, h=4, hk=2)
     cot = np.random.default_rng(5).normal(size=q.shape).astype("float32")
     ref, _ = _out_and_grads(None, causal, "float32", q, k, v, mask, cot)
     cp = _cp(mesh, load_balance)
@@ -165,7 +166,7 @@ def test_ring_matches_single_device_output_and_gradients(mesh, causal, load_bala
 
 @pytest.mark.backends("jax")
 def test_ring_bfloat16_error_within_3x_of_single_device():
-    q, k, v, mask = _inputs(s=64, h=4, hk=2, d=16, seed=3)
+    q, k, v, mask = _inputs(s=32, h=4, hk=2, d=16, seed=3)
     cot = np.random.default_rng(6).normal(size=q.shape).astype("float32")
     truth, _ = _out_and_grads(None, True, "float32", q, k, v, mask, cot)
     single, _ = _out_and_grads(None, True, "bfloat16", q, k, v, mask, cot)
@@ -200,6 +201,42 @@ def test_ring_forward_hlo_has_cp_minus_1_permutes_and_sends_before_compute():
     sends = [i for i, e in enumerate(events) if e == "collective_permute"]
     assert len(sends) == 7
     assert all(b - a > 1 for a, b in zip(sends, sends[1:]))
+
+
+@pytest.mark.backends("jax")
+def test_each_ring_case_costs_what_the_schedule_counts():
+    # scripts/bench_cp.py counts work from the schedule (CASE_PAIRS); the compiled cost of each
+    # case the JAX ring runs, forward and backward, must be proportional to those counts, and a
+    # skipped (fully masked) block must cost nothing.
+    import jax
+    import jax.numpy as jnp
+
+    rj = importlib.import_module("kzoo.ops.ring_attention_jax")
+    q = jnp.zeros((1, 64, 2, 2, 32))
+    k = jnp.zeros((1, 64, 2, 32))
+    m = jnp.ones((1, 64), bool)
+    lse = jnp.zeros((1, 64, 2, 2))
+    per_pair = {}
+    for case, pairs in ra.CASE_PAIRS.items():
+
+        def fwd(q, k, m, lse, case=case):
+            return rj._forward_case(case, q, k, k, m, q, lse, 0.1)
+
+        def bwd(q, k, m, lse, case=case):
+            return rj._backward_case(case, q, k, k, m, q, lse, lse, 0.1)
+
+        # The lowered program's cost analysis: no XLA compile needed.
+        flops = [
+            (jax.jit(f).lower(q, k, m, lse).cost_analysis() or {}).get("flops", 0.0)
+            for f in (fwd, bwd)
+        ]
+        if not pairs:
+            assert flops == [0.0, 0.0] or max(flops) < 1e3
+            continue
+        per_pair[case] = [f / len(pairs) for f in flops]
+    for direction in (0, 1):
+        costs = [v[direction] for v in per_pair.values()]
+        assert max(costs) / min(costs) < 1.1, per_pair
 
 
 @pytest.mark.backends("jax")

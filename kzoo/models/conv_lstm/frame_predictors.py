@@ -141,6 +141,14 @@ class NextFramePredictor(PresetMixin, keras.Model):
         metrics = ["mae"] if metrics == "auto" else metrics
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
+    # compile() is overridden for its defaults; these keep keras restoring the compile
+    # settings when a saved model is loaded.
+    def get_compile_config(self):
+        return super().get_compile_config()
+
+    def compile_from_config(self, config):
+        return super().compile_from_config(config)
+
     def get_config(self):
         return {
             "name": self.name,
@@ -205,7 +213,12 @@ class ColorFramePredictor(PresetMixin, keras.Model):
                 f"`head_kernel_size` must be a positive integer; got {head_kernel_size!r}."
             )
         inputs, outputs = build_color_frame_graph(
-            channels, output_channels, filters, kernel_sizes, activation, head_kernel_size,
+            channels,
+            output_channels,
+            filters,
+            kernel_sizes,
+            activation,
+            head_kernel_size,
             ConvLSTM2D,
         )
         kwargs.setdefault("name", "color_frame_predictor")
@@ -224,6 +237,14 @@ class ColorFramePredictor(PresetMixin, keras.Model):
         loss = "mae" if loss == "auto" else loss
         metrics = ["mae"] if metrics == "auto" else metrics
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    # compile() is overridden for its defaults; these keep keras restoring the compile
+    # settings when a saved model is loaded.
+    def get_compile_config(self):
+        return super().get_compile_config()
+
+    def compile_from_config(self, config):
+        return super().compile_from_config(config)
 
     def get_config(self):
         return {

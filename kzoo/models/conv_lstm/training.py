@@ -13,7 +13,7 @@ from kzoo.utils.files import atomic_file
 
 # The data the shipped preset was trained on; evaluation draws fresh sequences of the same kind.
 DATA_OPTIONS = dict(
-    num_frames=8,
+    num_frames=7,
     image_size=24,
     num_objects=2,
     color=True,
@@ -36,8 +36,13 @@ def train_color_predictor(
     seed=0,
     verbose="auto",
     preset_dir=None,
+    warmup_epochs=0,
 ):
     """Train a ``ColorFramePredictor`` on seeded synthetic colour videos.
+
+    The first ``warmup_epochs`` epochs minimise binary cross-entropy instead of MAE: MAE's
+    gradient vanishes once the sigmoid head has saturated at the black background, where a
+    fresh model lands within an epoch; cross-entropy keeps pulling the objects out.
 
     Writes the preset to ``preset_dir`` (default ``output_dir/preset``), the loss curve to
     ``output_dir/loss_curve.png`` and the history to ``output_dir/history.json``.
@@ -58,14 +63,22 @@ def train_color_predictor(
         val_sequences, batch_size=batch_size, target="last", seed=seed + 1, **DATA_OPTIONS
     )
     model = ColorFramePredictor(channels=3, filters=filters, kernel_sizes=kernel_sizes)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
     start = time.time()
-    history = model.fit(train, validation_data=val, epochs=epochs, verbose=verbose)
+    hist = {}
+    for loss, n in (("binary_crossentropy", warmup_epochs), ("mae", epochs - warmup_epochs)):
+        if n <= 0:
+            continue
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+        history = model.fit(train, validation_data=val, epochs=n, verbose=verbose)
+        for key, values in history.history.items():
+            hist.setdefault(key, []).extend(float(v) for v in values)
+        hist.setdefault("loss_name", []).extend([loss] * n)
+    # The preset is saved compiled with the model's defaults (Adam, MAE, MAE).
+    model.compile()
     seconds = time.time() - start
     os.makedirs(output_dir, exist_ok=True)
     preset_dir = preset_dir or os.path.join(output_dir, "preset")
     model.save_to_preset(preset_dir)
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     with atomic_file(os.path.join(output_dir, "history.json"), mode="w") as f:
         json.dump({"history": hist, "seconds": seconds, "seed": seed}, f, indent=2)
     save_loss_curve(hist, os.path.join(output_dir, "loss_curve.png"))
@@ -81,11 +94,11 @@ def save_loss_curve(history, path):
 
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
     epochs = np.arange(1, len(history["loss"]) + 1)
-    ax.plot(epochs, history["loss"], marker="o", label="train")
-    if "val_loss" in history:
-        ax.plot(epochs, history["val_loss"], marker="o", label="validation")
+    ax.plot(epochs, history["mae"], marker="o", label="train MAE")
+    if "val_mae" in history:
+        ax.plot(epochs, history["val_mae"], marker="o", label="validation MAE")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (MAE)")
+    ax.set_ylabel("mean absolute error")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -21,6 +21,8 @@ import math
 import keras
 from keras import ops
 
+from kzoo.models.detr.initializers import he_normal_fan_out
+
 RESNET_BLOCKS = {
     "resnet50": (3, 4, 6, 3),
     "resnet101": (3, 4, 23, 3),
@@ -131,7 +133,7 @@ def _conv(filters, kernel_size, stride, name, use_bias=False):
         strides=stride,
         padding="valid",
         use_bias=use_bias,
-        kernel_initializer=keras.initializers.HeNormal(),
+        kernel_initializer=he_normal_fan_out(),
         name=name,
     )
 
@@ -170,9 +172,7 @@ class ResNetBackbone(keras.layers.Layer):
     def __init__(self, variant="resnet50", trainable_stages=3, trainable_affine=False, **kwargs):
         super().__init__(**kwargs)
         if variant not in RESNET_BLOCKS:
-            raise ValueError(
-                f"variant must be one of {', '.join(RESNET_BLOCKS)}; got {variant!r}."
-            )
+            raise ValueError(f"variant must be one of {', '.join(RESNET_BLOCKS)}; got {variant!r}.")
         if not isinstance(trainable_stages, int) or not 0 <= trainable_stages <= 5:
             raise ValueError(f"trainable_stages must be an int in 0..5; got {trainable_stages!r}.")
         self.variant = variant

@@ -68,6 +68,7 @@ import keras
 from keras import ops
 
 from kzoo.models.detr.backbone import RESNET_BLOCKS, ResNetBackbone
+from kzoo.models.detr.initializers import glorot_uniform, standard_normal
 from kzoo.models.detr.position_embedding import SinePositionEmbedding
 from kzoo.models.detr.transformer import DETRTransformer
 from kzoo.presets import PresetMixin
@@ -159,8 +160,10 @@ class DETR(PresetMixin, keras.Model):
                 f"d_model must be a multiple of 4 (the sine embedding gives d_model/2 features "
                 f"per axis, in sin/cos pairs); got {d_model}."
             )
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not (
-            0 <= dropout < 1
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, (int, float))
+            or not (0 <= dropout < 1)
         ):
             raise ValueError(f"dropout must be a float in [0, 1); got {dropout!r}.")
         if backbone not in RESNET_BLOCKS:
@@ -195,12 +198,14 @@ class DETR(PresetMixin, keras.Model):
             trainable_affine=backbone == "small",
             name="backbone",
         )
-        self.input_proj = keras.layers.Conv2D(d_model, 1, name="input_proj")
+        self.input_proj = keras.layers.Conv2D(
+            d_model, 1, kernel_initializer=glorot_uniform(), name="input_proj"
+        )
         self.position_embedding = SinePositionEmbedding(d_model // 2, name="position_embedding")
         self.query_embed = keras.layers.Embedding(
             num_queries,
             d_model,
-            embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
+            embeddings_initializer=standard_normal(),
             name="query_embed",
         )
         self.transformer = DETRTransformer(
@@ -212,10 +217,16 @@ class DETR(PresetMixin, keras.Model):
             dropout,
             name="transformer",
         )
-        self.class_embed = keras.layers.Dense(num_classes + 1, name="class_embed")
-        self.bbox_embed_0 = keras.layers.Dense(d_model, activation="relu", name="bbox_embed_0")
-        self.bbox_embed_1 = keras.layers.Dense(d_model, activation="relu", name="bbox_embed_1")
-        self.bbox_embed_2 = keras.layers.Dense(4, name="bbox_embed_2")
+
+        def dense(units, name, activation=None):
+            return keras.layers.Dense(
+                units, activation=activation, kernel_initializer=glorot_uniform(), name=name
+            )
+
+        self.class_embed = dense(num_classes + 1, "class_embed")
+        self.bbox_embed_0 = dense(d_model, "bbox_embed_0", "relu")
+        self.bbox_embed_1 = dense(d_model, "bbox_embed_1", "relu")
+        self.bbox_embed_2 = dense(4, "bbox_embed_2")
         self._detr_loss = None
 
     # ---------------------------------------------------------------- building and calling
@@ -251,8 +262,7 @@ class DETR(PresetMixin, keras.Model):
         if pixel_mask is not None:
             mask_shape = tuple(pixel_mask.shape)
             if len(mask_shape) != 3 or any(
-                a is not None and b is not None and a != b
-                for a, b in zip(mask_shape, shape[:3])
+                a is not None and b is not None and a != b for a, b in zip(mask_shape, shape[:3])
             ):
                 raise ValueError(
                     f"pixel_mask must be shaped (batch, height, width) like the images "
@@ -307,7 +317,7 @@ class DETR(PresetMixin, keras.Model):
             ops.cast(self.query_embed.embeddings, features.dtype)[None],
             (batch, self.num_queries, self.d_model),
         )
-        hidden = self.transformer(features, pos, query_pos, mask=flat_mask, training=training)
+        hidden = self.transformer(features, pos, query_pos, valid_mask=flat_mask, training=training)
         logits = self.class_embed(hidden)
         boxes = ops.sigmoid(self.bbox_embed_2(self.bbox_embed_1(self.bbox_embed_0(hidden))))
         # (L, B, Q, ...) → batch first, so that predict() can concatenate batches.
@@ -408,7 +418,6 @@ class DETR(PresetMixin, keras.Model):
             (v.path[len(prefix) :] if v.path.startswith(prefix) else v.path): v
             for v in self.weights
         }
-
 
     def get_config(self):
         config = super().get_config()

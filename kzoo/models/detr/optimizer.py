@@ -37,12 +37,13 @@ class ScaledAdamW(keras.optimizers.Adam):
     ```
     """
 
-    def __init__(self, learning_rate=1e-4, weight_decay=1e-4, learning_rate_scales=None,
-                 **kwargs):
+    def __init__(self, learning_rate=1e-4, weight_decay=1e-4, learning_rate_scales=None, **kwargs):
         if weight_decay is None:
             weight_decay = 0.0
-        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or (
-            weight_decay < 0
+        if (
+            isinstance(weight_decay, bool)
+            or not isinstance(weight_decay, (int, float))
+            or (weight_decay < 0)
         ):
             raise ValueError(f"weight_decay must be a float >= 0; got {weight_decay!r}.")
         scales = dict(learning_rate_scales or {})

@@ -25,7 +25,7 @@ class SinePositionEmbedding(keras.layers.Layer):
         epsilon: Added to the extent before dividing (1e-6, as DETR).
 
     Call arguments:
-        mask: (B, h, w), 1 (or True) for valid positions, 0 for padding.
+        valid_mask: (B, h, w), 1 (or True) for valid positions, 0 for padding.
 
     Returns (B, h, w, 2 * num_features) in the layer's compute dtype.
 
@@ -36,8 +36,9 @@ class SinePositionEmbedding(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, num_features=128, temperature=10000.0, scale=2 * math.pi, epsilon=1e-6,
-                 **kwargs):
+    def __init__(
+        self, num_features=128, temperature=10000.0, scale=2 * math.pi, epsilon=1e-6, **kwargs
+    ):
         super().__init__(**kwargs)
         if not isinstance(num_features, int) or num_features <= 0 or num_features % 2:
             raise ValueError(f"num_features must be a positive even int; got {num_features!r}.")
@@ -50,12 +51,12 @@ class SinePositionEmbedding(keras.layers.Layer):
         self.scale = float(scale)
         self.epsilon = float(epsilon)
 
-    def build(self, mask_shape):
+    def build(self, valid_mask_shape):
         self.built = True
 
-    def call(self, mask):
+    def call(self, valid_mask):
         dtype = self.compute_dtype
-        mask = ops.cast(mask, dtype)
+        mask = ops.cast(valid_mask, dtype)
         y = ops.cumsum(mask, axis=1)
         x = ops.cumsum(mask, axis=2)
         y = y / (y[:, -1:, :] + self.epsilon) * self.scale
@@ -74,8 +75,8 @@ class SinePositionEmbedding(keras.layers.Layer):
         shape = ops.shape(positions)
         return ops.reshape(stacked, (shape[0], shape[1], shape[2], self.num_features))
 
-    def compute_output_shape(self, mask_shape):
-        return (*mask_shape, 2 * self.num_features)
+    def compute_output_shape(self, valid_mask_shape):
+        return (*valid_mask_shape, 2 * self.num_features)
 
     def get_config(self):
         config = super().get_config()

@@ -32,8 +32,7 @@ def outputs_to_detections(logits, boxes, target_sizes, threshold=0.5):
     sizes = np.asarray(target_sizes, dtype=np.float32)
     if logits.ndim != 3 or boxes.shape != (*logits.shape[:2], 4):
         raise ValueError(
-            f"logits must be (B, Q, C+1) and boxes (B, Q, 4); got {logits.shape} and "
-            f"{boxes.shape}."
+            f"logits must be (B, Q, C+1) and boxes (B, Q, 4); got {logits.shape} and {boxes.shape}."
         )
     if sizes.shape != (logits.shape[0], 2):
         raise ValueError(
@@ -61,8 +60,9 @@ def outputs_to_detections(logits, boxes, target_sizes, threshold=0.5):
     return results
 
 
-def predict_detections(model, images, threshold=0.5, target_sizes=None, pixel_mask=None,
-                       batch_size=None):
+def predict_detections(
+    model, images, threshold=0.5, target_sizes=None, pixel_mask=None, batch_size=None
+):
     """Run ``model`` and post-process: per image a dict of ``boxes``, ``scores``, ``labels``.
 
     Args:
@@ -77,8 +77,10 @@ def predict_detections(model, images, threshold=0.5, target_sizes=None, pixel_ma
         pixel_mask: (B, H, W) mask, when not given inside ``images``.
         batch_size: Passed to ``model.predict``.
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
-        0 <= threshold < 1
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not (0 <= threshold < 1)
     ):
         raise ValueError(f"threshold must be a float in [0, 1); got {threshold!r}.")
     if isinstance(images, dict):

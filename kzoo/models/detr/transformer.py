@@ -15,14 +15,13 @@ import keras
 from keras import ops
 
 from kzoo.layers.layer_normalization import LayerNormalization
+from kzoo.models.detr.initializers import glorot_uniform
 
 LAYER_NORM_EPSILON = 1e-5
 
 
 def _dense(units, name):
-    return keras.layers.Dense(
-        units, kernel_initializer=keras.initializers.GlorotUniform(), name=name
-    )
+    return keras.layers.Dense(units, kernel_initializer=glorot_uniform(), name=name)
 
 
 def _check_positive_int(name, value):
@@ -66,9 +65,7 @@ class DETRAttention(keras.layers.Layer):
         _check_positive_int("num_heads", num_heads)
         _check_dropout(dropout)
         if d_model % num_heads:
-            raise ValueError(
-                f"d_model ({d_model}) must be a multiple of num_heads ({num_heads})."
-            )
+            raise ValueError(f"d_model ({d_model}) must be a multiple of num_heads ({num_heads}).")
         self.d_model = d_model
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
@@ -246,8 +243,14 @@ class TransformerDecoderLayer(keras.layers.Layer):
         self.dropout2 = keras.layers.Dropout(self.dropout)
         self.dropout3 = keras.layers.Dropout(self.dropout)
 
-    def build(self, tgt_shape=None, memory_shape=None, pos_shape=None, query_pos_shape=None,
-              memory_mask_shape=None):
+    def build(
+        self,
+        tgt_shape=None,
+        memory_shape=None,
+        pos_shape=None,
+        query_pos_shape=None,
+        memory_mask_shape=None,
+    ):
         self.self_attn.build()
         self.multihead_attn.build()
         self.linear1.build((None, self.d_model))
@@ -297,7 +300,8 @@ class DETRTransformer(keras.layers.Layer):
 
     Call arguments:
         features: (B, T, d_model) flattened projected features; pos: (B, T, d_model);
-        query_pos: (B, Q, d_model) object queries; mask: optional (B, T), True where valid.
+        query_pos: (B, Q, d_model) object queries; valid_mask: optional (B, T), True where
+        valid.
 
     Returns (num_decoder_layers, B, Q, d_model): every decoder layer's output after the decoder
     norm (the last one is the final output).
@@ -311,14 +315,24 @@ class DETRTransformer(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, d_model=256, num_heads=8, num_encoder_layers=6, num_decoder_layers=6,
-                 ffn_dim=2048, dropout=0.1, **kwargs):
+    def __init__(
+        self,
+        d_model=256,
+        num_heads=8,
+        num_encoder_layers=6,
+        num_decoder_layers=6,
+        ffn_dim=2048,
+        dropout=0.1,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         _check_positive_int("d_model", d_model)
         _check_positive_int("num_heads", num_heads)
         _check_positive_int("num_decoder_layers", num_decoder_layers)
-        if isinstance(num_encoder_layers, bool) or not isinstance(num_encoder_layers, int) or (
-            num_encoder_layers < 0
+        if (
+            isinstance(num_encoder_layers, bool)
+            or not isinstance(num_encoder_layers, int)
+            or (num_encoder_layers < 0)
         ):
             raise ValueError(f"num_encoder_layers must be an int >= 0; got {num_encoder_layers!r}.")
         self.d_model = d_model
@@ -337,20 +351,22 @@ class DETRTransformer(keras.layers.Layer):
         ]
         self.decoder_norm = _norm("decoder_norm")
 
-    def build(self, features_shape=None, pos_shape=None, query_pos_shape=None, mask_shape=None):
+    def build(
+        self, features_shape=None, pos_shape=None, query_pos_shape=None, valid_mask_shape=None
+    ):
         for layer in self.encoder_layers + self.decoder_layers:
             layer.build()
         self.decoder_norm.build((None, None, self.d_model))
         self.built = True
 
-    def call(self, features, pos, query_pos, mask=None, training=None):
+    def call(self, features, pos, query_pos, valid_mask=None, training=None):
         memory = features
         for layer in self.encoder_layers:
-            memory = layer(memory, pos, key_mask=mask, training=training)
+            memory = layer(memory, pos, key_mask=valid_mask, training=training)
         tgt = ops.zeros_like(query_pos)
         outputs = []
         for layer in self.decoder_layers:
-            tgt = layer(tgt, memory, pos, query_pos, memory_mask=mask, training=training)
+            tgt = layer(tgt, memory, pos, query_pos, memory_mask=valid_mask, training=training)
             outputs.append(self.decoder_norm(tgt))
         return ops.stack(outputs, axis=0)
 

@@ -3,18 +3,13 @@
 import keras
 import numpy as np
 import pytest
+from compiled_call import run
 
 from kzoo.models.detr.backbone import FrozenBatchNormalization, ResNetBackbone
 
 
 def _np(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
-
-
-def run(layer, *inputs):
-    """Call ``layer`` through a compiled keras model (eager JAX compiles every op separately)."""
-    tensors = [keras.Input(batch_shape=x.shape, dtype=str(x.dtype)) for x in inputs]
-    return keras.Model(tensors, layer(*tensors)).predict_on_batch(list(inputs))
 
 
 def _randomise_norms(backbone, rng):
@@ -122,9 +117,7 @@ def test_trainable_stages():
     backbone.build((None, None, None, 3))
     trainable = {v.path.split("/")[-2] for v in backbone.trainable_weights}
     assert trainable == {
-        f"layer{s}_0_{k}"
-        for s in (2, 3, 4)
-        for k in ("conv1", "conv2", "conv3", "downsample_0")
+        f"layer{s}_0_{k}" for s in (2, 3, 4) for k in ("conv1", "conv2", "conv3", "downsample_0")
     }
     everything = ResNetBackbone("small", trainable_stages=5, trainable_affine=True)
     everything.build((None, None, None, 3))

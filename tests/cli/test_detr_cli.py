@@ -1,0 +1,108 @@
+"""``kzoo convert detr`` and ``kzoo predict detr``, through the CLI's own ``main``."""
+
+import importlib.util
+import os
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kzoo.cli.main import main
+from kzoo.models.detr import DETR, coco_names
+from kzoo.presets import preset_io
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _checkpoints():
+    name = "detr_checkpoints"
+    if name not in sys.modules:
+        path = os.path.join(ROOT, "tests", "models", "detr", "detr_checkpoints.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(.+?)\s+([0-9.]+)\s+(-?[0-9.]+)\s+(-?[0-9.]+)\s+(-?[0-9.]+)")
+
+
+def _rows(out):
+    return [ROW.match(line).groups() for line in out.splitlines() if ROW.match(line)]
+
+
+@pytest.fixture
+def picture(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "street.jpg"
+    Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_convert_then_predict_draws_coco_labels(tmp_path, picture, capsys):
+    ckpt = _checkpoints()
+    hf = ckpt.make_hf_model(ckpt.small_config(num_labels=91, num_queries=6), seed=5)
+    torch.save(ckpt.original_checkpoint(hf), tmp_path / "detr-tiny.pth")
+    assert main(["convert", "detr", str(tmp_path / "detr-tiny.pth"), str(tmp_path / "p")]) == 0
+    out = capsys.readouterr().out
+    assert "original format" in out and "91 classes" in out and "6 queries" in out
+    assert preset_io.read_metadata(tmp_path / "p")["source_format"] == "original"
+
+    png = tmp_path / "boxes.png"
+    args = ["predict", "detr", "--preset", str(tmp_path / "p"), "--image", str(picture)]
+    args += ["--out", str(png), "--threshold", "0", "--shortest-edge", "64"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    assert "6 detections scoring above 0" in out and len(rows) == 6  # every query scores > 0
+    for _, label, name, score, *_ in rows:
+        assert name == coco_names.COCO91_NAMES[int(label)] and 0 < float(score) < 1
+    drawn = np.asarray(Image.open(png))
+    assert drawn.shape == (48, 80, 3)  # boxes are drawn on the original image size
+    assert not np.array_equal(drawn, np.asarray(Image.open(picture)))
+
+
+def test_predict_with_a_trained_preset_uses_class_ids_or_names(tmp_path, picture, capsys):
+    model = DETR(
+        num_classes=3,
+        num_queries=4,
+        d_model=32,
+        num_heads=4,
+        num_encoder_layers=1,
+        num_decoder_layers=2,
+        ffn_dim=64,
+        backbone="small",
+    )
+    model(np.zeros((1, 64, 64, 3), "float32"))
+    model.save_to_preset(tmp_path / "trained")
+    args = ["predict", "detr", "--preset", str(tmp_path / "trained"), "--image", str(picture)]
+    args += ["--out", str(tmp_path / "a.png"), "--threshold", "0", "--shortest-edge", "64"]
+    assert main(args) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert len(rows) == 4 and all(name == f"class {label}" for _, label, name, *_ in rows)
+    # Class names recorded in the preset's metadata are used when present.
+    preset_io.save_preset(
+        model, tmp_path / "named", extra_metadata={"class_names": ["disc", "square", "star"]}
+    )
+    args[3] = str(tmp_path / "named")
+    assert main(args) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert {name for _, _, name, *_ in rows} <= {"disc", "square", "star"}
+    assert os.path.isfile(tmp_path / "a.png")
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, picture, capsys):
+    assert main(["convert", "detr", str(tmp_path / "missing.pth"), str(tmp_path / "p")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    args = ["predict", "detr", "--preset", str(tmp_path), "--image", str(tmp_path / "no.png")]
+    assert main(args) == 2
+    assert "no.png" in capsys.readouterr().err
+    args = ["predict", "detr", "--preset", str(tmp_path), "--image", str(picture)]
+    assert main([*args, "--threshold", "1.5"]) == 2
+    assert "--threshold" in capsys.readouterr().err
+    assert main(args) == 2  # tmp_path is not a preset
+    assert "config.json" in capsys.readouterr().err
