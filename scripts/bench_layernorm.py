@@ -19,7 +19,9 @@ weights, bfloat16 activations). Results: a table on stdout, ``results.json`` and
 in ``--out``; the time ratios kzoo/keras and the GPU targets are summarised at the end.
 
 Usage: ``python scripts/bench_layernorm.py [--quick] [--backends jax,tensorflow,torch]``
-(``--quick``: small CPU-sized grid; the default grid is the GPU one).
+(or ``kzoo bench layernorm -- ...``). ``--quick`` is a small CPU-sized grid (a few minutes); the
+default grid is the GPU one, which takes minutes per backend on a GPU: run one backend per
+command there (``--backends torch``), or narrow it with ``--rows/--hidden/--dtypes``.
 """
 
 import argparse
@@ -93,8 +95,9 @@ def _torch_cases(rows, hidden, dtype, platform):
     x = torch.randn(rows, hidden, device=device, dtype=tdtype)
     dy = torch.randn(rows, hidden, device=device, dtype=tdtype)
     ours, theirs = _layers(dtype, hidden)
-    w = torch.nn.Parameter(ours.gamma.value.detach().clone())
-    b = torch.nn.Parameter(ours.beta.value.detach().clone())
+    # torch's own kernel gets parameters in the activations' dtype, as a bf16 torch model has.
+    w = torch.nn.Parameter(ours.gamma.value.detach().clone().to(tdtype))
+    b = torch.nn.Parameter(ours.beta.value.detach().clone().to(tdtype))
     fwd = {
         "kzoo": lambda: ours(x),
         "keras": lambda: theirs(x),

@@ -173,7 +173,10 @@ def detr_resize_shape(height, width, shortest_edge=800, longest_edge=1333):
     The shorter side becomes ``shortest_edge``; if the longer side would then exceed
     ``longest_edge``, the shorter side is reduced to ``round(longest_edge * short / long)``
     instead. The other side is ``int(size * long / short)`` (truncated), as in
-    facebookresearch/detr ``datasets/transforms.py``. ``longest_edge=None`` removes the cap.
+    facebookresearch/detr ``datasets/transforms.py``. Because the short side is rounded first,
+    the long side can exceed ``longest_edge`` by up to half a pixel times the aspect ratio
+    (transformers' ``DetrImageProcessor`` scales from the unrounded size instead, so its long
+    side can differ by as much). ``longest_edge=None`` removes the cap.
     """
     _check_edges(shortest_edge, longest_edge)
     height, width = int(height), int(width)
@@ -183,12 +186,13 @@ def detr_resize_shape(height, width, shortest_edge=800, longest_edge=1333):
     if longest_edge is not None:
         short, long = float(min(height, width)), float(max(height, width))
         if long / short * size > longest_edge:
-            size = int(round(longest_edge * short / long))
+            # At least one pixel: DETR's formula gives 0 for images thinner than 1:1333.
+            size = max(1, int(round(longest_edge * short / long)))
     if (width <= height and width == size) or (height <= width and height == size):
         return height, width
     if width < height:
-        return int(size * height / width), size
-    return size, int(size * width / height)
+        return max(1, int(size * height / width)), size
+    return size, max(1, int(size * width / height))
 
 
 def _check_edges(shortest_edge, longest_edge):

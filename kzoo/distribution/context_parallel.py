@@ -161,14 +161,18 @@ class ContextParallel(_Distribution):
         return self._axis_size(self.batch_dim_name)
 
     def layout_permutation(self, seq_len):
-        """``perm`` with ``x[:, perm]`` in this distribution's layout order."""
-        if self._load_balance == "contiguous" or self.context_size == 1:
-            if int(seq_len) % self.context_size:
-                raise ValueError(
-                    f"The sequence length {seq_len} must divide by CP = {self.context_size}."
-                )
+        """``perm`` with ``x[:, perm]`` in this distribution's layout order.
+
+        Raises:
+            ValueError: if ``seq_len`` does not divide by ``2 * CP`` (when CP > 1).
+        """
+        cp = self.context_size
+        # Zigzag validates the length itself; contiguous shards need it too, since the ring
+        # splits each device's chunk in two halves.
+        perm = zigzag_permutation(seq_len, cp) if cp > 1 else np.arange(int(seq_len))
+        if self._load_balance == "contiguous":
             return np.arange(int(seq_len))
-        return zigzag_permutation(seq_len, self.context_size)
+        return perm
 
     def layout_positions(self, seq_len):
         """Global position of every slot of a sequence in layout order."""

@@ -32,6 +32,17 @@ dispatch.register(
 dispatch.register(
     OP,
     dispatch.Implementation(
+        name="tensorflow-unrolled",
+        target="kzoo.layers.conv_lstm_portable:conv_lstm_forward_unrolled",
+        backends=("tensorflow",),
+        supports=lambda shape, dtype, **kwargs: shape[1] is not None and shape[1] <= 64,
+        priority=5,
+        description="as portable, the loop unrolled in the graph (static time <= 64 steps)",
+    ),
+)
+dispatch.register(
+    OP,
+    dispatch.Implementation(
         name="torch-channels-first",
         target="kzoo.layers.conv_lstm_torch:conv_lstm_forward",
         backends=("torch",),
@@ -427,7 +438,7 @@ class ConvLSTM(keras.layers.Layer):
                     f"`mask` must have shape (batch, time); got shape {tuple(mask.shape)}."
                 )
             mask = ops.cast(mask, "bool")
-        forward = dispatch.select(OP, dtype=self.compute_dtype).load()
+        forward = dispatch.select(OP, dtype=self.compute_dtype, shape=tuple(inputs.shape)).load()
         output, h, c = forward(
             inputs,
             self.cell.kernel,

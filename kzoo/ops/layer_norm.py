@@ -132,10 +132,24 @@ def _platform_of(x):
     return kb.platform()
 
 
-def _kernel_supports(shape, dtype, axes=(), rms_scaling=False, params_flat=True, **kwargs):
-    """The hand kernels cover standard layer norm over the trailing axes with flat-able params."""
+def _distributed():
+    """Whether a ``keras.distribution`` is active (its layouts are for XLA to partition)."""
+    try:
+        return keras.distribution.distribution() is not None
+    except (AttributeError, TypeError):
+        return False
+
+
+def _kernel_supports(
+    shape, dtype, axes=(), rms_scaling=False, params_flat=True, distributed=False, **kwargs
+):
+    """The hand kernels cover standard layer norm over the trailing axes with flat-able params.
+
+    Under an active ``keras.distribution`` the portable path runs instead: XLA partitions it
+    along the sharded axes, while a kernel call would be gathered onto every device.
+    """
     ndim = len(shape)
-    if rms_scaling or not params_flat or not is_trailing(axes, ndim):
+    if distributed or rms_scaling or not params_flat or not is_trailing(axes, ndim):
         return False
     return all(d is not None for d in shape)
 
@@ -216,6 +230,7 @@ def layer_norm(x, gamma=None, beta=None, axis=-1, epsilon=1e-3, rms_scaling=Fals
         axes=axes,
         rms_scaling=rms_scaling,
         params_flat=params_flat,
+        distributed=_distributed(),
     )
     return impl.load()(x, gamma, beta, axes, epsilon, rms_scaling)
 

@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from kzoo.cli.main import main
@@ -43,11 +42,9 @@ def picture(tmp_path):
     return path
 
 
-def test_convert_then_predict_draws_coco_labels(tmp_path, picture, capsys):
-    ckpt = _checkpoints()
-    hf = ckpt.make_hf_model(ckpt.small_config(num_labels=91, num_queries=6), seed=5)
-    torch.save(ckpt.original_checkpoint(hf), tmp_path / "detr-tiny.pth")
-    assert main(["convert", "detr", str(tmp_path / "detr-tiny.pth"), str(tmp_path / "p")]) == 0
+def test_convert_then_predict_draws_coco_labels(tmp_path_factory, tmp_path, picture, capsys):
+    files = _checkpoints().reference(tmp_path_factory, "coco_tiny")
+    assert main(["convert", "detr", str(files / "detr-tiny.pth"), str(tmp_path / "p")]) == 0
     out = capsys.readouterr().out
     assert "original format" in out and "91 classes" in out and "6 queries" in out
     assert preset_io.read_metadata(tmp_path / "p")["source_format"] == "original"

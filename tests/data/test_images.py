@@ -1,10 +1,16 @@
 """kzoo.data.images against PIL, transformers' DETR image processor and hand-built arrays."""
 
+import importlib.util
+import os
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from kzoo.data import images
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _rand(shape, seed=0):
@@ -97,15 +103,32 @@ def test_bad_arguments():
         images.preprocess_images(im, std=(1.0, 0.0, 1.0))
 
 
-def test_resize_shape_properties_and_transformers_agreement():
-    from transformers.image_transforms import get_size_with_aspect_ratio
+@pytest.fixture(scope="module")
+def hf_ref(tmp_path_factory):
+    """transformers' DETR image processor outputs, computed in a separate process (see
+    tests/models/detr/detr_checkpoints.py for why)."""
+    path = os.path.join(ROOT, "tests", "models", "detr", "detr_checkpoints.py")
+    spec = importlib.util.spec_from_file_location("detr_checkpoints", path)
+    module = sys.modules.get("detr_checkpoints") or importlib.util.module_from_spec(spec)
+    if "detr_checkpoints" not in sys.modules:
+        spec.loader.exec_module(module)
+        sys.modules["detr_checkpoints"] = module
+    return module.load_npz(module.reference(tmp_path_factory, "images") / "ref.npz")
 
-    rng = np.random.default_rng(6)
-    for h, w in rng.integers(1, 4000, (500, 2)):
+
+def test_resize_shape_properties_and_transformers_agreement(hf_ref):
+    for (h, w), hf in zip(hf_ref["sizes"], hf_ref["hf_sizes"]):
         oh, ow = images.detr_resize_shape(h, w)
         short, long = min(oh, ow), max(oh, ow)
-        hf = get_size_with_aspect_ratio((h, w), 800, 1333)
-        assert long <= 1333
+        hf = tuple(int(v) for v in hf)
+        ratio = max(h, w) / min(h, w)
+        if 1333 / ratio < 0.5:
+            # Thinner than 1:2666: the cap cannot be met with a short side of one pixel.
+            assert short == 1
+            continue
+        # DETR rounds the capped short side to the nearest pixel, which can push the long side
+        # past the cap by up to half a pixel times the aspect ratio.
+        assert long <= 1333 + 0.5 * ratio
         assert (oh >= ow) == (h >= w) or h == w
         if max(h, w) / min(h, w) * 800 <= 1333:
             # The cap does not bind: the short side is 800, exactly as transformers does it.
@@ -114,25 +137,20 @@ def test_resize_shape_properties_and_transformers_agreement():
             # DETR scales the long side from the rounded short side, transformers from the
             # unrounded one: half a pixel of rounding times the aspect ratio, plus truncation.
             # DETR's rule is the one the released weights were evaluated with.
-            ratio = max(h, w) / min(h, w)
             assert short == hf[0 if h <= w else 1] and abs(long - max(hf)) <= 0.5 * ratio + 1
     assert images.detr_resize_shape(800, 1000) == (800, 1000)  # already the right size
     assert images.detr_resize_shape(90, 40, 64, 100) == (99, 44)  # DETR's own rounding
     assert images.detr_resize_shape(100, 50, 64, None) == (128, 64)
 
 
-def test_batch_matches_transformers_detr_image_processor():
-    from transformers import DetrImageProcessorPil
-
-    ims = [_rand((50, 70, 3), seed=7), _rand((90, 60, 3), seed=8)]
-    size = {"shortest_edge": 64, "longest_edge": 100}
-    ref = DetrImageProcessorPil(size=size)(ims, return_tensors="np")
+def test_batch_matches_transformers_detr_image_processor(hf_ref):
+    ims = [hf_ref["image0"], hf_ref["image1"]]
     batch = images.preprocess_images(ims, shortest_edge=64, longest_edge=100)
     assert batch.images.shape == (2, 96, 89, 3)
     np.testing.assert_allclose(
-        batch.images, ref["pixel_values"].transpose(0, 2, 3, 1), rtol=0, atol=1e-5
+        batch.images, hf_ref["pixel_values"].transpose(0, 2, 3, 1), rtol=0, atol=1e-5
     )
-    np.testing.assert_array_equal(batch.pixel_mask, ref["pixel_mask"])
+    np.testing.assert_array_equal(batch.pixel_mask, hf_ref["pixel_mask"])
     np.testing.assert_array_equal(batch.original_sizes, [[50, 70], [90, 60]])
     np.testing.assert_array_equal(batch.image_sizes, [[64, 89], [96, 64]])
     assert len(batch) == 2

@@ -172,9 +172,31 @@ def test_dispatch_picks_kernels_only_where_they_apply(monkeypatch):
     assert pick("torch", "gpu", dtype="float64") == "portable"
     assert pick("torch", "gpu", shape=(2, 4, 3, 3), axes=(1,)) == "portable"
     assert pick("jax", "gpu", rms_scaling=True) == "portable"
+    assert pick("jax", "gpu", distributed=True) == "portable"
     monkeypatch.setenv("KZOO_KERNELS", "off")
     assert pick("torch", "gpu") == "portable"
     assert pick("jax", "gpu") == "portable"
+
+
+@pytest.mark.backends("jax")
+def test_an_active_distribution_keeps_kernels_out():
+    import importlib
+
+    # ``kzoo.ops.layer_norm`` the attribute is the function; the module is in sys.modules.
+    module = importlib.import_module("kzoo.ops.layer_norm")
+
+    assert not module._distributed()
+    keras.distribution.set_distribution(keras.distribution.DataParallel())
+    try:
+        assert module._distributed()
+        x = np.random.default_rng(4).normal(size=(8, 6)).astype("float32")
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(layer_norm(x)),
+            reference(x, None, None, [-1], 1e-3),
+            atol=1e-5,
+        )
+    finally:
+        keras.distribution.set_distribution(None)
 
 
 def test_kzoo_info_lists_layer_norm(capsys):

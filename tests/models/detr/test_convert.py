@@ -6,20 +6,15 @@ facebookresearch format (``detr_checkpoints.hf_to_original``), must give the sam
 boxes within 1e-4 on every backend.
 """
 
+import argparse
+import json
 import os
 
 import keras
 import numpy as np
 import pytest
 import torch
-from detr_checkpoints import (
-    hf_outputs,
-    hf_to_original,
-    make_hf_model,
-    original_checkpoint,
-    padded_pair,
-    small_config,
-)
+from detr_checkpoints import load_npz, reference
 
 from kzoo.models.detr import DETR
 from kzoo.models.detr.convert import convert_detr, read_state_dict, to_canonical
@@ -28,25 +23,13 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def hf_model():
-    return make_hf_model(small_config(num_labels=5, num_queries=10), seed=0)
+def files(tmp_path_factory):
+    return reference(tmp_path_factory, "small")
 
 
 @pytest.fixture(scope="module")
-def files(hf_model, tmp_path_factory):
-    from safetensors.torch import save_file
-
-    root = tmp_path_factory.mktemp("detr_convert")
-    state = hf_model.state_dict()
-    torch.save(state, root / "hf.pth")
-    save_file({k: v.contiguous() for k, v in state.items()}, root / "model.safetensors")
-    torch.save(original_checkpoint(hf_model), root / "detr-original.pth")
-    return root
-
-
-@pytest.fixture(scope="module")
-def batch():
-    return padded_pair(np.random.default_rng(0))
+def ref(files):
+    return load_npz(files / "ref.npz")
 
 
 def _run(model, images, mask=None):
@@ -71,8 +54,8 @@ def _weights(model):
     return {v.path.split("/", 1)[1]: keras.ops.convert_to_numpy(v) for v in model.weights}
 
 
-def test_huggingface_checkpoint_parity(hf_model, hf_preset, batch):
-    images, mask = batch
+def test_huggingface_checkpoint_parity(hf_preset, ref):
+    images, mask = ref["images"], ref["mask"]
     # padding_invariant=False computes what transformers computes for padded batches.
     model = DETR.from_preset(hf_preset, padding_invariant=False)
     config = model.get_config()
@@ -84,13 +67,13 @@ def test_huggingface_checkpoint_parity(hf_model, hf_preset, batch):
     )
     assert config["ffn_dim"] == 128 and config["num_heads"] == 8
     # One image, no mask.
-    _assert_close(_run(model, images[:1]), hf_outputs(hf_model, images[:1]))
+    _assert_close(_run(model, images[:1]), (ref["single_logits"], ref["single_boxes"]))
     # A padded batch of two sizes with its pixel mask.
-    _assert_close(_run(model, images, mask), hf_outputs(hf_model, images, mask))
+    _assert_close(_run(model, images, mask), (ref["batch_logits"], ref["batch_boxes"]))
 
 
-def test_original_checkpoint_parity(hf_model, hf_preset, files, batch, tmp_path):
-    images, mask = batch
+def test_original_checkpoint_parity(hf_preset, files, ref, tmp_path):
+    images, mask = ref["images"], ref["mask"]
     preset = convert_detr(files / "detr-original.pth", tmp_path / "preset")
     model = DETR.from_preset(preset)  # the default: outputs independent of the padding
     # The same weights as from transformers' own state dict, bit for bit, so the single-image
@@ -102,11 +85,8 @@ def test_original_checkpoint_parity(hf_model, hf_preset, files, batch, tmp_path)
     # ...and it runs: the unpadded image of a padded batch matches transformers' batch; the
     # padded one matches what transformers gives for that image alone, unpadded.
     logits, boxes = _run(model, images, mask)
-    ref_logits, ref_boxes = hf_outputs(hf_model, images, mask)
-    _assert_close((logits[0], boxes[0]), (ref_logits[0], ref_boxes[0]))
-    h, w = (int(mask[1].any(axis=1).sum()), int(mask[1].any(axis=0).sum()))
-    alone = hf_outputs(hf_model, np.ascontiguousarray(images[1:, :h, :w]))
-    _assert_close((logits[1:], boxes[1:]), alone)
+    _assert_close((logits[0], boxes[0]), (ref["batch_logits"][0], ref["batch_boxes"][0]))
+    _assert_close((logits[1:], boxes[1:]), (ref["alone_logits"], ref["alone_boxes"]))
 
 
 def test_safetensors_and_directories_give_the_same_weights(hf_preset, files, tmp_path):
@@ -119,19 +99,11 @@ def test_safetensors_and_directories_give_the_same_weights(hf_preset, files, tmp
             np.testing.assert_array_equal(value, reference[name], err_msg=name)
 
 
-def test_original_attention_layout_is_torch_multihead_attention(hf_model):
-    """The reference original checkpoint packs q/k/v the way nn.MultiheadAttention reads them."""
-    original = hf_to_original(hf_model.state_dict())
-    d = 64
-    mha = torch.nn.MultiheadAttention(d, 8, batch_first=True).eval()
-    prefix = "transformer.encoder.layers.1.self_attn."
-    mha.load_state_dict({k[len(prefix) :]: v for k, v in original.items() if k.startswith(prefix)})
-    x = torch.randn(2, 7, d)
-    layer = hf_model.model.encoder.layers[1].self_attn
-    with torch.no_grad():
-        theirs, _ = layer(hidden_states=x, attention_mask=None)
-        ours, _ = mha(x, x, x, need_weights=False)
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+def test_original_attention_layout_is_torch_multihead_attention(files):
+    """The reference original checkpoint packs q/k/v the way nn.MultiheadAttention reads them:
+    torch's own module fed the packed tensors matches transformers' attention layer."""
+    info = json.loads((files / "info.json").read_text())
+    assert info["mha_max_diff"] <= 1e-5
 
 
 # ----------------------------------------------------------------------------- errors
@@ -142,8 +114,17 @@ def _save(state, path):
     return path
 
 
-def test_unmapped_missing_and_mismatched_tensors_are_listed_together(hf_model, tmp_path):
-    state = dict(hf_model.state_dict())
+def _hf_state(files):
+    return torch.load(files / "hf.pth", map_location="cpu", weights_only=True)
+
+
+def _original(files):
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(files / "detr-original.pth", map_location="cpu", weights_only=True)
+
+
+def test_unmapped_missing_and_mismatched_tensors_are_listed_together(files, tmp_path):
+    state = _hf_state(files)
     del state["model.decoder.layers.1.mlp.fc2.bias"]
     state["model.encoder.layers.0.self_attn.q_proj.weight"] = torch.zeros(64, 63)
     state["class_labels_classifier.bias"] = torch.zeros(7)
@@ -156,7 +137,7 @@ def test_unmapped_missing_and_mismatched_tensors_are_listed_together(hf_model, t
     assert "class_embed.bias" in message
     assert not os.path.exists(tmp_path / "out")
 
-    state = dict(hf_model.state_dict())
+    state = _hf_state(files)
     state["model.encoder.layers.0.extra_gate.weight"] = torch.zeros(3)
     state["model.some_head.bias"] = torch.zeros(3)
     with pytest.raises(ValueError, match="2 tensor.*map to nothing") as info:
@@ -166,17 +147,17 @@ def test_unmapped_missing_and_mismatched_tensors_are_listed_together(hf_model, t
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_original_format_errors(hf_model, tmp_path):
-    ckpt = original_checkpoint(hf_model, with_args=False)
+def test_original_format_errors(files, tmp_path):
+    ckpt = _original(files)
     ckpt["model"]["transformer.decoder.layers.0.self_attn.in_proj_bias"] = torch.zeros(100)
     with pytest.raises(ValueError, match="in_proj_bias .*not divisible by 3"):
         convert_detr(_save(ckpt, tmp_path / "a.pth"), tmp_path / "out")
-    ckpt = original_checkpoint(hf_model, with_args=False)
+    ckpt = _original(files)
     del ckpt["model"]["transformer.encoder.layers.1.self_attn.in_proj_weight"]
     with pytest.raises(ValueError, match="missing tensors \\(3\\).*self_attn.k_proj.weight"):
         convert_detr(_save(ckpt, tmp_path / "b.pth"), tmp_path / "out")
     # Frozen batch-norm counters are the one thing skipped.
-    ckpt = original_checkpoint(hf_model, with_args=False)
+    ckpt = _original(files)
     ckpt["model"]["backbone.0.body.bn1.num_batches_tracked"] = torch.tensor(5)
     state = read_state_dict(_save(ckpt, tmp_path / "c.pth"))
     canonical, fmt = to_canonical(state)
@@ -217,18 +198,15 @@ def test_missing_torch_is_explained(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_full_resnet50_parity(tmp_path):
+def test_full_resnet50_parity(tmp_path_factory, tmp_path):
     """The released architecture (ResNet-50, 6+6 layers, 100 queries, 91 classes)."""
-    from transformers import DetrConfig
-
-    hf = make_hf_model(
-        DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, num_labels=91),
-        seed=1,
-    )
-    torch.save(original_checkpoint(hf), tmp_path / "detr-r50.pth")
+    files = reference(tmp_path_factory, "r50")
+    ref = load_npz(files / "ref.npz")
     model = DETR.from_preset(
-        convert_detr(tmp_path / "detr-r50.pth", tmp_path / "preset"), padding_invariant=False
+        convert_detr(files / "detr-r50.pth", tmp_path / "preset"), padding_invariant=False
     )
     assert model.get_config()["backbone"] == "resnet50"
-    images, mask = padded_pair(np.random.default_rng(1), big=(96, 128), small=(70, 100))
-    _assert_close(_run(model, images, mask), hf_outputs(hf, images, mask))
+    assert model.get_config()["num_classes"] == 91
+    _assert_close(
+        _run(model, ref["images"], ref["mask"]), (ref["batch_logits"], ref["batch_boxes"])
+    )

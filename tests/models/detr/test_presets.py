@@ -5,12 +5,12 @@ facebookresearch format, generated from a random transformers DETR.
 """
 
 import os
+import shutil
 
 import keras
 import numpy as np
 import pytest
-import torch
-from detr_checkpoints import hf_outputs, make_hf_model, original_checkpoint, small_config
+from detr_checkpoints import load_npz, reference
 
 from kzoo import presets
 from kzoo.models.detr import DETR
@@ -22,15 +22,15 @@ NAME = "detr_test_tiny"
 
 
 @pytest.fixture(scope="module")
-def hf_model():
-    return make_hf_model(small_config(num_labels=4, num_queries=6), seed=3)
+def files(tmp_path_factory):
+    return reference(tmp_path_factory, "presets")
 
 
 @pytest.fixture
-def served(hf_model, http_server, monkeypatch):
+def served(files, http_server, monkeypatch):
     root, base = http_server
     path = root / "detr-tiny.pth"
-    torch.save(original_checkpoint(hf_model), path)
+    shutil.copyfile(files / "detr-tiny.pth", path)
     sha = sha256_file(path)
     info = presets.PresetInfo(
         NAME,
@@ -56,7 +56,7 @@ def _entries(keras_home):
     return sorted(os.listdir(root)) if os.path.isdir(root) else []
 
 
-def test_download_verify_convert_once_and_cache(served, hf_model, keras_home, capsys):
+def test_download_verify_convert_once_and_cache(served, files, keras_home, capsys):
     path, sha, calls = served
     model = DETR.from_preset(NAME)
     assert "Downloading data from" in capsys.readouterr().out
@@ -64,9 +64,9 @@ def test_download_verify_convert_once_and_cache(served, hf_model, keras_home, ca
     assert f"{NAME}-{sha[:12]}" in _entries(keras_home)
     cached = os.path.join(keras_home, "kzoo", "presets", f"{NAME}-{sha[:12]}")
     assert sorted(os.listdir(cached)) == ["config.json", "metadata.json", "model.weights.h5"]
-    image = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
-    out = model.predict_on_batch(image)
-    ref_logits, ref_boxes = hf_outputs(hf_model, image)
+    ref = load_npz(files / "ref.npz")
+    out = model.predict_on_batch(ref["images"])
+    ref_logits, ref_boxes = ref["logits"], ref["boxes"]
     assert np.max(np.abs(keras.ops.convert_to_numpy(out["logits"]) - ref_logits)) <= 1e-4
     assert np.max(np.abs(keras.ops.convert_to_numpy(out["boxes"]) - ref_boxes)) <= 1e-4
     # The second time the converted preset is used as it is: no download, no conversion.
