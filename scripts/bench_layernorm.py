@@ -40,6 +40,8 @@ FULL = {
     "hidden": "256,1024,4096,8192,16384",
     "dtypes": "float32,bfloat16",
 }
+# ``--with-portable``: also time the fallback where it is what kzoo runs anyway (checks the code).
+PORTABLE_TOO = False
 QUICK = {"rows": "4096", "hidden": "256,1024,4096", "dtypes": "float32"}
 
 
@@ -104,7 +106,7 @@ def _torch_cases(rows, hidden, dtype, platform):
         "torch": lambda: torch.nn.functional.layer_norm(x, (hidden,), w, b, 1e-5),
         "copy": lambda: x.clone(),
     }
-    if platform == "gpu":
+    if platform == "gpu" or PORTABLE_TOO:
         fwd["kzoo-portable"] = lambda: layer_norm_portable(x, w, b, (1,), 1e-5)
     xg = x.detach().clone().requires_grad_()
 
@@ -120,7 +122,7 @@ def _torch_cases(rows, hidden, dtype, platform):
         "keras": fb(theirs),
         "torch": fb(lambda t: torch.nn.functional.layer_norm(t, (hidden,), w, b, 1e-5)),
     }
-    if platform == "gpu":
+    if platform == "gpu" or PORTABLE_TOO:
         fb_fns["kzoo-portable"] = fb(lambda t: layer_norm_portable(t, w, b, (1,), 1e-5))
 
     def sync(_):
@@ -166,7 +168,7 @@ def _jax_cases(rows, hidden, dtype, platform):
     copy = jax.jit(jnp.copy)
     fwd = {"kzoo": fwd_of(ours), "keras": fwd_of(theirs), "copy": lambda: copy(x)}
     fb = {"kzoo": fb_of(ours), "keras": fb_of(theirs)}
-    if platform == "gpu":
+    if platform == "gpu" or PORTABLE_TOO:
         w, b = (v.value for v in ours.trainable_variables)
         pf = jax.jit(lambda x, w, b: layer_norm_portable(x, w, b, (1,), 1e-5))
         fwd["kzoo-portable"] = lambda: pf(x, w, b)
@@ -356,6 +358,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per implementation")
     parser.add_argument("--min-time", type=float, default=None, help="seconds per timed sample")
     parser.add_argument("--out", default=os.path.join(ROOT, "out", "bench_layernorm"))
+    parser.add_argument(
+        "--with-portable", action="store_true", help="time kzoo's fallback on a CPU too"
+    )
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     grid = QUICK if args.quick else FULL
@@ -365,6 +370,8 @@ def main():
     args.rounds = args.rounds or (5 if args.quick else 10)
     args.min_time = args.min_time or (0.05 if args.quick else 0.02)
     if args.worker_out:
+        global PORTABLE_TOO
+        PORTABLE_TOO = args.with_portable
         return _worker(args)
 
     os.makedirs(args.out, exist_ok=True)
@@ -375,6 +382,7 @@ def main():
             cmd = [sys.executable, os.path.abspath(__file__), "--worker-out", out]
             cmd += ["--rows", args.rows, "--hidden", args.hidden, "--dtypes", args.dtypes]
             cmd += ["--rounds", str(args.rounds), "--min-time", str(args.min_time)]
+            cmd += ["--with-portable"] if args.with_portable else []
             env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
             env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
             rc = subprocess.call(cmd, env=env, cwd=ROOT)

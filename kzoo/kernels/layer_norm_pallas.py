@@ -100,6 +100,16 @@ def _dx_kernel(x_ref, dy_ref, w_ref, mean_ref, rstd_ref, dx_ref, *, n, block):
         wdy = _load_row(dy_ref, c, n) * _load_row(w_ref, c, n)
         return xhat, wdy
 
+    if pl.cdiv(n, block) == 1:
+        # One block: load x and dy once and keep them in registers for both passes.
+        cols = _cols(0, block)
+        xhat, wdy = terms(cols)
+        c1 = jnp.sum(xhat * wdy) / n
+        c2 = jnp.sum(wdy) / n
+        dx = (wdy - (xhat * c1 + c2)) * rstd
+        plgpu.store(dx_ref.at[cols], dx.astype(dx_ref.dtype), mask=cols < n)
+        return
+
     def sums(c, acc):
         xhat, wdy = terms(c)
         return acc[0] + xhat * wdy, acc[1] + wdy

@@ -213,10 +213,11 @@ def _multiprocessors(index):
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _programs(rows, device):
+def _programs(rows, device, num_warps):
+    """Backward programs: enough warps to fill every multiprocessor (64 warps each), no more."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-        target = 4 * _multiprocessors(index)
+        target = _multiprocessors(index) * max(1, 64 // num_warps)
     else:
         # The interpreter runs programs one after another; a few still exercise the reduction.
         target = 4
@@ -280,14 +281,21 @@ def _layer_norm_bwd(
     rows, n = x.shape
     dy = dy.contiguous()
     dx = torch.empty_like(x)
-    programs = _programs(rows, x.device)
-    dw_part = torch.zeros((programs, n), dtype=torch.float32, device=x.device)
-    db_part = torch.zeros((programs, n), dtype=torch.float32, device=x.device)
+    fused = triton.next_power_of_2(n) <= min(
+        _MAX_FUSED_BWD_ELEMENTS, _block(n, x.element_size(), max_block)
+    )
+    tile = min(_block(n, x.element_size(), max_block), 1024)
+    warps = _num_warps(triton.next_power_of_2(n) if fused else tile, 4)
+    programs = _programs(rows, x.device, warps)
+    # Every program writes its whole row of partial sums (zeros when it has no rows), so the
+    # buffers need no clearing unless no kernel runs at all.
+    alloc = torch.empty if rows > 0 else torch.zeros
+    dw_part = alloc((programs, n), dtype=torch.float32, device=x.device)
+    db_part = alloc((programs, n), dtype=torch.float32, device=x.device)
     if rows > 0:
         rows_per_program = math.ceil(rows / programs)
         w = weight if weight is not None else mean
-        fused_limit = min(_MAX_FUSED_BWD_ELEMENTS, _block(n, x.element_size(), max_block))
-        if triton.next_power_of_2(n) <= fused_limit:
+        if fused:
             block = triton.next_power_of_2(n)
             _bwd_fused[(programs,)](
                 x,
@@ -303,7 +311,7 @@ def _layer_norm_bwd(
                 rows_per_program,
                 HAS_W=weight is not None,
                 BLOCK=block,
-                num_warps=_num_warps(block, 4),
+                num_warps=warps,
             )
         else:
             block = _block(n, x.element_size(), max_block)
@@ -322,7 +330,6 @@ def _layer_norm_bwd(
                 BLOCK=block,
                 num_warps=_num_warps(block, x.element_size()),
             )
-            tile = min(block, 1024)
             _bwd_tiles[(programs, triton.cdiv(n, tile))](
                 x,
                 dy,
@@ -339,7 +346,7 @@ def _layer_norm_bwd(
                 rows_per_program,
                 HAS_W=weight is not None,
                 BLOCK=tile,
-                num_warps=_num_warps(tile, 4),
+                num_warps=warps,
             )
     # A fixed-order sum of the per-program partials: deterministic, unlike atomics.
     dw = dw_part.sum(dim=0)

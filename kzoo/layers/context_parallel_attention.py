@@ -105,8 +105,10 @@ class ContextParallelAttention(layers.Layer):
             equation,
             output_shape=shape,
             bias_axes=bias_axes if self.use_bias else None,
-            kernel_initializer=keras.initializers.get(
-                self.kernel_initializer.__class__.from_config(self.kernel_initializer.get_config())
+            # A fresh initializer per projection (as keras's MultiHeadAttention does), so a
+            # seeded initializer does not give the four kernels the same values.
+            kernel_initializer=self.kernel_initializer.__class__.from_config(
+                self.kernel_initializer.get_config()
             ),
             bias_initializer=self.bias_initializer,
             dtype=self.dtype_policy,

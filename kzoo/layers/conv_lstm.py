@@ -32,17 +32,6 @@ dispatch.register(
 dispatch.register(
     OP,
     dispatch.Implementation(
-        name="tensorflow-unrolled",
-        target="kzoo.layers.conv_lstm_portable:conv_lstm_forward_unrolled",
-        backends=("tensorflow",),
-        supports=lambda shape, dtype, **kwargs: shape[1] is not None and shape[1] <= 64,
-        priority=5,
-        description="as portable, the loop unrolled in the graph (static time <= 64 steps)",
-    ),
-)
-dispatch.register(
-    OP,
-    dispatch.Implementation(
         name="torch-channels-first",
         target="kzoo.layers.conv_lstm_torch:conv_lstm_forward",
         backends=("torch",),

@@ -60,14 +60,12 @@ def conv_lstm_forward(
     input_masks=None,
     recurrent_mask_fn=None,
     config=None,
-    unroll=False,
 ):
     """Run a ConvLSTM over ``inputs``; returns ``(output, h, c)``.
 
     ``output`` is the sequence of outputs ``(batch, time, ...)`` with ``return_sequences``,
     else the last output. ``mask`` is a boolean ``(batch, time)`` tensor: a masked step keeps
     the state and repeats the previous output (zeros before the first step), as keras's RNN.
-    ``unroll=True`` writes the loop out step by step (the number of steps must be static).
     """
     rank, filters = config["rank"], config["filters"]
     channels_first = config["data_format"] == "channels_first"
@@ -131,10 +129,7 @@ def conv_lstm_forward(
         init, xs = (h0, c0), z
     else:
         init, xs = (h0, c0, ops.zeros_like(h0)), (z, mask)
-    if unroll:
-        last, ys = _unrolled_scan(step, init, xs, inputs.shape[1])
-    else:
-        last, ys = ops.scan(step, init, xs)
+    last, ys = ops.scan(step, init, xs)
     h, c = last[0], last[1]
     if config["return_sequences"]:
         seq = ys[0] if mask is None else ys[2]
@@ -142,18 +137,3 @@ def conv_lstm_forward(
     else:
         output = h if mask is None else last[2]
     return output, h, c
-
-
-def _unrolled_scan(step, init, xs, steps):
-    carry, ys = init, []
-    for t in range(steps):
-        x_t = tuple(x[t] for x in xs) if isinstance(xs, tuple) else xs[t]
-        carry, y = step(carry, x_t)
-        ys.append(y)
-    return carry, tuple(ops.stack([y[i] for y in ys]) for i in range(len(init)))
-
-
-def conv_lstm_forward_unrolled(*args, **kwargs):
-    """``conv_lstm_forward`` with the loop written out: on TensorFlow the graph of a short,
-    static loop runs faster than a ``tf.while_loop`` over TensorArrays, forward and backward."""
-    return conv_lstm_forward(*args, unroll=True, **kwargs)

@@ -101,8 +101,6 @@ class LayerNormalization(keras.layers.Layer):
         # keras stores the built axes as a sorted list of the axes as given (negative kept).
         given = self.axis if isinstance(self.axis, list) else [self.axis]
         self.axis = sorted(given)
-        self._axes = axes
-        self._param_shape = shape
         if self.scale or self.rms_scaling:
             self.gamma = self.add_weight(
                 name="gamma",
@@ -133,7 +131,7 @@ class LayerNormalization(keras.layers.Layer):
             inputs,
             self.gamma,
             self.beta,
-            axis=list(self._axes),
+            axis=self.axis,
             epsilon=self.epsilon,
             rms_scaling=self.rms_scaling,
         )

@@ -122,6 +122,16 @@ def test_zero_rows_and_one_feature():
     )
 
 
+def test_negative_axis_follows_the_input_rank():
+    # Like keras's layer: built on rank 3, a rank-2 input still normalises its last axis.
+    layer = LayerNormalization(epsilon=1e-5)
+    layer(np.ones((2, 3, 5), "float32"))
+    x = np.random.default_rng(7).normal(size=(4, 5)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(layer(x)), reference(x, [-1], epsilon=1e-5), atol=1e-5
+    )
+
+
 def test_trains_in_a_functional_model_and_round_trips(tmp_path):
     inputs = keras.Input((4, 3, 3))
     h = LayerNormalization(axis=1, name="norm")(inputs)

@@ -2,7 +2,9 @@
 
 from kzoo.models.detr import presets  # noqa: F401  (registers detr_resnet50/101_coco)
 from kzoo.models.detr.backbone import FrozenBatchNormalization, ResNetBackbone
+from kzoo.models.detr.detr_loss import DETRLoss
 from kzoo.models.detr.detr_model import DETR
+from kzoo.models.detr.matcher import HungarianMatcher
 from kzoo.models.detr.optimizer import ScaledAdamW
 from kzoo.models.detr.position_embedding import SinePositionEmbedding
 from kzoo.models.detr.transformer import (
@@ -15,8 +17,10 @@ from kzoo.models.detr.transformer import (
 __all__ = [
     "DETR",
     "DETRAttention",
+    "DETRLoss",
     "DETRTransformer",
     "FrozenBatchNormalization",
+    "HungarianMatcher",
     "ResNetBackbone",
     "ScaledAdamW",
     "SinePositionEmbedding",

@@ -33,14 +33,14 @@ canonical tensor (torch layout)                      kzoo variable (keras layout
 ``backbone.layer{s}.{b}.conv{n}`` / ``bn{n}``        ``backbone.layer{s}_{b}_conv{n}`` / ``_bn{n}``
 ``backbone.layer{s}.0.downsample.{0,1}``             ``backbone.layer{s}_0_downsample_{0,1}``
 ``input_proj.weight`` (d, C, 1, 1), ``.bias``        ``input_proj`` kernel (transposed), bias
-``query_embed.weight`` (Q, d)                        the object-query embedding (Q, d)
+``query_embed.weight`` (Q, d)                        ``query_embed.embeddings`` (Q, d)
 ``transformer.encoder.layers.{i}.self_attn.          ``transformer.encoder_layers[i].self_attn.
 {q,k,v,out}_proj.weight`` (d, d)                     {q,k,v,out}_proj.kernel`` (d, d), = W.T
 ``...linear{1,2}``, ``...norm{1,2,3}``               ``linear{1,2}`` (W.T), ``norm{n}.gamma/beta``
 ``transformer.decoder.layers.{i}.multihead_attn``    ``decoder_layers[i].multihead_attn``
 ``transformer.decoder.norm``                         ``transformer.decoder_norm``
 ``class_embed`` (C+1, d)                             ``class_embed`` Dense (W.T)
-``bbox_embed.layers.{j}``                            ``bbox_embed`` Dense layers, in order
+``bbox_embed.layers.{j}``                            ``bbox_embed_{j}`` Dense (W.T)
 ===================================================  =========================================
 
 Every source tensor is accounted for: a key no rule maps, a kzoo variable no tensor fills, or a

@@ -12,6 +12,7 @@ The same code runs as ``python scripts/train_detr.py``. The run directory holds:
 
 import argparse
 import json
+import math
 import os
 import time
 
@@ -30,8 +31,7 @@ DEFAULTS = {
 
 def add_arguments(p):
     p.add_argument("--out", default=os.path.join("runs", "detr"), help="run directory")
-    p.add_argument("--epochs", type=int, default=30, help="epochs (default 30)")
-    p.add_argument("--steps-per-epoch", type=int, default=500, help="batches per epoch (500)")
+    p.add_argument("--epochs", type=int, default=30, help="passes over the training set (30)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (8)")
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many minutes")
     p.add_argument("--lr", type=float, default=5e-4, help="learning rate (5e-4)")
@@ -53,7 +53,7 @@ def add_arguments(p):
     p.add_argument("--image-size", type=int, default=DEFAULTS["image_size"])
     p.add_argument("--num-classes", type=int, default=DEFAULTS["num_classes"])
     p.add_argument("--max-objects", type=int, default=DEFAULTS["max_objects"])
-    p.add_argument("--train-images", type=int, default=8192, help="training set size (8192)")
+    p.add_argument("--train-images", type=int, default=4096, help="training set size (4096)")
     p.add_argument("--eval-images", type=int, default=256, help="held-out set size (256)")
     p.add_argument("--num-queries", type=int, default=DEFAULTS["num_queries"])
     p.add_argument("--d-model", type=int, default=DEFAULTS["d_model"])
@@ -80,7 +80,6 @@ def register(commands):
 def _check(args):
     positive = (
         "epochs",
-        "steps_per_epoch",
         "batch_size",
         "image_size",
         "num_classes",
@@ -124,8 +123,9 @@ def build_datasets(args):
         num_classes=args.num_classes,
         max_objects=args.max_objects,
     )
+    # Two threads render batches ahead of the training step.
     train = SyntheticDetection(
-        num_images=args.train_images, seed=args.seed, shuffle=True, **common
+        num_images=args.train_images, seed=args.seed, shuffle=True, workers=2, **common
     )
     # A different seed: the held-out images share no generator state with the training ones.
     held_out = SyntheticDetection(num_images=args.eval_images, seed=args.seed + 1_000_000, **common)
@@ -149,7 +149,7 @@ def build_model(args):
     )
     import keras
 
-    total = args.epochs * args.steps_per_epoch
+    total = args.epochs * math.ceil(args.train_images / args.batch_size)
     drop_at = max(1, int(total * args.lr_drop))
     schedule = (
         keras.optimizers.schedules.PiecewiseConstantDecay([drop_at], [args.lr, args.lr * 0.1])
@@ -208,14 +208,13 @@ def train(args):
     print(
         f"training DETR ({model.count_params():,} parameters, backend "
         f"{keras.backend.backend()}) on {args.train_images} synthetic {args.image_size}px "
-        f"images: {args.epochs} epochs x {args.steps_per_epoch} steps, batch {args.batch_size}",
+        f"images: {args.epochs} epochs x {len(train_data)} steps, batch {args.batch_size}",
         flush=True,
     )
     start = time.time()
     history = model.fit(
         train_data,
         epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
         callbacks=callbacks,
         verbose=args.verbose,
     )

@@ -1,6 +1,6 @@
 """Reference DETR checkpoints and outputs for the converter tests, made without kzoo.
 
-transformers runs in a separate process (``python detr_checkpoints.py SPEC OUT``): its DETR
+transformers runs in a separate process (``python detr_checkpoints.py ROOT SPEC...``): its DETR
 imports ``torch._dynamo``, which loads triton's LLVM, and in a process where TensorFlow is
 already loaded (keras on the tensorflow backend, or ``keras.utils.set_random_seed``) that aborts
 with "LLVM ERROR: inconsistency in registered CommandLine options". The tests read the files the
@@ -38,14 +38,22 @@ import numpy as np
 # ----------------------------------------------------------------------------- test side
 
 
+# Generated together in one process (importing transformers dominates the cost); "r50" only
+# when a slow test asks for it.
+DEFAULT_SPECS = ("small", "presets", "coco_tiny", "images")
+
+
 def reference(tmp_path_factory, spec):
     """The directory holding ``spec``'s files, generated once per test session."""
-    out = tmp_path_factory.getbasetemp() / "detr_reference" / spec
+    root = tmp_path_factory.getbasetemp() / "detr_reference"
+    out = root / spec
     if not (out / "done").exists():
-        out.mkdir(parents=True, exist_ok=True)
+        specs = DEFAULT_SPECS if spec in DEFAULT_SPECS else (spec,)
+        for name in specs:
+            (root / name).mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("KERAS_")}
         result = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), spec, str(out)],
+            [sys.executable, os.path.abspath(__file__), str(root), *specs],
             env=env,
             capture_output=True,
             text=True,
@@ -53,7 +61,8 @@ def reference(tmp_path_factory, spec):
         )
         if result.returncode != 0:
             raise RuntimeError(f"reference generation failed:\n{result.stderr[-4000:]}")
-        (out / "done").write_text("ok")
+        for name in specs:
+            (root / name / "done").write_text("ok")
     return out
 
 
@@ -315,4 +324,5 @@ def generate(spec, out):
 
 
 if __name__ == "__main__":
-    generate(sys.argv[1], sys.argv[2])
+    for name in sys.argv[2:]:
+        generate(name, os.path.join(sys.argv[1], name))

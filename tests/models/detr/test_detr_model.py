@@ -35,49 +35,58 @@ def _images(rng, *shape):
     return rng.normal(size=(*shape, 3)).astype("float32")
 
 
-def test_output_dict_shapes_for_plain_and_masked_input():
-    model = tiny(num_decoder_layers=3)
-    rng = np.random.default_rng(0)
-    images = _images(rng, 2, 64, 96)
-    out = predict(model, images)
+# The tests share a model and a few input shapes: on JAX every new model or shape is a new XLA
+# compilation, which dominates the run time.
+ALONE = _images(np.random.default_rng(1), 1, 45, 70)
+
+
+def _canvas():
+    """A batch of two: ALONE padded (with junk) at index 0 beside a bigger image."""
+    canvas = _images(np.random.default_rng(2), 2, 97, 130) * 3
+    mask = np.ones((2, 97, 130), "float32")
+    canvas[0, :45, :70] = ALONE[0]
+    mask[0] = 0
+    mask[0, :45, :70] = 1
+    return canvas, mask
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    return tiny(dropout=0.0)
+
+
+def test_output_dict_shapes(model):
+    canvas, _ = _canvas()
+    out = predict(model, canvas)
     assert out["logits"].shape == (2, 5, 4)
     assert out["boxes"].shape == (2, 5, 4)
-    assert out["aux_logits"].shape == (2, 2, 5, 4)
-    assert out["aux_boxes"].shape == (2, 2, 5, 4)
+    assert out["aux_logits"].shape == (2, 1, 5, 4)
+    assert out["aux_boxes"].shape == (2, 1, 5, 4)
     assert np.all((out["boxes"] > 0) & (out["boxes"] < 1))
-    # An all-ones mask is the same as no mask, in both padding modes.
-    ones = np.ones((2, 64, 96), "float32")
-    masked = predict(model, images, ones)
+    # The big image fills the canvas: its mask is all ones, the same as no mask.
+    masked = predict(model, *_canvas())
     for key in out:
-        np.testing.assert_allclose(masked[key], out[key], atol=1e-5)
-    reference = tiny(num_decoder_layers=3, padding_invariant=False)
-    reference.build()
-    reference.set_weights(model.get_weights())
-    np.testing.assert_allclose(predict(reference, images, ones)["logits"], out["logits"], atol=1e-5)
+        np.testing.assert_allclose(masked[key][1], out[key][1], atol=1e-5)
+    deep = tiny(num_decoder_layers=3).compute_output_spec(keras.KerasTensor((2, 64, 64, 3)))
+    assert deep["aux_logits"].shape == (2, 2, 5, 4)
 
 
-@pytest.mark.parametrize("slot", [0, 1])
-def test_outputs_do_not_depend_on_padding_of_other_images(slot):
-    model = tiny(dropout=0.0)
-    rng = np.random.default_rng(1)
-    image = _images(rng, 1, 45, 70)
-    alone = predict(model, image)
-    # A canvas for a batch with a bigger image; the padding holds junk, not zeros.
-    canvas = _images(rng, 2, 97, 130) * 3
-    mask = np.ones((2, 97, 130), "float32")
-    canvas[slot, :45, :70] = image[0]
-    mask[slot] = 0
-    mask[slot, :45, :70] = 1
+def test_outputs_do_not_depend_on_padding_of_other_images(model):
+    alone = predict(model, ALONE)
+    canvas, mask = _canvas()
     batched = predict(model, canvas, mask)
     for key in alone:
-        np.testing.assert_allclose(batched[key][slot], alone[key][0], atol=1e-4, err_msg=key)
+        np.testing.assert_allclose(batched[key][0], alone[key][0], atol=1e-4, err_msg=key)
     # The original computation (padding_invariant=False) lets the padding leak into the
     # backbone's features: the guarantee above is not vacuous.
     leaky = tiny(dropout=0.0, padding_invariant=False)
     leaky.build()
     leaky.set_weights(model.get_weights())
     leaked = predict(leaky, canvas, mask)
-    assert np.abs(leaked["logits"][slot] - alone["logits"][0]).max() > 1e-3
+    assert np.abs(leaked["logits"][0] - alone["logits"][0]).max() > 1e-3
+    # Without padding both settings are the same computation.
+    np.testing.assert_allclose(leaked["logits"][1], batched["logits"][1], atol=1e-5)
 
 
 def test_nearest_indices_match_torch_interpolate():
@@ -89,17 +98,13 @@ def test_nearest_indices_match_torch_interpolate():
         np.testing.assert_array_equal(got, expected.numpy().astype(int))
 
 
-def test_serialization_round_trips(tmp_path):
-    model = tiny(num_classes=2, padding_invariant=False)
-    rng = np.random.default_rng(2)
-    images = _images(rng, 1, 64, 64)
+def test_serialization_round_trips(model, tmp_path):
+    images = ALONE
     expected = predict(model, images)
     config = model.get_config()
-    assert config["padding_invariant"] is False and config["backbone"] == "small"
-    clone = DETR.from_config(config)
-    clone.build()
-    clone.set_weights(model.get_weights())
-    np.testing.assert_array_equal(predict(clone, images)["logits"], expected["logits"])
+    assert config["dropout"] == 0.0 and config["backbone"] == "small"
+    clone = DETR.from_config({**config, "padding_invariant": False})
+    assert clone.padding_invariant is False and clone.num_queries == 5
     model.save_to_preset(tmp_path / "preset")
     restored = DETR.from_preset(str(tmp_path / "preset"))
     assert restored.get_config() == config
@@ -108,9 +113,7 @@ def test_serialization_round_trips(tmp_path):
         np.testing.assert_array_equal(out[key], expected[key])
 
 
-def test_variables_mirror_the_checkpoint_layout():
-    model = tiny()
-    model.build()
+def test_variables_mirror_the_checkpoint_layout(model):
     paths = model.weights_by_path()
     for path in (
         "backbone/conv1/kernel",
@@ -134,7 +137,10 @@ def _l1_on_boxes(y_true, y_pred):
     """A stand-in set loss using the whole output dict, as DETRLoss does."""
     final = ops.mean(ops.abs(y_pred["boxes"] - y_true["boxes"]))
     aux = ops.mean(ops.abs(y_pred["aux_boxes"] - y_true["boxes"][:, None]))
-    return final + aux
+    # Every query's "no object" logit against the rest, so that the class head trains too.
+    logits = ops.concatenate([y_pred["logits"][:, None], y_pred["aux_logits"]], axis=1)
+    no_object = ops.mean(ops.logsumexp(logits, axis=-1) - logits[..., -1])
+    return final + aux + 0.1 * no_object
 
 
 def test_fit_uses_the_loss_on_the_whole_dict_and_freezes_early_stages():
@@ -148,7 +154,7 @@ def test_fit_uses_the_loss_on_the_whole_dict_and_freezes_early_stages():
     }
     model.build()
     before = {k: np.array(v) for k, v in model.weights_by_path().items()}
-    history = model.fit(images, targets, batch_size=2, epochs=4, verbose=0)
+    history = model.fit(images, targets, batch_size=4, epochs=4, verbose=0)
     losses = history.history["loss"]
     assert losses[-1] < losses[0]
     after = {k: np.array(v) for k, v in model.weights_by_path().items()}
@@ -160,8 +166,7 @@ def test_fit_uses_the_loss_on_the_whole_dict_and_freezes_early_stages():
         before["backbone/layer2_0_conv2/kernel"], after["backbone/layer2_0_conv2/kernel"]
     )
     assert not np.array_equal(before["bbox_embed_2/kernel"], after["bbox_embed_2/kernel"])
-    evaluated = model.evaluate(images, targets, verbose=0)
-    assert np.isfinite(evaluated)
+    assert not np.array_equal(before["class_embed/kernel"], after["class_embed/kernel"])
 
 
 def test_default_compile_is_the_detr_recipe():
@@ -179,19 +184,15 @@ def test_default_compile_is_the_detr_recipe():
         model.compile(loss="mse")
 
 
-def test_predict_detections_postprocesses_like_detr():
-    model = tiny()
-    rng = np.random.default_rng(4)
-    images = _images(rng, 2, 64, 96)
-    mask = np.ones((2, 64, 96), "float32")
-    mask[1, 40:] = 0
-    mask[1, :, 50:] = 0
+def test_predict_detections_postprocesses_like_detr(model):
+    images, mask = _canvas()
     out = predict(model, images, mask)
+    sizes = ([480, 640], [97, 130])
     detections = model.predict_detections(
-        {"images": images, "pixel_mask": mask}, threshold=0.0, target_sizes=[[480, 640], [40, 50]]
+        {"images": images, "pixel_mask": mask}, threshold=0.0, target_sizes=sizes
     )
     assert len(detections) == 2
-    for i, (height, width) in enumerate(([480, 640], [40, 50])):
+    for i, (height, width) in enumerate(sizes):
         logits = out["logits"][i].astype(np.float64)
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs = (probs / probs.sum(-1, keepdims=True))[:, :-1]
