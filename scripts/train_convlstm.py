@@ -34,6 +34,9 @@ def main():
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--initial-preset", default=None, help="continue training this preset's model"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -66,6 +69,7 @@ def main():
         verbose=2,
         preset_dir=args.preset_dir,
         warmup_epochs=args.warmup_epochs,
+        initial_preset=args.initial_preset,
     )
     result = training.evaluate_against_copy_last(model)
     result.update(

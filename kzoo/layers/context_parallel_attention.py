@@ -101,15 +101,18 @@ class ContextParallelAttention(layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
     def _dense(self, name, equation, shape, bias_axes):
+        kernel_initializer = self.kernel_initializer
+        if isinstance(kernel_initializer, keras.initializers.Initializer):
+            # A fresh initializer per projection (as keras's MultiHeadAttention does), so a
+            # seeded initializer does not give the four kernels the same values.
+            kernel_initializer = kernel_initializer.__class__.from_config(
+                kernel_initializer.get_config()
+            )
         return layers.EinsumDense(
             equation,
             output_shape=shape,
             bias_axes=bias_axes if self.use_bias else None,
-            # A fresh initializer per projection (as keras's MultiHeadAttention does), so a
-            # seeded initializer does not give the four kernels the same values.
-            kernel_initializer=self.kernel_initializer.__class__.from_config(
-                self.kernel_initializer.get_config()
-            ),
+            kernel_initializer=kernel_initializer,
             bias_initializer=self.bias_initializer,
             dtype=self.dtype_policy,
             name=name,

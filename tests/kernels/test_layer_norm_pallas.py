@@ -128,6 +128,43 @@ def test_zero_rows_and_no_parameters(ln):
     )
 
 
+@pytest.mark.parametrize(
+    "shape, dtype, max_block", [((8, 4096), "bfloat16", 0), ((64, 5000), "float32", 1024)]
+)
+def test_kernels_lower_to_triton_for_cuda(ln, shape, dtype, max_block):
+    # Lowering for CUDA needs no GPU: it runs Pallas's Triton lowering of all three kernels,
+    # which rejects what the interpreter accepts (e.g. unsupported primitives or block shapes).
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    def f(x, w, b, dy):
+        def norm(x, w, b):
+            return ln.layer_norm_2d(x, w, b, 1e-5, interpret=False, max_block=max_block)
+
+        y, vjp = jax.vjp(norm, x, w, b)
+        return y, vjp(dy)
+
+    n = shape[1]
+    args = (
+        jax.ShapeDtypeStruct(shape, dtype),
+        jax.ShapeDtypeStruct((n,), jnp.float32),
+        jax.ShapeDtypeStruct((n,), jnp.float32),
+        jax.ShapeDtypeStruct(shape, dtype),
+    )
+    target = "__gpu$xla.gpu.triton"
+    exported = export.export(
+        jax.jit(f),
+        platforms=["cuda"],
+        disabled_checks=[export.DisabledSafetyCheck.custom_call(target)],
+    )(*args)
+    text = exported.mlir_module()
+    assert text.count(f"@{target}") == 3  # forward, dx, dgamma/dbeta
+    for name in ("kzoo_layer_norm_fwd", "kzoo_layer_norm_dx", "kzoo_layer_norm_dwdb"):
+        assert name in text
+    assert "atomic" not in text
+
+
 def test_bad_input(ln):
     import jax.numpy as jnp
 

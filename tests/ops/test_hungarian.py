@@ -158,3 +158,13 @@ def test_torch_tensor_with_grad(q, t):
     total = c[rows.long(), cols.long()].sum()
     total.backward()
     assert c.grad.sum().item() == t
+
+
+@pytest.mark.backends("tensorflow")
+def test_tf_function_nan_reports_the_value_error():
+    import tensorflow as tf
+
+    cost = _problem(4, 2, 0)
+    cost[0, 0] = np.inf
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or infinite"):
+        tf.function(linear_sum_assignment)(tf.constant(cost))

@@ -37,12 +37,15 @@ def train_color_predictor(
     verbose="auto",
     preset_dir=None,
     warmup_epochs=0,
+    initial_preset=None,
 ):
     """Train a ``ColorFramePredictor`` on seeded synthetic colour videos.
 
     The first ``warmup_epochs`` epochs minimise binary cross-entropy instead of MAE: MAE's
     gradient vanishes once the sigmoid head has saturated at the black background, where a
     fresh model lands within an epoch; cross-entropy keeps pulling the objects out.
+
+    ``initial_preset`` continues training that preset's model instead of a new one.
 
     Writes the preset to ``preset_dir`` (default ``output_dir/preset``), the loss curve to
     ``output_dir/loss_curve.png`` and the history to ``output_dir/history.json``.
@@ -62,7 +65,11 @@ def train_color_predictor(
     val = MovingObjectsDataset(
         val_sequences, batch_size=batch_size, target="last", seed=seed + 1, **DATA_OPTIONS
     )
-    model = ColorFramePredictor(channels=3, filters=filters, kernel_sizes=kernel_sizes)
+    if initial_preset is not None:
+        # Continue training a saved model (e.g. a second stage at a lower learning rate).
+        model = ColorFramePredictor.from_preset(initial_preset)
+    else:
+        model = ColorFramePredictor(channels=3, filters=filters, kernel_sizes=kernel_sizes)
     start = time.time()
     hist = {}
     for loss, n in (("binary_crossentropy", warmup_epochs), ("mae", epochs - warmup_epochs)):

@@ -269,6 +269,7 @@ def generate(spec, out):
     import torch
 
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     if spec == "small":
         model = make_hf_model(small_config(num_labels=5, num_queries=10), seed=0)
