@@ -2,10 +2,11 @@
 
 The input is viewed as ``(rows, N)`` with the normalised (trailing) axes flattened into ``N``.
 
-Forward: one program per row, statistics in float32. When a row fits one block (``N`` up to
-``max_block`` elements) it is loaded once, centred in registers (two-pass variance, no
-cancellation for inputs with a large mean) and written; wider rows take a looped path that reads
-the row three times (mean, centred variance, output). The per-row mean and 1/std are kept for the
+Forward: statistics in float32. When a row fits one block (``N`` up to ``max_block`` elements)
+it is loaded once, centred in registers (two-pass variance, no cancellation for inputs with a
+large mean) and written: rows of up to 1024 values several to a program (a 2-D tile), wider rows
+one per program. Rows wider than a block take a looped path that reads the row three times
+(mean, centred variance, output). The per-row mean and 1/std are kept for the
 backward pass.
 
 Backward: ``dx = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy*xhat))``. ``dgamma`` and ``dbeta``
@@ -29,6 +30,10 @@ import triton.language as tl
 
 # A row is held in registers when it fits this many bytes (per input tensor).
 _MAX_FUSED_BYTES = 65536
+# Rows of at most a quarter of this many elements are normalised several to a program, in tiles
+# of up to this many elements and at most _MAX_TILE_ROWS rows.
+_MAX_ROWS_TILE = 4096
+_MAX_TILE_ROWS = 128
 # The fused backward keeps x, dy and two float32 accumulators per column live: keep it smaller.
 _MAX_FUSED_BWD_ELEMENTS = 8192
 
@@ -53,6 +58,42 @@ def _fwd_fused(
     tl.store(Y + row * N + cols, y.to(Y.dtype.element_ty), mask=mask)
     tl.store(Mean + row, mean)
     tl.store(Rstd + row, rstd)
+
+
+@triton.jit
+def _fwd_rows(
+    X,
+    Y,
+    W,
+    B,
+    Mean,
+    Rstd,
+    M,
+    N,
+    eps,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ROWS: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK)
+    row_mask = rows < M
+    col_mask = cols < N
+    mask = row_mask[:, None] & col_mask[None, :]
+    offs = rows[:, None] * N + cols[None, :]
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / N
+    xc = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / N + eps)
+    y = xc * rstd[:, None]
+    if HAS_W:
+        y = y * tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_B:
+        y = y + tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(Mean + rows, mean, mask=row_mask)
+    tl.store(Rstd + rows, rstd, mask=row_mask)
 
 
 @triton.jit
@@ -241,6 +282,26 @@ def _layer_norm_fwd(
     w = weight if weight is not None else mean
     b = bias if bias is not None else mean
     block = _block(n, x.element_size(), max_block)
+    if block >= n and block <= _MAX_ROWS_TILE // 4:
+        # Narrow rows: several per program, so that a program still moves a useful tile.
+        tile_rows = min(_MAX_TILE_ROWS, _MAX_ROWS_TILE // block)
+        _fwd_rows[(triton.cdiv(rows, tile_rows),)](
+            x,
+            y,
+            w,
+            b,
+            mean,
+            rstd,
+            rows,
+            n,
+            eps,
+            HAS_W=weight is not None,
+            HAS_B=bias is not None,
+            BLOCK=block,
+            ROWS=tile_rows,
+            num_warps=max(1, min(8, tile_rows * block * x.element_size() // 512)),
+        )
+        return y, mean, rstd
     kernel = _fwd_fused if block >= n else _fwd_looped
     kernel[(rows,)](
         x,

@@ -14,14 +14,6 @@ def _png_size(path):
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
-def test_predict_defaults_to_the_shipped_preset(tmp_path, capsys):
-    out = tmp_path / "grid.png"
-    assert main(["predict", "convlstm-color", "--out", str(out), "--num-examples", "2"]) == 0
-    width, height = _png_size(out)
-    assert width > height > 100  # 2 rows of 6 panels
-    assert "copy-last-frame baseline" in capsys.readouterr().out
-
-
 def test_train_then_predict_with_the_new_preset(tmp_path, capsys):
     out_dir = tmp_path / "run"
     rc = main(
@@ -71,8 +63,12 @@ def test_user_mistakes_exit_2_with_one_line(argv, message, capsys, tmp_path, mon
     assert err.startswith("kzoo: error:") and message in err.lower()
 
 
-def test_demo_runs_the_colour_predictor(tmp_path, capsys):
+def test_demo_predicts_with_the_shipped_preset(tmp_path, capsys):
+    # `kzoo demo` runs `kzoo predict convlstm-color --out ...` with no --preset: the shipped
+    # convlstm_color_shapes preset.
     out = tmp_path / "demo" / "grid.png"
     assert main(["demo", "--out", str(out)]) == 0
-    _png_size(out)
-    assert "kzoo predict convlstm-color" in capsys.readouterr().out
+    width, height = _png_size(out)
+    assert width > height > 100  # 3 rows of 6 panels
+    printed = capsys.readouterr().out
+    assert "kzoo predict convlstm-color" in printed and "copy-last-frame baseline" in printed

@@ -4,6 +4,7 @@ Each new shape costs a few seconds of interpretation set-up, so the cases are ch
 the paths (one block, looped blocks, tiled dgamma/dbeta with several row chunks) in few shapes.
 """
 
+import functools
 import os
 
 import numpy as np
@@ -44,8 +45,22 @@ def reference(x, w, b, eps, dy, n=None):
     return y, dx, (dy * xhat).sum(axis=0), dy.sum(axis=0)
 
 
-def check(ln, shape, n_axes=1, dtype="float32", max_block=0, mean=1.0, tol=2e-5, seed=0):
+@functools.cache
+def _forward_and_vjp(ln, axes, max_block):
+    """One jitted function per configuration, so that repeated shapes reuse their compilation."""
     import jax
+
+    def f(x, w, b):
+        return ln.layer_norm(x, w, b, axes, 1e-5, interpret=_interpret(), max_block=max_block)
+
+    def run(x, w, b, dy):
+        y, vjp = jax.vjp(f, x, w, b)
+        return (y, *vjp(dy))
+
+    return jax.jit(run)
+
+
+def check(ln, shape, n_axes=1, dtype="float32", max_block=0, mean=1.0, tol=2e-5, seed=0):
     import jax.numpy as jnp
 
     rng = np.random.default_rng(seed)
@@ -55,15 +70,7 @@ def check(ln, shape, n_axes=1, dtype="float32", max_block=0, mean=1.0, tol=2e-5,
     w = rng.normal(1.0, 0.5, pshape).astype("float32")
     b = rng.normal(0.0, 0.5, pshape).astype("float32")
     axes = tuple(range(len(shape) - n_axes, len(shape)))
-
-    def f(x, w, b):
-        return ln.layer_norm(x, w, b, axes, 1e-5, interpret=_interpret(), max_block=max_block)
-
-    def run(x, w, b, dy):
-        y, vjp = jax.vjp(f, x, w, b)
-        return (y, *vjp(dy))
-
-    got = jax.jit(run)(x, jnp.asarray(w), jnp.asarray(b), dy)
+    got = _forward_and_vjp(ln, axes, max_block)(x, jnp.asarray(w), jnp.asarray(b), dy)
     y = got[0]
     n = int(np.prod(pshape))
     want = reference(

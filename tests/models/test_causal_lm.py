@@ -97,7 +97,7 @@ def test_fit_under_context_parallel_matches_one_device():
 # Two processes x four CPU devices, JAX's distributed runtime on a loopback coordinator.
 
 
-def _worker(port, process_id, weights_path, out_path):
+def _worker(port, process_id, preset_dir, out_path):
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -114,9 +114,12 @@ def _worker(port, process_id, weights_path, out_path):
     # Each process feeds its own rows (numpy arrays are not auto-sharded across processes).
     cp = ContextParallel(mesh, auto_shard_dataset=False)
     keras.distribution.set_distribution(cp)
-    model = _model()
-    with np.load(weights_path) as saved:
-        model.set_weights([saved[f"w{i}"] for i in range(len(saved.files))])
+    # The reference model's preset: same weights in every process, no random initialisation.
+    model = CausalLM.from_preset(preset_dir)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     x, y = _data()
     # This process's devices form batch row `process_id`: it feeds that row, whole sequence.
     rows = slice(process_id, process_id + 1)
@@ -136,8 +139,8 @@ def _free_port():
 def test_fit_two_processes_four_devices_each_matches_one_device(tmp_path):
     x, y = _data()
     reference = _model()
-    weights_path = tmp_path / "weights.npz"
-    np.savez(weights_path, **{f"w{i}": w for i, w in enumerate(reference.get_weights())})
+    preset_dir = str(tmp_path / "preset")
+    reference.save_to_preset(preset_dir)
 
     port = _free_port()
     env = dict(
@@ -153,7 +156,7 @@ def test_fit_two_processes_four_devices_each_matches_one_device(tmp_path):
                 __file__,
                 str(port),
                 str(i),
-                str(weights_path),
+                preset_dir,
                 str(tmp_path / f"{i}"),
             ],
             env=env,

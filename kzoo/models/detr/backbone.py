@@ -46,6 +46,22 @@ def valid_extent(valid_sizes, stride):
     return (valid_sizes + (stride - 1)) // stride
 
 
+def compute_data_format():
+    """The activation layout the backbone computes in (the weights are the same either way).
+
+    torch's convolutions take NCHW without the per-layer transposes keras adds around them for
+    NHWC; TensorFlow's CPU convolutions only take NHWC, and XLA (JAX) prefers it on CPU.
+    """
+    return "channels_first" if keras.backend.backend() == "torch" else "channels_last"
+
+
+def _pad(x, amount, data_format):
+    spatial = ((amount, amount), (amount, amount))
+    if data_format == "channels_first":
+        return ops.pad(x, ((0, 0), (0, 0), *spatial))
+    return ops.pad(x, ((0, 0), *spatial, (0, 0)))
+
+
 def region_mask(valid_sizes, stride, height, width, dtype):
     """(B, height, width, 1) mask, 1 inside each image's valid region at ``stride``."""
     extent = valid_extent(valid_sizes, stride)
@@ -104,12 +120,16 @@ class FrozenBatchNormalization(keras.layers.Layer):
             shape=(channels,), initializer="ones", name="moving_variance", trainable=False
         )
 
-    def call(self, inputs):
-        dtype = inputs.dtype
+    def scale_and_shift(self, dtype):
+        """The per-channel ``(scale, shift)`` with ``y = x * scale + shift``."""
         scale = ops.cast(self.gamma, dtype) * ops.rsqrt(
             ops.cast(self.moving_variance, dtype) + self.epsilon
         )
         shift = ops.cast(self.beta, dtype) - ops.cast(self.moving_mean, dtype) * scale
+        return scale, shift
+
+    def call(self, inputs):
+        scale, shift = self.scale_and_shift(inputs.dtype)
         if self.axis in (1,) and len(inputs.shape) == 4:
             scale = ops.reshape(scale, (1, -1, 1, 1))
             shift = ops.reshape(shift, (1, -1, 1, 1))
@@ -243,33 +263,57 @@ class ResNetBackbone(keras.layers.Layer):
                 layer("downsample_1").build((None, None, None, planes * EXPANSION))
         self.built = True
 
+    def _conv_bn(self, conv, bn, x, stride, pad, data_format):
+        """``bn(conv(x))`` with the frozen norm folded into the kernel: one pass, not three.
+
+        ``conv(x) * scale + shift == conv_with(kernel * scale)(x) + shift``; the kernel is tiny
+        next to the feature maps, so this saves two elementwise passes over every feature map.
+        """
+        scale, shift = bn.scale_and_shift(x.dtype)
+        if pad:
+            x = _pad(x, pad, data_format)
+        kernel = ops.cast(conv.kernel, x.dtype) * scale
+        y = ops.conv(x, kernel, strides=stride, padding="valid", data_format=data_format)
+        if data_format == "channels_first":
+            shift = ops.reshape(shift, (1, -1, 1, 1))
+        return y + shift
+
     def call(self, images, valid_sizes=None):
-        def masked(x, stride):
+        data_format = compute_data_format()
+        channels_first = data_format == "channels_first"
+
+        def masked(x, stride, nchw=channels_first):
             if valid_sizes is None:
                 return x
             shape = ops.shape(x)
+            if nchw:
+                mask = region_mask(valid_sizes, stride, shape[2], shape[3], x.dtype)
+                return x * ops.transpose(mask, (0, 3, 1, 2))
             return x * region_mask(valid_sizes, stride, shape[1], shape[2], x.dtype)
 
-        x = masked(images, 1)
-        x = ops.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))
-        x = ops.relu(self.bn1(self.conv1(x)))
+        x = masked(images, 1, nchw=False)
+        if channels_first:
+            x = ops.transpose(x, (0, 3, 1, 2))
+        x = ops.relu(self._conv_bn(self.conv1, self.bn1, x, 2, 3, data_format))
         # Features are >= 0 after the ReLU, so zero padding is the same as torch's -inf padding.
-        x = masked(x, 2)
-        x = ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        x = ops.max_pool(x, 3, strides=2, padding="valid")
+        x = _pad(masked(x, 2), 1, data_format)
+        x = ops.max_pool(x, 3, strides=2, padding="valid", data_format=data_format)
         total_stride = 4
         for prefix, _, stride, _, _ in self.block_specs:
             layer = functools.partial(self._block_layer, prefix)
-            y = ops.relu(layer("bn1")(layer("conv1")(x)))
+            y = ops.relu(self._conv_bn(layer("conv1"), layer("bn1"), x, 1, 0, data_format))
             y = masked(y, total_stride)
-            y = ops.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
-            y = ops.relu(layer("bn2")(layer("conv2")(y)))
-            y = layer("bn3")(layer("conv3")(y))
+            y = ops.relu(self._conv_bn(layer("conv2"), layer("bn2"), y, stride, 1, data_format))
+            y = self._conv_bn(layer("conv3"), layer("bn3"), y, 1, 0, data_format)
             shortcut = x
             if layer("downsample_0") is not None:
-                shortcut = layer("downsample_1")(layer("downsample_0")(x))
+                shortcut = self._conv_bn(
+                    layer("downsample_0"), layer("downsample_1"), x, stride, 0, data_format
+                )
             x = ops.relu(y + shortcut)
             total_stride *= stride
+        if channels_first:
+            x = ops.transpose(x, (0, 2, 3, 1))
         return x
 
     def compute_output_shape(self, images_shape, valid_sizes_shape=None):

@@ -137,7 +137,7 @@ def draw_detections(image, detections, names, out):
 
     canvas = Image.fromarray(image).convert("RGB")
     draw = ImageDraw.Draw(canvas)
-    width = max(1, round(min(canvas.size) / 200))
+    width = max(2, round(min(canvas.size) / 300))
     for box, score, label in zip(detections["boxes"], detections["scores"], detections["labels"]):
         color = PALETTE[int(label) % len(PALETTE)]
         x0, y0, x1, y1 = (float(v) for v in box)

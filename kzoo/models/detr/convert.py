@@ -448,8 +448,17 @@ def _indices(canonical, pattern):
     return sorted(found)
 
 
-def _heads_from_sidecar(src):
-    """``encoder_attention_heads`` from a HuggingFace ``config.json`` beside the checkpoint."""
+def _refuse_dilated(src):
+    """DC5 checkpoints dilate the last stage; their tensors look exactly like the plain ones."""
+    config = _sidecar_config(src) or {}
+    if "-dc5" in os.path.basename(src).lower() or config.get("dilation") is True:
+        raise ValueError(
+            f"{src} is a DETR-DC5 checkpoint (dilated last ResNet stage), which kzoo's DETR does "
+            "not implement; its tensors would load but the outputs would be wrong."
+        )
+
+
+def _sidecar_config(src):
     folder = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
@@ -459,7 +468,13 @@ def _heads_from_sidecar(src):
             config = json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
-    if config.get("model_type") != "detr":
+    return config if isinstance(config, dict) and config.get("model_type") == "detr" else None
+
+
+def _heads_from_sidecar(src):
+    """``encoder_attention_heads`` from a HuggingFace ``config.json`` beside the checkpoint."""
+    config = _sidecar_config(src)
+    if config is None:
         return None
     heads = {config.get("encoder_attention_heads"), config.get("decoder_attention_heads")}
     heads.discard(None)
@@ -606,6 +621,7 @@ def load_detr_checkpoint(src, num_heads=None, **config_overrides):
     from kzoo.models.detr.detr_model import DETR
 
     src = os.fspath(src)
+    _refuse_dilated(src)
     state = read_state_dict(src)
     canonical, fmt = to_canonical(state)
     if num_heads is None:

@@ -102,10 +102,13 @@ def small_config(num_labels=5, num_queries=10):
 
 
 def make_hf_model(config, seed=0):
-    """A transformers DETR in eval mode with every tensor randomised.
+    """A transformers DETR in eval mode with every tensor drawn at random.
 
-    transformers initialises biases to 0, norms to 1/0 and batch-norm statistics to 0/1; those
-    values would hide a swapped or dropped tensor, so everything gets noise.
+    transformers initialises biases to 0, norms to 1/0, batch-norm statistics to 0/1, weights
+    with std 0.02 and the object queries near 0; with those values a swapped or dropped tensor,
+    or queries put out of order, would hardly change the output. So every weight is drawn with
+    std 1/sqrt(fan_in), biases and norm offsets with std 0.1, norm scales around 1, and the
+    queries with std 1 (as DETR's nn.Embedding).
     """
     import torch
     from transformers import DetrForObjectDetection
@@ -114,12 +117,18 @@ def make_hf_model(config, seed=0):
     model = DetrForObjectDetection(config)
     with torch.no_grad():
         for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+            if not tensor.is_floating_point():
+                continue
             if name.endswith("running_var"):
                 tensor.uniform_(0.5, 1.5)
-            elif name.endswith("running_mean"):
+            elif "query_position_embeddings" in name:
+                tensor.normal_(0.0, 1.0)
+            elif tensor.ndim >= 2:
+                tensor.normal_(0.0, tensor[0].numel() ** -0.5)
+            elif name.endswith("weight"):  # norm scales
+                tensor.normal_(1.0, 0.1)
+            else:  # biases, norm offsets, running means
                 tensor.normal_(0.0, 0.1)
-            elif tensor.is_floating_point():
-                tensor.add_(torch.randn_like(tensor) * 0.05)
     return model.eval()
 
 

@@ -210,3 +210,22 @@ def test_full_resnet50_parity(tmp_path_factory, tmp_path):
     _assert_close(
         _run(model, ref["images"], ref["mask"]), (ref["batch_logits"], ref["batch_boxes"])
     )
+
+
+def test_dc5_refused_and_heads_read_from_a_huggingface_config(files, tmp_path):
+    import shutil
+
+    shutil.copyfile(files / "hf.pth", tmp_path / "detr-r50-dc5-f0fb7ef5.pth")
+    with pytest.raises(ValueError, match="DC5"):
+        convert_detr(tmp_path / "detr-r50-dc5-f0fb7ef5.pth", tmp_path / "out")
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    shutil.copyfile(files / "model.safetensors", snapshot / "model.safetensors")
+    config = {"model_type": "detr", "encoder_attention_heads": 4, "decoder_attention_heads": 4}
+    (snapshot / "config.json").write_text(json.dumps(config))
+    preset = convert_detr(snapshot, tmp_path / "p4")
+    assert json.loads((tmp_path / "p4" / "config.json").read_text())["config"]["num_heads"] == 4
+    assert os.path.isdir(preset)
+    (snapshot / "config.json").write_text(json.dumps({**config, "dilation": True}))
+    with pytest.raises(ValueError, match="DC5"):
+        convert_detr(snapshot, tmp_path / "p5")
