@@ -44,7 +44,8 @@ def child(rounds, warmup, height, width):
         DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False)
     ).eval()
     pixels = torch.tensor(image).permute(0, 3, 1, 2).contiguous()
-    model = DETR()
+    # Same configuration: transformers' default DetrConfig has num_labels=2.
+    model = DETR(num_classes=hf.config.num_labels)
     model.build()
     kzoo_params = sum(int(np.prod(v.shape)) for v in model.weights if "moving" not in v.name)
     hf_params = sum(p.numel() for p in hf.parameters())

@@ -6,13 +6,12 @@ Forward: statistics in float32. When a row fits one block (``N`` up to ``max_blo
 it is loaded once, centred in registers (two-pass variance, no cancellation for inputs with a
 large mean) and written: rows of up to 1024 values several to a program (a 2-D tile), wider rows
 one per program. Rows wider than a block take a looped path that reads the row three times
-(mean, centred variance, output). The per-row mean and 1/std are kept for the
-backward pass.
+(mean, centred variance, output). The per-row mean and 1/std are kept for the backward pass.
 
 Backward: ``dx = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy*xhat))``. ``dgamma`` and ``dbeta``
 are column sums over all rows; each program owns a contiguous chunk of rows and writes its own
 float32 partial sums to a private row of a ``(programs, N)`` buffer, which is then summed in a
-fixed order. No atomics, so the result is bitwise reproducible. Rows that fit one block use a
+fixed order. No atomics, so the result is bitwise reproducible. Rows of up to 8192 values use a
 single fused kernel (x and dy read once); wider rows use two kernels: per-row reductions, then an
 elementwise pass over ``(row chunk, column block)`` tiles that writes dx and the partial sums.
 

@@ -2,9 +2,15 @@
 
 import os
 
+import keras
 import pytest
 
 from kzoo.cli.main import main
+
+# On JAX every test that runs a layer eagerly or fits a model pays XLA compilations (tens of
+# seconds on this shared 2-core machine): those run on JAX in the slow step (which runs under
+# JAX) and in the per-backend runs of TensorFlow and torch.
+slow_on_jax = pytest.mark.slow if keras.backend.backend() == "jax" else (lambda f: f)
 
 
 def _png_size(path):
@@ -14,6 +20,7 @@ def _png_size(path):
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
+@slow_on_jax
 def test_train_then_predict_with_the_new_preset(tmp_path, capsys):
     out_dir = tmp_path / "run"
     rc = main(
@@ -21,7 +28,7 @@ def test_train_then_predict_with_the_new_preset(tmp_path, capsys):
             "train",
             "convlstm-color",
             "--epochs",
-            "2",
+            "1",
             "--batch-size",
             "4",
             "--output-dir",

@@ -10,6 +10,12 @@ from kzoo.kernels import dispatch
 from kzoo.layers import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D
 from kzoo.layers import conv_lstm as conv_lstm_module
 
+# On JAX every test that runs a layer eagerly or fits a model pays XLA compilations (tens of
+# seconds on this shared 2-core machine): those run on JAX in the slow step (which runs under
+# JAX) and in the per-backend runs of TensorFlow and torch.
+slow_on_jax = pytest.mark.slow if keras.backend.backend() == "jax" else (lambda f: f)
+
+
 KZOO = {1: ConvLSTM1D, 2: ConvLSTM2D, 3: ConvLSTM3D}
 KERAS = {1: keras.layers.ConvLSTM1D, 2: keras.layers.ConvLSTM2D, 3: keras.layers.ConvLSTM3D}
 SPATIAL = {1: (7,), 2: (6, 5), 3: (4, 5, 3)}
@@ -214,6 +220,7 @@ def test_masked_steps_are_skipped():
         np.testing.assert_allclose(c[b], ref_c[0], atol=TOL)
 
 
+@slow_on_jax
 def test_initial_state_matches_keras():
     x = _inputs(2, "channels_last")
     ours, theirs = _pair(2, padding="same", return_state=True)
@@ -242,6 +249,7 @@ def test_stateful_matches_keras_and_resets():
     assert len(ours.get_weights()) == len(theirs.get_weights()) == 3
 
 
+@slow_on_jax
 def test_dropout_same_masks_as_keras_with_the_same_seed():
     x = _inputs(2, "channels_last", steps=4)
     kwargs = dict(padding="same", dropout=0.4, recurrent_dropout=0.3, seed=11)
@@ -261,6 +269,7 @@ def test_dropout_same_masks_as_keras_with_the_same_seed():
     assert np.abs(train - infer).max() > 1e-3
 
 
+@slow_on_jax
 def test_dropout_masks_fixed_over_the_sequence():
     # Constant inputs, a 1x1 kernel, no recurrent kernel and a closed forget gate: with the
     # input masks fixed for the sequence every gate is constant in time, so each pixel's
@@ -326,6 +335,7 @@ def test_any_frame_size_with_unknown_spatial_dims():
         assert tuple(y.shape) == (2, 3) + size + (3,)
 
 
+@slow_on_jax
 def test_fit_reduces_loss():
     x = _inputs(2, "channels_last", batch=8)
     y = np.tanh(x[:, -1, ..., :1])

@@ -13,6 +13,12 @@ from kzoo.models import ColorFramePredictor, NextFramePredictor
 from kzoo.models.conv_lstm import training
 from kzoo.presets import preset_io
 
+# On JAX every test that runs a layer eagerly or fits a model pays XLA compilations (tens of
+# seconds on this shared 2-core machine): those run on JAX in the slow step (which runs under
+# JAX) and in the per-backend runs of TensorFlow and torch.
+slow_on_jax = pytest.mark.slow if keras.backend.backend() == "jax" else (lambda f: f)
+
+
 TINY = dict(filters=(4, 4), kernel_sizes=(3, 1))
 
 
@@ -20,6 +26,7 @@ def _np(x):
     return keras.ops.convert_to_numpy(x)
 
 
+@slow_on_jax
 def test_next_frame_predictor_trains_and_round_trips(tmp_path):
     videos = moving_objects(8, num_frames=5, image_size=12, object_size=(3, 5), seed=0)
     x, y = next_frame_targets(videos, "sequence")
@@ -27,7 +34,7 @@ def test_next_frame_predictor_trains_and_round_trips(tmp_path):
     assert sum(isinstance(layer, ConvLSTM2D) for layer in model.layers) == 2
     assert isinstance(model.layers[-1], keras.layers.Conv3D)
     assert model.loss == "binary_crossentropy"
-    history = model.fit(x, y, epochs=2, batch_size=4, verbose=0)
+    history = model.fit(x, y, epochs=1, batch_size=4, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     pred = _np(model.predict(x, verbose=0))
     assert pred.shape == y.shape and pred.min() >= 0 and pred.max() <= 1
@@ -37,6 +44,7 @@ def test_next_frame_predictor_trains_and_round_trips(tmp_path):
     assert again.get_config() == model.get_config()
 
 
+@slow_on_jax
 def test_color_frame_predictor_defaults_and_keras_save(tmp_path):
     videos = moving_objects(8, num_frames=5, image_size=12, object_size=(3, 5), color=True)
     x, y = next_frame_targets(videos, "last")

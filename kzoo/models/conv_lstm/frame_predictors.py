@@ -141,13 +141,14 @@ class NextFramePredictor(PresetMixin, keras.Model):
         metrics = ["mae"] if metrics == "auto" else metrics
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
-    # compile() is overridden for its defaults; these keep keras restoring the compile
-    # settings when a saved model is loaded.
+    # The model compiles itself with its defaults when built, so saved files carry no compile
+    # settings: a saved optimizer's class is backend-specific (a preset saved on torch names
+    # torch's Adam), and restoring it on another backend would import that framework.
     def get_compile_config(self):
-        return super().get_compile_config()
+        return None
 
     def compile_from_config(self, config):
-        return super().compile_from_config(config)
+        self.compile()
 
     def get_config(self):
         return {
@@ -238,13 +239,14 @@ class ColorFramePredictor(PresetMixin, keras.Model):
         metrics = ["mae"] if metrics == "auto" else metrics
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
-    # compile() is overridden for its defaults; these keep keras restoring the compile
-    # settings when a saved model is loaded.
+    # The model compiles itself with its defaults when built, so saved files carry no compile
+    # settings: a saved optimizer's class is backend-specific (a preset saved on torch names
+    # torch's Adam), and restoring it on another backend would import that framework.
     def get_compile_config(self):
-        return super().get_compile_config()
+        return None
 
     def compile_from_config(self, config):
-        return super().compile_from_config(config)
+        self.compile()
 
     def get_config(self):
         return {

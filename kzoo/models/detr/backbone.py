@@ -270,10 +270,15 @@ class ResNetBackbone(keras.layers.Layer):
         next to the feature maps, so this saves two elementwise passes over every feature map.
         """
         scale, shift = bn.scale_and_shift(x.dtype)
-        if pad:
+        padding = "valid"
+        if pad and stride == 1 and conv.kernel_size[0] == 2 * pad + 1:
+            # Stride-1 "same" pads symmetrically on every backend, and inside the convolution
+            # (torch, XLA) rather than through a padded copy of the feature map.
+            padding = "same"
+        elif pad:
             x = _pad(x, pad, data_format)
         kernel = ops.cast(conv.kernel, x.dtype) * scale
-        y = ops.conv(x, kernel, strides=stride, padding="valid", data_format=data_format)
+        y = ops.conv(x, kernel, strides=stride, padding=padding, data_format=data_format)
         if data_format == "channels_first":
             shift = ops.reshape(shift, (1, -1, 1, 1))
         return y + shift

@@ -6,7 +6,7 @@ The same code runs as ``python scripts/train_detr.py``. The run directory holds:
   interruption resumes from the last finished epoch (``--fresh`` starts over);
 - ``checkpoints/last.weights.h5``: the weights after the latest epoch, written atomically;
 - ``preset/``: the trained model as a kzoo preset (``DETR.from_preset(".../preset")``; it works
-  with ``kzoo predict detr --preset .../preset --shortest-edge 64 --longest-edge 64``);
+  with ``kzoo predict detr --preset .../preset --shortest-edge 96 --longest-edge 96``);
 - ``eval.json``: AP, AP50 and AP75 on a held-out synthetic set, steps and wall time.
 """
 
@@ -17,7 +17,7 @@ import os
 import time
 
 DEFAULTS = {
-    "image_size": 64,
+    "image_size": 96,
     "num_classes": 3,
     "max_objects": 4,
     "num_queries": 10,
@@ -31,7 +31,7 @@ DEFAULTS = {
 
 def add_arguments(p):
     p.add_argument("--out", default=os.path.join("runs", "detr"), help="run directory")
-    p.add_argument("--epochs", type=int, default=30, help="passes over the training set (30)")
+    p.add_argument("--epochs", type=int, default=16, help="passes over the training set (16)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (8)")
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many minutes")
     p.add_argument("--lr", type=float, default=5e-4, help="learning rate (5e-4)")
@@ -47,8 +47,8 @@ def add_arguments(p):
     p.add_argument(
         "--lr-drop",
         type=float,
-        default=0.75,
-        help="fraction of the epochs after which the learning rate drops 10x (0.75)",
+        default=0.8,
+        help="fraction of the steps after which the learning rate drops 10x (0.8)",
     )
     p.add_argument("--image-size", type=int, default=DEFAULTS["image_size"])
     p.add_argument("--num-classes", type=int, default=DEFAULTS["num_classes"])

@@ -89,17 +89,21 @@ class DETRAttention(keras.layers.Layer):
         q = self._heads(self.q_proj(query))
         k = self._heads(self.k_proj(key))
         v = self._heads(self.v_proj(value))
-        # torch's MultiheadAttention scales q before the product; the same up to rounding.
-        q = q * ops.cast(self.head_dim**-0.5, q.dtype)
-        scores = ops.einsum("bqhd,bkhd->bhqk", q, k)
-        if key_mask is not None:
-            keep = ops.cast(key_mask, "bool")[:, None, None, :]
-            # A finite fill: an all-padding row then averages instead of producing NaN.
-            fill = ops.cast(-1e9 if scores.dtype == "float32" else -6e4, scores.dtype)
-            scores = ops.where(keep, scores, fill)
-        weights = ops.softmax(scores, axis=-1)
-        weights = self.attention_dropout(weights, training=training)
-        out = ops.einsum("bhqk,bkhd->bqhd", weights, v)
+        keep = None if key_mask is None else ops.cast(key_mask, "bool")[:, None, None, :]
+        if not training or self.dropout == 0:
+            # The backend's fused attention (torch's scaled_dot_product_attention, JAX's
+            # dot_product_attention); it has no dropout on the weights, hence the other path.
+            out = ops.dot_product_attention(q, k, v, mask=keep, scale=self.head_dim**-0.5)
+        else:
+            q = q * ops.cast(self.head_dim**-0.5, q.dtype)
+            scores = ops.einsum("bqhd,bkhd->bhqk", q, k)
+            if keep is not None:
+                # A finite fill: an all-padding row then averages instead of producing NaN.
+                fill = ops.cast(-1e9 if scores.dtype == "float32" else -6e4, scores.dtype)
+                scores = ops.where(keep, scores, fill)
+            weights = ops.softmax(scores, axis=-1)
+            weights = self.attention_dropout(weights, training=training)
+            out = ops.einsum("bhqk,bkhd->bqhd", weights, v)
         shape = ops.shape(out)
         out = ops.reshape(out, (shape[0], shape[1], self.d_model))
         return self.out_proj(out)

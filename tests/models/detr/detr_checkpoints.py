@@ -43,17 +43,31 @@ import numpy as np
 DEFAULT_SPECS = ("small", "presets", "coco_tiny", "images")
 
 
+def _cache_root():
+    """A directory shared by test sessions (CI runs one per backend), named by a hash of this
+    script and the versions of torch and transformers, so any change regenerates the files."""
+    import hashlib
+    import importlib.metadata
+    import tempfile
+
+    digest = hashlib.sha256(open(__file__, "rb").read())
+    for package in ("torch", "transformers"):
+        digest.update(importlib.metadata.version(package).encode())
+    return os.path.join(tempfile.gettempdir(), f"kzoo-detr-reference-{digest.hexdigest()[:16]}")
+
+
 def reference(tmp_path_factory, spec):
-    """The directory holding ``spec``'s files, generated once per test session."""
-    root = tmp_path_factory.getbasetemp() / "detr_reference"
+    """The directory holding ``spec``'s files, generated once and reused by later sessions."""
+    from pathlib import Path
+
+    root = Path(_cache_root())
     out = root / spec
     if not (out / "done").exists():
         specs = DEFAULT_SPECS if spec in DEFAULT_SPECS else (spec,)
-        for name in specs:
-            (root / name).mkdir(parents=True, exist_ok=True)
+        work = tmp_path_factory.mktemp("detr_reference")
         env = {k: v for k, v in os.environ.items() if not k.startswith("KERAS_")}
         result = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), str(root), *specs],
+            [sys.executable, os.path.abspath(__file__), str(work), *specs],
             env=env,
             capture_output=True,
             text=True,
@@ -61,8 +75,15 @@ def reference(tmp_path_factory, spec):
         )
         if result.returncode != 0:
             raise RuntimeError(f"reference generation failed:\n{result.stderr[-4000:]}")
+        root.mkdir(parents=True, exist_ok=True)
         for name in specs:
-            (root / name / "done").write_text("ok")
+            (work / name / "done").write_text("ok")
+            try:
+                # Atomic: a concurrent session either sees the whole directory or none.
+                os.rename(work / name, root / name)
+            except OSError:
+                if not (root / name / "done").exists():
+                    raise
     return out
 
 

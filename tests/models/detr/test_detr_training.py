@@ -10,7 +10,9 @@ from kzoo.data.detection import SyntheticDetection
 from kzoo.models.detr.optimizer import ScaledAdamW
 from kzoo.ops import box_ops
 
-STEPS = 240
+# Two epochs of STEPS // 2 steps; the learning rate drops 10x for the last quarter so that the
+# final boxes settle instead of jittering around the targets.
+STEPS = 120
 
 
 @pytest.fixture
@@ -47,14 +49,17 @@ def test_overfits_two_images_and_predicts_their_boxes():
         num_queries=4,
         d_model=32,
         num_heads=2,
-        num_encoder_layers=1,
-        num_decoder_layers=2,
+        # No encoder and one decoder layer: the smallest DETR that still has to match and
+        # regress, and the fastest to compile (JAX and TensorFlow spend most of this test there).
+        num_encoder_layers=0,
+        num_decoder_layers=1,
         ffn_dim=64,
         dropout=0.0,
         backbone="small",
     )
-    model.compile(optimizer=ScaledAdamW(2e-3, weight_decay=1e-4, global_clipnorm=1.0))
-    reps = STEPS // 4
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([STEPS * 3 // 4], [2e-3, 2e-4])
+    model.compile(optimizer=ScaledAdamW(schedule, weight_decay=1e-4, global_clipnorm=1.0))
+    reps = STEPS // 2
     x = np.tile(images, (reps, 1, 1, 1))
     y = {k: np.tile(v, (reps,) + (1,) * (v.ndim - 1)) for k, v in targets.items()}
     start = time.time()

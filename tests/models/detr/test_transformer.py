@@ -167,3 +167,16 @@ def test_training_applies_dropout_and_config_round_trips():
     ):
         with pytest.raises(ValueError):
             cls(**kwargs)
+
+
+def test_training_path_without_dropout_matches_fused_attention():
+    # With dropout configured, training takes the explicit softmax path (the fused one has no
+    # dropout); with the dropout layer's rate at 0 both paths must agree.
+    rng = np.random.default_rng(5)
+    attn = DETRAttention(D, HEADS, dropout=0.5)
+    q, kv = _data(rng, 2, 5, D), _data(rng, 2, 9, D)
+    mask = _key_mask(2, 9)
+    fused = keras.ops.convert_to_numpy(attn(q, kv, kv, key_mask=mask, training=False))
+    attn.attention_dropout.rate = 0.0
+    explicit = keras.ops.convert_to_numpy(attn(q, kv, kv, key_mask=mask, training=True))
+    np.testing.assert_allclose(explicit, fused, atol=1e-5)
