@@ -12,6 +12,9 @@ import numpy as np
 def run(layer, *inputs):
     """``layer(*inputs)`` as numpy, with every input given as a (concrete) numpy array."""
     tensors = [keras.Input(batch_shape=x.shape, dtype=str(x.dtype)) for x in inputs]
-    model = keras.Model(tensors, layer(*tensors))
-    out = model.predict_on_batch(list(inputs) if len(inputs) > 1 else inputs[0])
+    outputs = layer(*tensors)
+    if len(inputs) == 1:
+        out = keras.Model(tensors[0], outputs).predict_on_batch(inputs[0])
+    else:
+        out = keras.Model(tensors, outputs).predict_on_batch(list(inputs))
     return keras.tree.map_structure(np.asarray, out)

@@ -108,9 +108,13 @@ def test_serialization_round_trips(model, tmp_path):
     model.save_to_preset(tmp_path / "preset")
     restored = DETR.from_preset(str(tmp_path / "preset"))
     assert restored.get_config() == config
+    for a, b in zip(restored.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
     out = predict(restored, images)
+    # Bit-identical on JAX and torch; TensorFlow's oneDNN may pick another kernel for the new
+    # graph (differences ~1e-7).
     for key in expected:
-        np.testing.assert_array_equal(out[key], expected[key])
+        np.testing.assert_allclose(out[key], expected[key], rtol=1e-5, atol=1e-5)
 
 
 def test_variables_mirror_the_checkpoint_layout(model):

@@ -37,7 +37,7 @@ def test_train_writes_checkpoint_preset_and_eval(tmp_path):
     preset = str(out / "preset")
     check = (
         f"import kzoo, numpy as np; m = kzoo.models.DETR.from_preset({preset!r}); "
-        "print(m(np.zeros((1, 32, 32, 3), 'float32'))['logits'].shape)"
+        "print(tuple(m(np.zeros((1, 32, 32, 3), 'float32'))['logits'].shape))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", check],
