@@ -3,54 +3,17 @@
 import os
 import urllib.parse
 
-import keras
 import numpy as np
 
+from kzoo.utils.download import download_verified
 from kzoo.utils.files import sha256_file
 
 MOVING_MNIST_URL = "http://www.cs.toronto.edu/~nitish/unsupervised_video/mnist_test_seq.npy"
 CACHE_SUBDIR = os.path.join("kzoo", "datasets")
 
 
-def _keras_home():
-    # KERAS_HOME is read now rather than at keras's import, so that it can be changed later.
-    if os.environ.get("KERAS_HOME"):
-        return os.path.expanduser(os.environ["KERAS_HOME"])
-    from keras.src.backend import config as keras_config
-
-    return os.path.expanduser(keras_config.keras_home())
-
-
 def _fetch(url, sha256):
-    if not sha256:
-        raise ValueError(
-            f"Refusing to download {url} without a sha256 to check it against; pass sha256=..."
-        )
-    fname = f"{sha256[:12]}-{os.path.basename(urllib.parse.urlparse(url).path) or 'data.npy'}"
-    target = os.path.join(_keras_home(), CACHE_SUBDIR, fname)
-    try:
-        path = keras.utils.get_file(
-            fname=fname,
-            origin=url,
-            file_hash=sha256,
-            hash_algorithm="sha256",
-            cache_dir=_keras_home(),
-            cache_subdir=CACHE_SUBDIR,
-        )
-    except ValueError:
-        if os.path.exists(target):
-            os.remove(target)
-        raise ValueError(
-            f"The file downloaded from {url} does not match sha256 {sha256}; it was deleted."
-        ) from None
-    except Exception as e:  # get_file wraps URL errors in a bare Exception
-        if os.path.exists(target):
-            os.remove(target)
-        raise ValueError(f"Could not download {url}: {e}") from None
-    if sha256_file(path) != sha256:
-        os.remove(path)
-        raise ValueError(f"The cached copy of {url} does not match sha256 {sha256}; deleted it.")
-    return path
+    return download_verified(url, sha256, CACHE_SUBDIR)
 
 
 def load_moving_mnist(source, sha256=None, normalize=True):

@@ -9,7 +9,6 @@ import contextlib
 import datetime
 import json
 import os
-import shutil
 import tarfile
 import tempfile
 import urllib.parse
@@ -19,6 +18,7 @@ import keras
 import numpy as np
 
 from kzoo.presets import registry
+from kzoo.utils.download import download_verified, keras_home, remove
 from kzoo.utils.files import atomic_directory, sha256_file
 from kzoo.version import __version__
 
@@ -214,56 +214,12 @@ def _resolve_registered(info):
     return loc
 
 
-def _keras_home():
-    # keras reads KERAS_HOME once, at import; reading it here too lets a process point the cache
-    # elsewhere later (tests, a CLI option) while defaulting to keras's own directory.
-    if os.environ.get("KERAS_HOME"):
-        return os.path.expanduser(os.environ["KERAS_HOME"])
-    from keras.src.backend import config as keras_config
-
-    return os.path.expanduser(keras_config.keras_home())
-
-
 def _cache_root():
-    return os.path.join(_keras_home(), CACHE_SUBDIR)
+    return os.path.join(keras_home(), CACHE_SUBDIR)
 
 
 def _download(url, sha256, fname):
-    """Download ``url`` into the keras cache through ``keras.utils.get_file`` and verify it."""
-    if not sha256:
-        raise ValueError(
-            f"Refusing to download {url} without a sha256 to check it against; pass sha256=..."
-        )
-    target = os.path.join(_cache_root(), fname)
-    try:
-        path = keras.utils.get_file(
-            fname=fname,
-            origin=url,
-            file_hash=sha256,
-            hash_algorithm="sha256",
-            cache_dir=_keras_home(),
-            cache_subdir=CACHE_SUBDIR,
-        )
-    except ValueError:
-        _remove(target)
-        raise ValueError(
-            f"The file downloaded from {url} does not match sha256 {sha256}; it was deleted."
-        ) from None
-    except Exception as e:  # get_file wraps URL errors in a bare Exception
-        _remove(target)
-        raise ValueError(f"Could not download {url}: {e}") from None
-    if sha256_file(path) != sha256:
-        # A cached file that was altered after it was first verified.
-        _remove(path)
-        raise ValueError(f"The cached copy of {url} does not match sha256 {sha256}; deleted it.")
-    return path
-
-
-def _remove(path):
-    if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.exists(path):
-        os.remove(path)
+    return download_verified(url, sha256, CACHE_SUBDIR, fname=fname)
 
 
 def _fetch_archive(url, sha256, name=None):
@@ -286,7 +242,7 @@ def _fetch_archive(url, sha256, name=None):
         with atomic_directory(target) as tmp:
             _extract(archive, tmp)
     finally:
-        _remove(archive)
+        remove(archive)
     return _preset_root(target)
 
 
