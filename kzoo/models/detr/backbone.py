@@ -21,6 +21,7 @@ import math
 import keras
 from keras import ops
 
+from kzoo.models.detr.conv_bn import conv_bn_function, pad_spatial
 from kzoo.models.detr.initializers import he_normal_fan_out
 
 RESNET_BLOCKS = {
@@ -53,13 +54,6 @@ def compute_data_format():
     NHWC; TensorFlow's CPU convolutions only take NHWC, and XLA (JAX) prefers it on CPU.
     """
     return "channels_first" if keras.backend.backend() == "torch" else "channels_last"
-
-
-def _pad(x, amount, data_format):
-    spatial = ((amount, amount), (amount, amount))
-    if data_format == "channels_first":
-        return ops.pad(x, ((0, 0), (0, 0), *spatial))
-    return ops.pad(x, ((0, 0), *spatial, (0, 0)))
 
 
 def region_mask(valid_sizes, stride, height, width, dtype):
@@ -263,29 +257,10 @@ class ResNetBackbone(keras.layers.Layer):
                 layer("downsample_1").build((None, None, None, planes * EXPANSION))
         self.built = True
 
-    def _conv_bn(self, conv, bn, x, stride, pad, data_format):
-        """``bn(conv(x))`` with the frozen norm folded into the kernel: one pass, not three.
-
-        ``conv(x) * scale + shift == conv_with(kernel * scale)(x) + shift``; the kernel is tiny
-        next to the feature maps, so this saves two elementwise passes over every feature map.
-        """
-        scale, shift = bn.scale_and_shift(x.dtype)
-        padding = "valid"
-        if pad and stride == 1 and conv.kernel_size[0] == 2 * pad + 1:
-            # Stride-1 "same" pads symmetrically on every backend, and inside the convolution
-            # (torch, XLA) rather than through a padded copy of the feature map.
-            padding = "same"
-        elif pad:
-            x = _pad(x, pad, data_format)
-        kernel = ops.cast(conv.kernel, x.dtype) * scale
-        y = ops.conv(x, kernel, strides=stride, padding=padding, data_format=data_format)
-        if data_format == "channels_first":
-            shift = ops.reshape(shift, (1, -1, 1, 1))
-        return y + shift
-
     def call(self, images, valid_sizes=None):
         data_format = compute_data_format()
         channels_first = data_format == "channels_first"
+        conv_bn = conv_bn_function()
 
         def masked(x, stride, nchw=channels_first):
             if valid_sizes is None:
@@ -299,20 +274,20 @@ class ResNetBackbone(keras.layers.Layer):
         x = masked(images, 1, nchw=False)
         if channels_first:
             x = ops.transpose(x, (0, 3, 1, 2))
-        x = ops.relu(self._conv_bn(self.conv1, self.bn1, x, 2, 3, data_format))
+        x = ops.relu(conv_bn(self.conv1, self.bn1, x, 2, 3, data_format))
         # Features are >= 0 after the ReLU, so zero padding is the same as torch's -inf padding.
-        x = _pad(masked(x, 2), 1, data_format)
+        x = pad_spatial(masked(x, 2), 1, data_format)
         x = ops.max_pool(x, 3, strides=2, padding="valid", data_format=data_format)
         total_stride = 4
         for prefix, _, stride, _, _ in self.block_specs:
             layer = functools.partial(self._block_layer, prefix)
-            y = ops.relu(self._conv_bn(layer("conv1"), layer("bn1"), x, 1, 0, data_format))
+            y = ops.relu(conv_bn(layer("conv1"), layer("bn1"), x, 1, 0, data_format))
             y = masked(y, total_stride)
-            y = ops.relu(self._conv_bn(layer("conv2"), layer("bn2"), y, stride, 1, data_format))
-            y = self._conv_bn(layer("conv3"), layer("bn3"), y, 1, 0, data_format)
+            y = ops.relu(conv_bn(layer("conv2"), layer("bn2"), y, stride, 1, data_format))
+            y = conv_bn(layer("conv3"), layer("bn3"), y, 1, 0, data_format)
             shortcut = x
             if layer("downsample_0") is not None:
-                shortcut = self._conv_bn(
+                shortcut = conv_bn(
                     layer("downsample_0"), layer("downsample_1"), x, stride, 0, data_format
                 )
             x = ops.relu(y + shortcut)
