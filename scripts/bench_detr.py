@@ -28,11 +28,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def child(rounds, warmup, height, width):
     # transformers pulls in triton, whose LLVM clashes with TensorFlow's when loaded after it:
-    # import it before keras.
+    # import it before keras (the noqa keeps the import sorter from moving it).
+    from transformers import DetrConfig, DetrForObjectDetection  # noqa: I001
+
     import keras
     import numpy as np
     import torch
-    from transformers import DetrConfig, DetrForObjectDetection
 
     sys.path.insert(0, ROOT)
     from kzoo.models import DETR
