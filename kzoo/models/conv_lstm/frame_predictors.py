@@ -82,8 +82,44 @@ def build_color_frame_graph(
     return inputs, outputs
 
 
+class _FramePredictor(PresetMixin, keras.Model):
+    """What both predictors share: self-compiling defaults and config handling."""
+
+    _default_loss = "mae"
+    _config_keys = ()
+
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
+        """Adam (learning rate 1e-3), the model's default loss and an MAE metric unless told
+        otherwise (binary cross-entropy for ``NextFramePredictor``, MAE for
+        ``ColorFramePredictor``)."""
+        optimizer = keras.optimizers.Adam(1e-3) if optimizer == "auto" else optimizer
+        loss = self._default_loss if loss == "auto" else loss
+        metrics = ["mae"] if metrics == "auto" else metrics
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    # The model compiles itself with its defaults when built, so saved files carry no compile
+    # settings: a saved optimizer's class is backend-specific (a preset saved on torch names
+    # torch's Adam), and restoring it on another backend would import that framework.
+    def get_compile_config(self):
+        return None
+
+    def compile_from_config(self, config):
+        self.compile()
+
+    def get_config(self):
+        config = {"name": self.name, "trainable": self.trainable}
+        for key in self._config_keys:
+            value = getattr(self, key)
+            config[key] = list(value) if isinstance(value, tuple) else value
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
 @keras.saving.register_keras_serializable(package="kzoo")
-class NextFramePredictor(PresetMixin, keras.Model):
+class NextFramePredictor(_FramePredictor):
     """Predicts every next frame of a video: stacked ConvLSTM2D + BatchNorm, Conv3D head.
 
     Input ``(batch, time, height, width, channels)`` in [0, 1]; output the same shape, step
@@ -107,6 +143,10 @@ class NextFramePredictor(PresetMixin, keras.Model):
     model.fit(x, y, epochs=1, batch_size=8)
     ```
     """
+
+    # Binary cross-entropy by default, as keras's next-frame example trains it.
+    _default_loss = "binary_crossentropy"
+    _config_keys = ("channels", "filters", "kernel_sizes", "activation", "head_kernel_size")
 
     def __init__(
         self,
@@ -134,40 +174,9 @@ class NextFramePredictor(PresetMixin, keras.Model):
         self.head_kernel_size = head_kernel_size
         self.compile()
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
-        """Adam (learning rate 1e-3) and binary cross-entropy unless told otherwise."""
-        optimizer = keras.optimizers.Adam(1e-3) if optimizer == "auto" else optimizer
-        loss = "binary_crossentropy" if loss == "auto" else loss
-        metrics = ["mae"] if metrics == "auto" else metrics
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-
-    # The model compiles itself with its defaults when built, so saved files carry no compile
-    # settings: a saved optimizer's class is backend-specific (a preset saved on torch names
-    # torch's Adam), and restoring it on another backend would import that framework.
-    def get_compile_config(self):
-        return None
-
-    def compile_from_config(self, config):
-        self.compile()
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "channels": self.channels,
-            "filters": list(self.filters),
-            "kernel_sizes": list(self.kernel_sizes),
-            "activation": self.activation,
-            "head_kernel_size": self.head_kernel_size,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class ColorFramePredictor(PresetMixin, keras.Model):
+class ColorFramePredictor(_FramePredictor):
     """Predicts the frame after a colour video: stacked ConvLSTM2D, Conv2D head.
 
     The last ConvLSTM2D returns only its last output; a sigmoid Conv2D with ``output_channels``
@@ -193,6 +202,16 @@ class ColorFramePredictor(PresetMixin, keras.Model):
     next_frames = model.predict(x)  # (4, 32, 32, 3)
     ```
     """
+
+    _default_loss = "mae"
+    _config_keys = (
+        "channels",
+        "output_channels",
+        "filters",
+        "kernel_sizes",
+        "activation",
+        "head_kernel_size",
+    )
 
     def __init__(
         self,
@@ -231,35 +250,3 @@ class ColorFramePredictor(PresetMixin, keras.Model):
         self.activation = activation
         self.head_kernel_size = head_kernel_size
         self.compile()
-
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
-        """Adam (learning rate 1e-3), MAE loss and an MAE metric unless told otherwise."""
-        optimizer = keras.optimizers.Adam(1e-3) if optimizer == "auto" else optimizer
-        loss = "mae" if loss == "auto" else loss
-        metrics = ["mae"] if metrics == "auto" else metrics
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-
-    # The model compiles itself with its defaults when built, so saved files carry no compile
-    # settings: a saved optimizer's class is backend-specific (a preset saved on torch names
-    # torch's Adam), and restoring it on another backend would import that framework.
-    def get_compile_config(self):
-        return None
-
-    def compile_from_config(self, config):
-        self.compile()
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "channels": self.channels,
-            "output_channels": self.output_channels,
-            "filters": list(self.filters),
-            "kernel_sizes": list(self.kernel_sizes),
-            "activation": self.activation,
-            "head_kernel_size": self.head_kernel_size,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
