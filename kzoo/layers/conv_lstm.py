@@ -10,7 +10,9 @@ differs is how the recurrence is computed:
 - each step runs one convolution of the state with the whole recurrent kernel, giving the four
   gates at once (keras runs four, re-splitting the kernel every step);
 - backends that need it get their own loop (see ``conv_lstm_forward`` in the dispatch table:
-  on torch the state stays channels-first so no step pays a layout transpose).
+  on torch the state stays channels-first so no step pays a layout transpose; on TensorFlow
+  the recurrence has a hand-written backward pass that computes the recurrent kernel's
+  gradient once for all timesteps).
 """
 
 import keras
@@ -37,6 +39,16 @@ dispatch.register(
         backends=("torch",),
         priority=10,
         description="hoisted input conv, state kept channels-first through the eager loop",
+    ),
+)
+dispatch.register(
+    OP,
+    dispatch.Implementation(
+        name="tensorflow-custom-gradient",
+        target="kzoo.layers.conv_lstm_tensorflow:conv_lstm_forward",
+        backends=("tensorflow",),
+        priority=10,
+        description="hoisted input conv, while_loop with a hand-written backward pass",
     ),
 )
 

@@ -50,6 +50,13 @@ def input_projection(inputs, kernel, bias, input_masks, config):
     return ops.reshape(z, (batch, steps) + tuple(ops.shape(z)[1:]))
 
 
+def initial_state_like(z, filters, channels_first):
+    """Zero ``h`` and ``c`` for a time-major ``z`` (the input projection)."""
+    first = z[0]
+    zeros = ops.zeros_like(first[:, :filters] if channels_first else first[..., :filters])
+    return zeros, zeros
+
+
 def conv_lstm_forward(
     inputs,
     kernel,
@@ -67,11 +74,6 @@ def conv_lstm_forward(
     else the last output. ``mask`` is a boolean ``(batch, time)`` tensor: a masked step keeps
     the state and repeats the previous output (zeros before the first step), as keras's RNN.
     """
-    rank, filters = config["rank"], config["filters"]
-    channels_first = config["data_format"] == "channels_first"
-    c_axis = 1 if channels_first else -1
-    act, rec_act = config["activation"], config["recurrent_activation"]
-
     z = input_projection(inputs, kernel, bias, input_masks, config)
     z = ops.moveaxis(z, 1, 0)  # time-major for the scan
     if mask is not None:
@@ -80,19 +82,24 @@ def conv_lstm_forward(
         z = ops.flip(z, axis=0)
         if mask is not None:
             mask = ops.flip(mask, axis=0)
-
     if initial_state is None:
-        first = z[0]
-        zeros = ops.zeros_like(first[:, :filters] if channels_first else first[..., :filters])
-        h0, c0 = zeros, zeros
+        h0, c0 = initial_state_like(z, config["filters"], config["data_format"] == "channels_first")
     else:
         h0, c0 = initial_state
+    rec_masks = None if recurrent_mask_fn is None else recurrent_mask_fn(h0)
+    return recurrence(z, recurrent_kernel, h0, c0, mask, rec_masks, config)
 
-    rec_kernels = None
-    rec_masks = None
-    if recurrent_mask_fn is not None:
-        rec_masks = recurrent_mask_fn(h0)
-        rec_kernels = _gate_slices(recurrent_kernel)
+
+def recurrence(z, recurrent_kernel, h0, c0, mask, rec_masks, config):
+    """The loop over time of a time-major input projection ``z``; returns ``(output, h, c)``.
+
+    ``mask`` is time-major ``(time, batch)`` or None; ``rec_masks`` are the four recurrent
+    dropout masks (one per gate) or None.
+    """
+    rank = config["rank"]
+    c_axis = 1 if config["data_format"] == "channels_first" else -1
+    act, rec_act = config["activation"], config["recurrent_activation"]
+    rec_kernels = None if rec_masks is None else _gate_slices(recurrent_kernel)
 
     def recurrent_conv(x, w):
         return ops.conv(x, w, strides=1, padding="same", data_format=config["data_format"])

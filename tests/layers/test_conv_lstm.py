@@ -358,6 +358,81 @@ def test_torch_fast_path_is_selected_and_equals_portable(monkeypatch):
     _assert_close(layer(x), fast)
 
 
+@pytest.mark.backends("tensorflow")
+@pytest.mark.parametrize(
+    "rank,data_format,kwargs",
+    [
+        (2, "channels_last", dict(padding="same", return_sequences=True, return_state=True)),
+        (1, "channels_first", dict(padding="valid", kernel_size=2, go_backwards=True)),
+        (3, "channels_last", dict(padding="same", kernel_size=2, return_state=True)),
+        (2, "channels_last", dict(padding="same", return_state=True, steps=1)),
+        (2, "channels_first", dict(padding="same", return_sequences=True, zero_state=True)),
+    ],
+)
+def test_tensorflow_fast_path_in_graph_mode_matches_keras(rank, data_format, kwargs):
+    """The hand-written backward pass, traced as model.fit traces it (tf.function, unknown
+    batch, time and spatial sizes), against keras's layer: outputs and the gradients with
+    respect to the inputs, the initial state and every weight."""
+    import tensorflow as tf
+
+    assert dispatch.select(conv_lstm_module.OP).name == "tensorflow-custom-gradient"
+    kwargs = dict(kwargs)
+    kernel_size = kwargs.pop("kernel_size", 3)
+    steps = kwargs.pop("steps", 4)
+    # Without an initial state the fast path skips the first step's recurrent convolution.
+    zero_state = kwargs.pop("zero_state", False)
+    ours, theirs = _pair(rank, kernel_size=kernel_size, data_format=data_format, **kwargs)
+    x = _inputs(rank, data_format, steps=steps)
+    _build_same(ours, theirs, x)
+    rng = np.random.default_rng(3)
+    out = ours(x)
+    h = out[1] if ours.return_state else (out[:, -1] if ours.return_sequences else out)
+    state = [rng.normal(size=tuple(h.shape)).astype("float32") for _ in range(2)]
+
+    def unknown_but_channels(shape, channel_axis):
+        return tf.TensorSpec([n if i == channel_axis else None for i, n in enumerate(shape)])
+
+    axis = 2 if data_format == "channels_first" else -1
+    x_spec = unknown_but_channels(x.shape, axis % x.ndim)
+    h_spec = unknown_but_channels(h.shape, (axis - 1 if axis > 0 else axis) % h.ndim)
+
+    def run(layer):
+        @tf.function(input_signature=[x_spec, h_spec, h_spec])
+        def fn(xt, h0, c0):
+            with tf.GradientTape() as tape:
+                tape.watch([xt, h0, c0])
+                outs = layer(xt, initial_state=None if zero_state else [h0, c0])
+                outs = outs if isinstance(outs, (list, tuple)) else [outs]
+                # Different upstream weights for every output element.
+                loss = sum(
+                    tf.reduce_sum(
+                        o * tf.reshape(tf.sin(tf.range(tf.size(o), dtype=o.dtype)), tf.shape(o))
+                    )
+                    for o in outs
+                )
+            sources = [xt] + list(layer.trainable_variables) + ([] if zero_state else [h0, c0])
+            return outs, tape.gradient(loss, sources)
+
+        return fn(tf.constant(x), tf.constant(state[0]), tf.constant(state[1]))
+
+    out_ours, grads_ours = run(ours)
+    out_theirs, grads_theirs = run(theirs)
+    _assert_close(out_ours, out_theirs)
+    _assert_close(grads_ours, grads_theirs)
+
+
+@pytest.mark.backends("tensorflow")
+def test_tensorflow_fast_path_equals_portable(monkeypatch):
+    x = _inputs(2, "channels_first")
+    layer = ConvLSTM2D(
+        3, 2, padding="same", data_format="channels_first", return_sequences=True, return_state=True
+    )
+    fast = layer(x)
+    monkeypatch.setenv("KZOO_KERNELS", "off")
+    assert dispatch.select(conv_lstm_module.OP).name == "portable"
+    _assert_close(layer(x), fast)
+
+
 @pytest.mark.parametrize(
     "kwargs,name",
     [
