@@ -23,6 +23,7 @@ from keras import ops
 
 from kzoo.models.detr.conv_bn import conv_bn_function, pad_spatial
 from kzoo.models.detr.initializers import he_normal_fan_out
+from kzoo.models.detr.stem_pool import stem_max_pool
 
 RESNET_BLOCKS = {
     "resnet50": (3, 4, 6, 3),
@@ -277,7 +278,7 @@ class ResNetBackbone(keras.layers.Layer):
         x = ops.relu(conv_bn(self.conv1, self.bn1, x, 2, 3, data_format))
         # Features are >= 0 after the ReLU, so zero padding is the same as torch's -inf padding.
         x = pad_spatial(masked(x, 2), 1, data_format)
-        x = ops.max_pool(x, 3, strides=2, padding="valid", data_format=data_format)
+        x = stem_max_pool(x, data_format)
         total_stride = 4
         for prefix, _, stride, _, _ in self.block_specs:
             layer = functools.partial(self._block_layer, prefix)
