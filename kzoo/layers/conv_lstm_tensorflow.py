@@ -152,17 +152,20 @@ def _make_recurrence(activation, recurrent_activation, zero_state, return_sequen
                 d_c_last = tf.zeros_like(c_last)
 
             def back(t, d_h, d_c, d_array, recurrent=True):
-                c_prev, i, f, g, o, act_c = (arr.read(t) for arr in saved)
-                i, f, o = rec.value(i), rec.value(f), rec.value(o)
+                # What the forward pass kept: outputs, or inputs of activations without a
+                # gradient-from-output kernel (``_Activation``).
+                c_prev, kept_i, kept_f, kept_g, kept_o, kept_c = (arr.read(t) for arr in saved)
+                i, f, o = rec.value(kept_i), rec.value(kept_f), rec.value(kept_o)
+                g, act_c = act.value(kept_g), act.value(kept_c)
                 if return_sequences:
                     d_h = d_h + d_out[t]
-                d_c = d_c + act.grad(act_c, d_h * o)
+                d_c = d_c + act.grad(kept_c, d_h * o)
                 d_a = tf.concat(
                     [
-                        rec.grad(i, d_c * act.value(g)),
-                        rec.grad(f, d_c * c_prev),
-                        act.grad(g, d_c * i),
-                        rec.grad(o, d_h * act.value(act_c)),
+                        rec.grad(kept_i, d_c * g),
+                        rec.grad(kept_f, d_c * c_prev),
+                        act.grad(kept_g, d_c * i),
+                        rec.grad(kept_o, d_h * act_c),
                     ],
                     axis=-1,
                 )

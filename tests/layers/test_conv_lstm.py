@@ -367,6 +367,12 @@ def test_torch_fast_path_is_selected_and_equals_portable(monkeypatch):
         (3, "channels_last", dict(padding="same", kernel_size=2, return_state=True)),
         (2, "channels_last", dict(padding="same", return_state=True, steps=1)),
         (2, "channels_first", dict(padding="same", return_sequences=True, zero_state=True)),
+        # Activations without a gradient-from-output kernel: differentiated by a tape.
+        (
+            2,
+            "channels_last",
+            dict(padding="same", activation="elu", recurrent_activation="hard_sigmoid"),
+        ),
     ],
 )
 def test_tensorflow_fast_path_in_graph_mode_matches_keras(rank, data_format, kwargs):
