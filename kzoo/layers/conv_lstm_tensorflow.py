@@ -12,11 +12,11 @@ of the recurrent convolution runs once per step on a small batch. Here:
   TensorFlow differentiates as usual (one weight gradient for the whole sequence);
 - the recurrence is one ``tf.custom_gradient`` function: a forward ``tf.while_loop`` carrying
   ``(h, c)``, one convolution of the state for the four gates per step, keeping the gate
-  activations; a reverse loop
-  that only propagates ``dh`` and ``dc`` (one transposed convolution per step for the four
-  gates; derivatives of sigmoid, tanh, relu and linear from their outputs by TensorFlow's fused
-  gradient kernels, any other activation differentiated by TensorFlow); then the recurrent
-  kernel's gradient as ONE weight-gradient convolution over all timesteps at once;
+  activations; a reverse loop that only propagates ``dh`` and ``dc`` (one transposed
+  convolution per step for the four gates; derivatives of sigmoid, tanh, relu and linear from
+  their outputs by TensorFlow's fused gradient kernels, any other activation differentiated by
+  TensorFlow); then the recurrent kernel's gradient as ONE weight-gradient convolution over all
+  timesteps at once;
 - without an initial state the first step's recurrent convolution (of a zero state) and its
   gradient are skipped.
 
@@ -257,8 +257,7 @@ def conv_lstm_forward(
     z = tf.reshape(z, tf.concat([shape[:2], tf.shape(z)[1:]], axis=0))
 
     if initial_state is None:
-        h0 = tf.zeros_like(z[0, ..., : config["filters"]])
-        c0 = h0
+        h0, c0 = portable.initial_state_like(z, config["filters"], channels_first=False)
     else:
         h0, c0 = (to_channels_last(tf.convert_to_tensor(s, z.dtype), 1) for s in initial_state)
 
