@@ -6,7 +6,7 @@ The backend is chosen by ``KERAS_BACKEND``; kzoo imports no framework except thr
 import os
 import sys
 
-from kzoo.backend import check_backend_env
+from kzoo.backends.environment import check_backend_env
 from kzoo.version import __version__
 
 
@@ -29,6 +29,15 @@ except ValueError as _error:
 
 import keras  # noqa: E402,F401
 
-from kzoo import data, distribution, kernels, layers, models, ops, presets  # noqa: E402,F401
+from kzoo import backends, data, distribution, layers, models, ops, presets  # noqa: E402,F401
 
-__all__ = ["__version__", "data", "distribution", "kernels", "layers", "models", "ops", "presets"]
+__all__ = [
+    "__version__",
+    "backends",
+    "data",
+    "distribution",
+    "layers",
+    "models",
+    "ops",
+    "presets",
+]

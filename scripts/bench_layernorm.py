@@ -213,7 +213,7 @@ def _tf_cases(rows, hidden, dtype, platform):
 def _worker(args):
     import keras
 
-    from kzoo import backend as kb
+    from kzoo.backends import environment as kb
 
     backend = keras.backend.backend()
     platform = kb.platform()

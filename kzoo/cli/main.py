@@ -65,13 +65,13 @@ def build_parser():
 
 
 def cmd_info(args):
-    from kzoo import backend as kb
+    from kzoo.backends import environment as kb
 
     kb.check_backend_env()
     import keras
 
     import kzoo
-    from kzoo.kernels import dispatch
+    from kzoo.backends import dispatch
 
     backend = kb.backend_name()
     platform = kb.platform()
@@ -89,9 +89,10 @@ def cmd_info(args):
         for op in ops:
             for b in ("jax", "tensorflow", "torch"):
                 plat = platform if b == backend else other_platform
-                impl = dispatch.select(op, backend=b, platform=plat)
+                impl = dispatch.find(op, backend=b, platform=plat)
+                name, description = (impl.name, impl.description) if impl else ("-", "none")
                 mark = "*" if b == backend else " "
-                print(f" {mark} {op:<22} {b:<11} {plat:<4} -> {impl.name}: {impl.description}")
+                print(f" {mark} {op:<22} {b:<11} {plat:<4} -> {name}: {description}")
     return 0
 
 

@@ -9,16 +9,16 @@ differs is how the recurrence is computed:
   loop (keras runs four per step);
 - each step runs one convolution of the state with the whole recurrent kernel, giving the four
   gates at once (keras runs four, re-splitting the kernel every step);
-- backends that need it get their own loop (see ``conv_lstm_forward`` in the dispatch table:
-  on torch the state stays channels-first so no step pays a layout transpose; on TensorFlow
-  the recurrence has a hand-written backward pass that computes the recurrent kernel's
-  gradient once for all timesteps).
+- backends that need it get their own loop (the dispatch op ``conv_lstm_forward``:
+  ``kzoo/backends/torch/conv_lstm.py`` keeps the state channels-first so no step pays a layout
+  transpose; ``kzoo/backends/tensorflow/conv_lstm.py`` has a hand-written backward pass that
+  computes the recurrent kernel's gradient once for all timesteps).
 """
 
 import keras
 from keras import activations, constraints, initializers, ops, regularizers
 
-from kzoo.kernels import dispatch
+from kzoo.backends import dispatch
 
 OP = "conv_lstm_forward"
 
@@ -30,26 +30,6 @@ dispatch.register(
         description="hoisted input conv + one fused recurrent conv per step (keras.ops.scan)",
     ),
     fallback=True,
-)
-dispatch.register(
-    OP,
-    dispatch.Implementation(
-        name="torch-channels-first",
-        target="kzoo.layers.conv_lstm_torch:conv_lstm_forward",
-        backends=("torch",),
-        priority=10,
-        description="hoisted input conv, state kept channels-first through the eager loop",
-    ),
-)
-dispatch.register(
-    OP,
-    dispatch.Implementation(
-        name="tensorflow-custom-gradient",
-        target="kzoo.layers.conv_lstm_tensorflow:conv_lstm_forward",
-        backends=("tensorflow",),
-        priority=10,
-        description="hoisted input conv, while_loop with a hand-written backward pass",
-    ),
 )
 
 

@@ -4,10 +4,11 @@ Some steps of a model have no good tensor formulation (an exact assignment solve
 must raise a clear error). :func:`host_call` runs such a numpy function eagerly when its inputs
 are concrete, and through the backend's host-callback mechanism when they are traced:
 
-- JAX: ``jax.pure_callback`` (:mod:`kzoo.ops.host_call_jax`),
-- TensorFlow: ``tf.numpy_function`` (:mod:`kzoo.ops.host_call_tensorflow`),
+- JAX: ``jax.pure_callback`` (:mod:`kzoo.backends.jax.host_call`),
+- TensorFlow: ``tf.numpy_function`` (:mod:`kzoo.backends.tensorflow.host_call`),
 - torch: keras runs torch eagerly, so the tensors are copied to numpy and back
-  (:mod:`kzoo.ops.host_call_torch`).
+  (:mod:`kzoo.backends.torch.host_call`),
+- any other backend: an eager call (the portable fallback below).
 
 The function's outputs carry no gradient; callers pass inputs through ``ops.stop_gradient``.
 An exception the function raises reaches the caller unchanged when it ran eagerly; under
@@ -15,17 +16,31 @@ An exception the function raises reaches the caller unchanged when it ran eagerl
 holds the original ``ValueError: ...`` text.
 """
 
-import importlib
-import sys
-
 import keras
 import numpy as np
 
-_BACKEND_MODULES = {
-    "jax": "kzoo.ops.host_call_jax",
-    "tensorflow": "kzoo.ops.host_call_tensorflow",
-    "torch": "kzoo.ops.host_call_torch",
-}
+from kzoo.backends import dispatch
+
+OP = "host_call"
+
+
+def host_call_eager(fn, args, out_shapes, out_dtypes):
+    """The fallback: inputs converted to numpy, outputs back to tensors (eager backends)."""
+    outs = fn(*[np.asarray(keras.ops.convert_to_numpy(a)) for a in args])
+    return tuple(
+        keras.ops.convert_to_tensor(np.asarray(o, dtype=d)) for o, d in zip(outs, out_dtypes)
+    )
+
+
+dispatch.register(
+    OP,
+    dispatch.Implementation(
+        name="eager",
+        target="kzoo.ops.host_call:host_call_eager",
+        description="numpy in, tensors out (eager backends only)",
+    ),
+    fallback=True,
+)
 
 
 def host_call(fn, args, out_shapes, out_dtypes):
@@ -38,12 +53,4 @@ def host_call(fn, args, out_shapes, out_dtypes):
             traces with unknown dimensions (TensorFlow).
         out_dtypes: The dtype name of each output (``"int32"``, ``"float32"``).
     """
-    name = _BACKEND_MODULES.get(keras.backend.backend())
-    if name is None:
-        outs = fn(*[np.asarray(keras.ops.convert_to_numpy(a)) for a in args])
-        return tuple(
-            keras.ops.convert_to_tensor(np.asarray(o, dtype=d)) for o, d in zip(outs, out_dtypes)
-        )
-    # sys.modules first: autograph would otherwise try (and warn) to convert import_module.
-    module = sys.modules.get(name) or importlib.import_module(name)
-    return module.host_call(fn, args, out_shapes, out_dtypes)
+    return dispatch.select(OP, platform="any").load()(fn, args, out_shapes, out_dtypes)

@@ -1,8 +1,9 @@
-"""Layer normalisation as a function, sent through ``kzoo.kernels.dispatch``.
+"""Layer normalisation as a function, sent through ``kzoo.backends.dispatch``.
 
 ``layer_norm`` validates its arguments, then hands the call to the implementation that the
 dispatch table picks for this backend, device, dtype and shape: a Triton kernel for torch tensors
-on CUDA, a Pallas kernel for JAX on GPU, and otherwise ``layer_norm_portable``, written in
+on CUDA (``kzoo/backends/torch/``), a Pallas kernel for JAX on GPU (``kzoo/backends/jax/``),
+``F.layer_norm`` for torch on trailing axes, and otherwise ``layer_norm_portable``, written in
 ``keras.ops`` and correct on every backend and every set of axes (unlike
 ``keras.ops.layer_normalization`` on torch, which treats any run of consecutive axes as the
 trailing ones). The kernel modules are named by a dotted path and imported on first use, so
@@ -14,7 +15,7 @@ import math
 import keras
 from keras import ops
 
-from kzoo.kernels import dispatch
+from kzoo.backends import dispatch
 
 OP_NAME = "layer_norm"
 KERNEL_DTYPES = ("float16", "bfloat16", "float32")
@@ -70,16 +71,6 @@ def layer_norm_portable(x, gamma, beta, axes, epsilon, rms_scaling=False):
     """
     ndim = len(x.shape)
     out_dtype = _float_dtype(x.dtype)
-    if (
-        keras.backend.backend() == "torch"
-        and not rms_scaling
-        and is_trailing(axes, ndim)
-        and (gamma is None or len(gamma.shape) == len(axes))
-        and (beta is None or len(beta.shape) == len(axes))
-    ):
-        # On trailing axes keras hands torch tensors to F.layer_norm (Welford statistics, one
-        # fused kernel), which is both right and fastest there; other axes take the general path.
-        return ops.layer_normalization(x, gamma, beta, axis=list(axes), epsilon=epsilon)
     compute_dtype = keras.backend.result_type(out_dtype, "float32")
     x = ops.cast(x, compute_dtype)
     broadcast = [1] * ndim
@@ -116,20 +107,7 @@ def layer_norm_portable(x, gamma, beta, axes, epsilon, rms_scaling=False):
 
 def _platform_of(x):
     """The platform holding ``x`` (a torch tensor may sit on the CPU of a CUDA machine)."""
-    backend = keras.backend.backend()
-    if backend == "torch":
-        return "gpu" if x.device.type == "cuda" else x.device.type
-    if backend == "jax":
-        devices = getattr(x, "devices", None)
-        try:
-            found = devices() if callable(devices) else None
-        except Exception:  # noqa: BLE001 - a tracer has no device; use the default platform.
-            found = None
-        if found:
-            return next(iter(found)).platform
-    from kzoo import backend as kb
-
-    return kb.platform()
+    return dispatch.select("tensor_platform", platform="any").load()(x)
 
 
 def _distributed():
@@ -140,7 +118,7 @@ def _distributed():
         return False
 
 
-def _kernel_supports(
+def kernel_supports(
     shape, dtype, axes=(), rms_scaling=False, params_flat=True, distributed=False, **kwargs
 ):
     """The hand kernels cover standard layer norm over the trailing axes with flat-able params.
@@ -221,6 +199,7 @@ def layer_norm(x, gamma=None, beta=None, axis=-1, epsilon=1e-3, rms_scaling=Fals
     if beta is not None:
         beta = ops.convert_to_tensor(beta)
     params_flat = all(p is None or len(p.shape) <= len(axes) for p in (gamma, beta))
+    params_match = all(p is None or len(p.shape) == len(axes) for p in (gamma, beta))
     dtype = keras.backend.standardize_dtype(x.dtype)
     impl = dispatch.select(
         OP_NAME,
@@ -230,6 +209,7 @@ def layer_norm(x, gamma=None, beta=None, axis=-1, epsilon=1e-3, rms_scaling=Fals
         axes=axes,
         rms_scaling=rms_scaling,
         params_flat=params_flat,
+        params_match=params_match,
         distributed=_distributed(),
     )
     return impl.load()(x, gamma, beta, axes, epsilon, rms_scaling)
@@ -257,33 +237,7 @@ dispatch.register(
     dispatch.Implementation(
         name="portable",
         target="kzoo.ops.layer_norm:layer_norm_portable",
-        description="keras.ops, fp32 two-pass statistics, any axes (torch: F.layer_norm on trailing)",
+        description="keras.ops, fp32 two-pass statistics, any axes",
     ),
     fallback=True,
-)
-dispatch.register(
-    OP_NAME,
-    dispatch.Implementation(
-        name="triton",
-        target="kzoo.kernels.layer_norm_triton:layer_norm",
-        backends=("torch",),
-        platforms=("gpu",),
-        dtypes=KERNEL_DTYPES,
-        supports=_kernel_supports,
-        priority=10,
-        description="Triton fused forward/backward, fp32 statistics, deterministic dgamma/dbeta",
-    ),
-)
-dispatch.register(
-    OP_NAME,
-    dispatch.Implementation(
-        name="pallas",
-        target="kzoo.kernels.layer_norm_pallas:layer_norm",
-        backends=("jax",),
-        platforms=("gpu",),
-        dtypes=KERNEL_DTYPES,
-        supports=_kernel_supports,
-        priority=10,
-        description="Pallas fused forward/backward under jax.custom_vjp, fp32 statistics",
-    ),
 )

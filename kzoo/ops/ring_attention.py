@@ -2,7 +2,8 @@
 
 ``ring_attention`` is the entry point the layers call. When the active keras distribution is a
 :class:`kzoo.distribution.ContextParallel` whose sequence axis has more than one device, and the
-backend has a ring implementation (JAX, in ``kzoo.ops.ring_attention_jax``), each device keeps
+backend has a ring implementation (the dispatch op ``context_parallel_ring``: JAX, in
+``kzoo.backends.jax.ring_attention``), each device keeps
 its query chunk and the key/value chunks travel round a ring of devices. Otherwise the exact
 attention below runs on one device. Both give the same numbers (the ring merges partial
 results exactly with a log-sum-exp online softmax).
@@ -16,8 +17,6 @@ every tensor is in *layout order*: the sequence is cut into ``2 * CP`` chunks an
 holds chunks ``r`` and ``2 * CP - 1 - r`` (see ``kzoo.distribution.zigzag_permutation``).
 Causal masks therefore compare the global positions of the slots, never slot indices.
 """
-
-import importlib
 
 import numpy as np
 from keras import ops
@@ -39,8 +38,7 @@ CASE_PAIRS = {
 }
 LOAD_BALANCES = ("zigzag", "contiguous")
 
-# Backends with a ring implementation, imported only when first used.
-_RING_IMPLEMENTATIONS = {"jax": "kzoo.ops.ring_attention_jax:ring_attention"}
+RING_OP = "context_parallel_ring"
 
 
 def step_case(step, rank, causal, load_balance="zigzag"):
@@ -203,11 +201,11 @@ def ring_attention(query, key, value, key_mask=None, causal=False, scale=None):
     device (no ContextParallel distribution, a sequence axis of size 1, or a backend whose
     keras distribution API does not exist) this is :func:`exact_attention`.
     """
-    from keras import backend
+    from kzoo.backends import dispatch
 
     dist, cp = active_context_parallel()
-    target = _RING_IMPLEMENTATIONS.get(backend.backend())
-    if dist is None or cp == 1 or target is None:
+    ring = dispatch.find(RING_OP, platform="any") if cp > 1 else None
+    if dist is None or ring is None:
         positions = None
         if dist is not None:
             positions = dist.layout_positions(ops.shape(query)[1])
@@ -221,9 +219,7 @@ def ring_attention(query, key, value, key_mask=None, causal=False, scale=None):
             query_positions=positions,
             key_positions=positions,
         )
-    module, _, attr = target.partition(":")
-    impl = getattr(importlib.import_module(module), attr)
-    return impl(
+    return ring.load()(
         query,
         key,
         value,

@@ -1,4 +1,10 @@
-"""The registry of named presets: where each lives, its sha256, what it is."""
+"""The registry of named presets: where each lives, its sha256, what it is.
+
+Model packages register their own presets when they are imported (``kzoo/models/<model>/
+presets.py``, keras-hub's convention), and ``import kzoo`` imports every model package, so the
+table is complete whichever kzoo module a program imports first. This module imports no model:
+models depend on presets (``PresetMixin``), never the other way round.
+"""
 
 import dataclasses
 import difflib
@@ -41,7 +47,6 @@ def register_preset(info):
 
 
 def list_presets(model_class=None):
-    _load_builtin_registrations()
     presets = sorted(_PRESETS.values(), key=lambda p: p.name)
     if model_class is not None:
         presets = [p for p in presets if p.model_class == model_class]
@@ -49,27 +54,9 @@ def list_presets(model_class=None):
 
 
 def get_preset(name):
-    _load_builtin_registrations()
     if name in _PRESETS:
         return _PRESETS[name]
     close = difflib.get_close_matches(name, list(_PRESETS), n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     known = ", ".join(sorted(_PRESETS)) or "none"
     raise ValueError(f"Unknown preset {name!r}.{hint} Known presets: {known}.")
-
-
-def is_registered(name):
-    _load_builtin_registrations()
-    return name in _PRESETS
-
-
-_loaded = False
-
-
-def _load_builtin_registrations():
-    # Model packages register their presets on import; importing kzoo.models makes sure they
-    # are all in the table whoever asks first.
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        import kzoo.models  # noqa: F401

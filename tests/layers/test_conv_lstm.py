@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from kzoo.kernels import dispatch
+from kzoo.backends import dispatch
 from kzoo.layers import ConvLSTM1D, ConvLSTM2D, ConvLSTM3D
 from kzoo.layers import conv_lstm as conv_lstm_module
 

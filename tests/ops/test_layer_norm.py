@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from kzoo.kernels import dispatch
+from kzoo.backends import dispatch
 from kzoo.ops import layer_norm
 
 
@@ -166,14 +166,18 @@ def test_dispatch_picks_kernels_only_where_they_apply(monkeypatch):
     assert pick("torch", "gpu", dtype="bfloat16") == "triton"
     assert pick("jax", "gpu", dtype="float16") == "pallas"
     assert pick("tensorflow", "gpu") == "portable"
-    assert pick("torch", "cpu") == "portable"
+    # torch on the CPU, trailing axes with matching params: F.layer_norm.
+    assert pick("torch", "cpu", params_match=True) == "torch-native"
+    assert pick("torch", "cpu", params_match=False) == "portable"
     assert pick("jax", "cpu") == "portable"
     # Outside the kernels' coverage the call falls back instead of failing.
-    assert pick("torch", "gpu", dtype="float64") == "portable"
+    assert pick("torch", "gpu", dtype="float64", params_match=True) == "torch-native"
     assert pick("torch", "gpu", shape=(2, 4, 3, 3), axes=(1,)) == "portable"
     assert pick("jax", "gpu", rms_scaling=True) == "portable"
     assert pick("jax", "gpu", distributed=True) == "portable"
     monkeypatch.setenv("KZOO_KERNELS", "off")
+    # The GPU kernels are optional; torch's own F.layer_norm is not a kzoo kernel.
+    assert pick("torch", "gpu", params_match=True) == "torch-native"
     assert pick("torch", "gpu") == "portable"
     assert pick("jax", "gpu") == "portable"
 
@@ -212,7 +216,10 @@ def test_kzoo_info_lists_layer_norm(capsys):
         "torch",
     }
     if not os.path.exists("/dev/nvidia0"):
-        assert all("-> portable" in line for line in lines), lines
+        expected = {"jax": "portable", "tensorflow": "portable", "torch": "torch-native"}
+        for line in lines:
+            name = next(b for b in expected if f" {b} " in line)
+            assert f"-> {expected[name]}:" in line, line
 
 
 @pytest.mark.backends("torch")
@@ -223,11 +230,11 @@ def test_import_kzoo_imports_no_kernel_framework():
         "import kzoo, kzoo.ops.layer_norm; "
         "new = [m for m in set(sys.modules) - before if 'triton' in m or 'pallas' in m]; "
         "assert not new, new; "
-        "from kzoo.kernels import dispatch; print(dispatch.select('layer_norm').name)"
+        "from kzoo.backends import dispatch; print(dispatch.select('layer_norm').name)"
     )
     env = dict(os.environ, KERAS_BACKEND="torch")
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "portable"
+    assert result.stdout.strip() == "torch-native"

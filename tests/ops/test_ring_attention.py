@@ -214,7 +214,7 @@ def test_each_ring_case_costs_what_the_schedule_counts():
     import jax
     import jax.numpy as jnp
 
-    rj = importlib.import_module("kzoo.ops.ring_attention_jax")
+    rj = importlib.import_module("kzoo.backends.jax.ring_attention")
     q = jnp.zeros((1, 64, 2, 2, 32))
     k = jnp.zeros((1, 64, 2, 32))
     m = jnp.ones((1, 64), bool)

@@ -179,3 +179,18 @@ def test_preset_loads_identically_on_every_backend(tmp_path, saved_on):
         # Outputs agree to float32 rounding: backends order their float operations differently.
         np.testing.assert_allclose(np.load(out), expected, rtol=1e-6, atol=1e-6)
     assert preset_io.read_metadata(preset)["backend"] == saved_on
+
+
+def test_presets_import_no_model_and_list_every_builtin():
+    import pathlib
+
+    root = pathlib.Path(presets.__file__).parent
+    for path in root.glob("*.py"):
+        code = [line for line in path.read_text().splitlines() if "import" in line]
+        assert not any("kzoo.models" in line for line in code), path
+    code = "import kzoo.presets as p; print(sorted(x.name for x in p.list_presets()))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    for name in ("convlstm_color_shapes", "detr_resnet50_coco", "detr_resnet101_coco"):
+        assert name in out

@@ -21,6 +21,7 @@ import math
 import keras
 from keras import ops
 
+from kzoo.backends import dispatch
 from kzoo.models.detr.conv_bn import conv_bn_function, pad_spatial
 from kzoo.models.detr.initializers import he_normal_fan_out
 from kzoo.models.detr.stem_pool import stem_max_pool
@@ -48,13 +49,24 @@ def valid_extent(valid_sizes, stride):
     return (valid_sizes + (stride - 1)) // stride
 
 
-def compute_data_format():
-    """The activation layout the backbone computes in (the weights are the same either way).
+def channels_last():
+    return "channels_last"
 
-    torch's convolutions take NCHW without the per-layer transposes keras adds around them for
-    NHWC; TensorFlow's CPU convolutions only take NHWC, and XLA (JAX) prefers it on CPU.
-    """
-    return "channels_first" if keras.backend.backend() == "torch" else "channels_last"
+
+dispatch.register(
+    "conv_data_format",
+    dispatch.Implementation(
+        name="nhwc",
+        target="kzoo.models.detr.backbone:channels_last",
+        description="channels_last: TensorFlow's CPU convolutions take only NHWC; XLA prefers it",
+    ),
+    fallback=True,
+)
+
+
+def compute_data_format():
+    """The activation layout the backbone computes in (the weights are the same either way)."""
+    return dispatch.select("conv_data_format", platform="any").load()()
 
 
 def region_mask(valid_sizes, stride, height, width, dtype):

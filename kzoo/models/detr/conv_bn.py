@@ -5,11 +5,10 @@ side takes the scale is a per-backend choice, made through the kernel dispatch:
 
 - folded into the kernel (the portable default, TensorFlow): the kernel is small next to the
   feature maps, and oneDNN fuses the convolution with the shift;
-- applied to the output (JAX): XLA fuses ``* scale + shift`` into the ReLU's pass over the
-  feature map for free, whereas scaling the kernels costs a pass over all 23.5 M backbone
-  weights at every call (7% of a ResNet-50 DETR inference on the CPU);
-- torch gets its own (``conv_bn_torch``), which adds the shift as the convolution's bias and, at
-  inference, reuses the folded kernel between calls.
+- applied to the output (JAX, ``kzoo/backends/jax/detr_backbone.py``): XLA fuses
+  ``* scale + shift`` into the ReLU's pass over the feature map;
+- torch gets its own (``kzoo/backends/torch/detr_conv_bn.py``), which adds the shift as the
+  convolution's bias and, at inference, reuses the folded kernel between calls.
 
 1x1 convolutions run as matrix products (channels last): XLA's CPU dot is about twice as fast
 as its 1x1 convolution.
@@ -17,7 +16,9 @@ as its 1x1 convolution.
 
 from keras import ops
 
-from kzoo.kernels import dispatch
+from kzoo.backends import dispatch
+
+OP = "detr_conv_bn"
 
 
 def pad_spatial(x, amount, data_format):
@@ -55,31 +56,8 @@ def conv_bn_portable(conv, bn, x, stride, pad, data_format, fold=True):
     return y + shift if fold else y * scale + shift
 
 
-def conv_bn_scale_after(conv, bn, x, stride, pad, data_format):
-    """``bn(conv(x))`` with the norm's scale applied to the output (see the module docstring)."""
-    return conv_bn_portable(conv, bn, x, stride, pad, data_format, fold=False)
-
-
 dispatch.register(
-    "detr_conv_bn",
-    dispatch.Implementation(
-        name="torch-fused",
-        target="kzoo.models.detr.conv_bn_torch:conv_bn",
-        backends=("torch",),
-        description="F.conv2d with the frozen-BN shift as bias; folded kernel reused at inference",
-    ),
-)
-dispatch.register(
-    "detr_conv_bn",
-    dispatch.Implementation(
-        name="xla-scale-after",
-        target="kzoo.models.detr.conv_bn:conv_bn_scale_after",
-        backends=("jax",),
-        description="keras.ops: conv, then scale and shift (fused by XLA into the ReLU)",
-    ),
-)
-dispatch.register(
-    "detr_conv_bn",
+    OP,
     dispatch.Implementation(
         name="portable",
         target="kzoo.models.detr.conv_bn:conv_bn_portable",
@@ -91,4 +69,4 @@ dispatch.register(
 
 def conv_bn_function():
     """The ``conv_bn`` implementation for this backend and device (looked up once per call)."""
-    return dispatch.select("detr_conv_bn").load()
+    return dispatch.select(OP).load()

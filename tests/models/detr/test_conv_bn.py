@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from kzoo.kernels import dispatch
+from kzoo.backends import dispatch
 from kzoo.models.detr import conv_bn
 from kzoo.models.detr.backbone import FrozenBatchNormalization
 

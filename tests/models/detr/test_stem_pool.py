@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from kzoo.kernels import dispatch
+from kzoo.backends import dispatch
+from kzoo.backends.jax.detr_backbone import max_pool_by_slices
 from kzoo.models.detr import stem_pool
 
 
@@ -21,7 +22,7 @@ def _reference(x):
 
 @pytest.mark.parametrize("shape", [(1, 9, 11, 3), (2, 10, 8, 4), (1, 3, 3, 2), (1, 4, 7, 1)])
 @pytest.mark.parametrize(
-    "fn", [stem_pool.max_pool_by_slices, stem_pool.max_pool_portable], ids=["slices", "portable"]
+    "fn", [max_pool_by_slices, stem_pool.max_pool_portable], ids=["slices", "portable"]
 )
 def test_matches_reference(shape, fn):
     x = np.random.default_rng(0).normal(size=shape).astype("float32")
@@ -30,7 +31,7 @@ def test_matches_reference(shape, fn):
 
 def test_channels_first_takes_the_pooling_op():
     x = np.random.default_rng(1).normal(size=(1, 2, 9, 7)).astype("float32")
-    out = stem_pool.max_pool_by_slices(x, "channels_first")
+    out = max_pool_by_slices(x, "channels_first")
     expected = _reference(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(out), expected)
 

@@ -24,7 +24,7 @@ if keras.backend.backend() == "torch":
 
 @pytest.fixture(scope="module")
 def ln():
-    from kzoo.kernels import layer_norm_triton
+    from kzoo.backends.torch import layer_norm_triton
 
     return layer_norm_triton
 
@@ -161,7 +161,7 @@ import json, re
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kzoo.kernels import layer_norm_triton as ln
+from kzoo.backends.torch import layer_norm_triton as ln
 
 cases = {
     "_fwd_fused": ({"X": "*bf16", "Y": "*bf16"}, {"HAS_B": True}, 4096, 2),

@@ -22,7 +22,7 @@ def _interpret():
 
 @pytest.fixture(scope="module")
 def ln():
-    from kzoo.kernels import layer_norm_pallas
+    from kzoo.backends.jax import layer_norm_pallas
 
     return layer_norm_pallas
 

@@ -1,0 +1,46 @@
+"""TensorFlow implementations, registered by dotted path (TensorFlow is not imported here)."""
+
+from kzoo.backends.dispatch import Implementation, register
+
+BACKEND = ("tensorflow",)
+
+register(
+    "device_platform",
+    Implementation(
+        name="tensorflow",
+        target="kzoo.backends.tensorflow.device:platform",
+        backends=BACKEND,
+        optional=False,
+        description="GPU when TensorFlow lists one",
+    ),
+)
+register(
+    "device_list",
+    Implementation(
+        name="tensorflow",
+        target="kzoo.backends.tensorflow.device:devices",
+        backends=BACKEND,
+        optional=False,
+        description="tf.config.list_logical_devices()",
+    ),
+)
+register(
+    "host_call",
+    Implementation(
+        name="tf-numpy-function",
+        target="kzoo.backends.tensorflow.host_call:host_call",
+        backends=BACKEND,
+        optional=False,
+        description="direct call when eager, tf.numpy_function in graphs",
+    ),
+)
+register(
+    "conv_lstm_forward",
+    Implementation(
+        name="tensorflow-custom-gradient",
+        target="kzoo.backends.tensorflow.conv_lstm:conv_lstm_forward",
+        backends=BACKEND,
+        priority=10,
+        description="hoisted input conv, while_loop with a hand-written backward pass",
+    ),
+)

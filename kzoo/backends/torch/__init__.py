@@ -1,0 +1,100 @@
+"""torch implementations, registered by dotted path (torch and triton are not imported here)."""
+
+from kzoo.backends.dispatch import Implementation, register
+
+BACKEND = ("torch",)
+KERNEL_DTYPES = ("float16", "bfloat16", "float32")
+
+register(
+    "device_platform",
+    Implementation(
+        name="torch",
+        target="kzoo.backends.torch.device:platform",
+        backends=BACKEND,
+        optional=False,
+        description="GPU when torch.cuda is available",
+    ),
+)
+register(
+    "device_list",
+    Implementation(
+        name="torch",
+        target="kzoo.backends.torch.device:devices",
+        backends=BACKEND,
+        optional=False,
+        description="the CPU and each CUDA device",
+    ),
+)
+register(
+    "tensor_platform",
+    Implementation(
+        name="torch",
+        target="kzoo.backends.torch.device:tensor_platform",
+        backends=BACKEND,
+        optional=False,
+        description="the tensor's own device (a CPU tensor on a CUDA machine is cpu)",
+    ),
+)
+register(
+    "host_call",
+    Implementation(
+        name="torch-eager",
+        target="kzoo.backends.torch.host_call:host_call",
+        backends=BACKEND,
+        optional=False,
+        description="tensors to numpy and back (keras runs torch eagerly)",
+    ),
+)
+register(
+    "conv_data_format",
+    Implementation(
+        name="torch-nchw",
+        target="kzoo.backends.torch.layout:conv_data_format",
+        backends=BACKEND,
+        description="channels_first: torch's convolutions take NCHW without transposes",
+    ),
+)
+register(
+    "conv_lstm_forward",
+    Implementation(
+        name="torch-channels-first",
+        target="kzoo.backends.torch.conv_lstm:conv_lstm_forward",
+        backends=BACKEND,
+        priority=10,
+        description="hoisted input conv, state kept channels-first through the eager loop",
+    ),
+)
+register(
+    "layer_norm",
+    Implementation(
+        name="triton",
+        target="kzoo.backends.torch.layer_norm_triton:layer_norm",
+        backends=BACKEND,
+        platforms=("gpu",),
+        dtypes=KERNEL_DTYPES,
+        supports="kzoo.ops.layer_norm:kernel_supports",
+        priority=10,
+        description="Triton fused forward/backward, fp32 statistics, deterministic dgamma/dbeta",
+    ),
+)
+register(
+    "layer_norm",
+    Implementation(
+        name="torch-native",
+        target="kzoo.backends.torch.layer_norm:layer_norm",
+        backends=BACKEND,
+        supports="kzoo.backends.torch.layer_norm:supports",
+        priority=5,
+        optional=False,
+        description="F.layer_norm on trailing axes (Welford statistics, one fused kernel)",
+    ),
+)
+register(
+    "detr_conv_bn",
+    Implementation(
+        name="torch-fused",
+        target="kzoo.backends.torch.detr_conv_bn:conv_bn",
+        backends=BACKEND,
+        description="F.conv2d with the frozen-BN shift as bias; folded kernel reused at inference",
+    ),
+)
