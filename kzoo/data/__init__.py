@@ -1,6 +1,7 @@
 """kzoo.data."""
 
-from kzoo.data import images  # noqa: E402,F401
+from kzoo.data import detr_transforms, images  # noqa: E402,F401
+from kzoo.data.coco import CocoDetection, export_coco  # noqa: E402,F401
 from kzoo.data.coco_eval import evaluate_detections  # noqa: E402,F401
 from kzoo.data.detection import SyntheticDetection  # noqa: E402,F401
 from kzoo.data.moving_mnist import MOVING_MNIST_URL, load_moving_mnist  # noqa: E402,F401
