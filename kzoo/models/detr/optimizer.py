@@ -6,6 +6,13 @@ optimizer multiplies the learning rate itself, per variable, by the first scale 
 expression matches the variable's path (``"backbone/"`` → 0.1 gives DETR's 1e-5 next to 1e-4).
 Weight decay is decoupled and uses the scaled rate, as torch's AdamW does per parameter group.
 
+Global gradient clipping measures the norm without overflowing: keras squares the gradients in
+float32, so a step whose gradients reach ~1e19 (a LayerNorm over a constant input, e.g. a blank
+image at initialisation) gets an infinite norm and keras turns every weight into NaN. Here the
+gradients are divided by their largest magnitude before squaring, so such a step is clipped to
+norm ``global_clipnorm`` like any other; NaN or infinite gradients still give NaN, for
+``TerminateOnNaN`` to stop the run.
+
 It subclasses ``keras.optimizers.Adam``, so every backend runs the generic per-variable update
 (keras' fused torch implementation is only used for the exact built-in classes); the cost is a
 Python loop over variables on torch, negligible next to DETR's forward and backward pass.
@@ -88,8 +95,36 @@ class ScaledAdamW(keras.optimizers.Adam):
             self.assign_sub(variable, variable * (lr * self.decoupled_weight_decay))
         super().update_step(gradient, variable, lr)
 
+    def _clip_gradients(self, grads):
+        if self.global_clipnorm and self.global_clipnorm > 0:
+            return clip_by_global_norm(grads, self.global_clipnorm)
+        return super()._clip_gradients(grads)
+
     def get_config(self):
         config = super().get_config()
         config["weight_decay"] = self.decoupled_weight_decay
         config["learning_rate_scales"] = dict(self.learning_rate_scales)
         return config
+
+
+def global_norm(values):
+    """The L2 norm of all ``values`` together, finite whenever every value is finite.
+
+    Scaled by the largest magnitude first: squares of float32 gradients overflow above ~1.8e19.
+    """
+    values = [ops.cast(v, "float32") for v in values if v is not None]
+    peak = ops.max(ops.stack([ops.max(ops.abs(v)) for v in values]))
+    # An all-zero gradient has norm 0; dividing by 1 keeps it so.
+    safe_peak = ops.where(peak > 0, peak, ops.ones_like(peak))
+    total = ops.sum(ops.stack([ops.sum(ops.square(v / safe_peak)) for v in values]))
+    return safe_peak * ops.sqrt(total)
+
+
+def clip_by_global_norm(values, clip_norm):
+    """``values`` scaled to global norm ``clip_norm`` when larger (keras's rule, no overflow)."""
+    values = [None if v is None else ops.convert_to_tensor(v) for v in values]
+    norm = global_norm(values)
+    scale = ops.minimum(ops.cast(1.0, norm.dtype), clip_norm / ops.maximum(norm, 1e-30))
+    # NaN or infinite gradients give a NaN scale, as in keras, so the step is visibly broken.
+    scale = scale + (norm - norm)
+    return [None if v is None else v * ops.cast(scale, v.dtype) for v in values]

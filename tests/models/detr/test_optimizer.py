@@ -53,3 +53,62 @@ def test_config_round_trip_and_validation():
         ScaledAdamW(learning_rate_scales={"(": 0.1})
     with pytest.raises(ValueError, match="learning_rate_scales"):
         ScaledAdamW(learning_rate_scales={"a": -0.1})
+
+
+def test_global_clipping_matches_keras_and_survives_huge_gradients():
+    from keras.src.optimizers.base_optimizer import clip_by_global_norm as keras_clip
+
+    from kzoo.models.detr.optimizer import clip_by_global_norm, global_norm
+
+    rng = np.random.default_rng(3)
+    grads = [rng.normal(size=s).astype("float32") for s in ((4, 3), (3,), (2, 2, 5))]
+    expected = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(global_norm(grads)), expected, rtol=1e-6)
+    ours = clip_by_global_norm(grads, 0.1)
+    theirs = keras_clip([keras.ops.convert_to_tensor(g) for g in grads], 0.1)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-5, atol=1e-9
+        )
+    # Gradients whose squares overflow float32 (keras: inf norm, then NaN everywhere).
+    huge = [g * np.float32(1e20) for g in grads]
+    clipped = [keras.ops.convert_to_numpy(c) for c in clip_by_global_norm(huge, 0.1)]
+    total = np.sqrt(sum(float((c.astype(np.float64) ** 2).sum()) for c in clipped))
+    np.testing.assert_allclose(total, 0.1, rtol=1e-5)
+    for c, g in zip(clipped, grads):
+        np.testing.assert_allclose(c, g * (0.1 / expected), rtol=1e-4, atol=1e-12)
+    # A NaN gradient stays visible.
+    bad = [grads[0], np.full((3,), np.nan, "float32")]
+    assert np.isnan(keras.ops.convert_to_numpy(clip_by_global_norm(bad, 0.1)[0])).all()
+    # All-zero gradients stay zero.
+    zeros = [np.zeros((2, 2), "float32")]
+    assert not keras.ops.convert_to_numpy(clip_by_global_norm(zeros, 0.1)[0]).any()
+
+
+def test_detr_step_on_a_blank_image_keeps_weights_finite():
+    from kzoo.models import DETR
+
+    model = DETR(
+        num_classes=2,
+        num_queries=5,
+        d_model=16,
+        num_heads=4,
+        num_encoder_layers=1,
+        num_decoder_layers=2,
+        ffn_dim=24,
+        backbone="small",
+    )
+    model.compile()
+    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
+    x[0] = 0.0
+    y = {
+        "boxes": np.full((2, 2, 4), 0.3, "float32"),
+        "labels": np.array([[0, -1], [1, 0]], "int32"),
+    }
+    model.train_on_batch(x, y)
+    bad = [
+        p
+        for p, v in model.weights_by_path().items()
+        if not np.isfinite(keras.ops.convert_to_numpy(v)).all()
+    ]
+    assert not bad, bad[:5]
