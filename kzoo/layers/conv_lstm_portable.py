@@ -67,12 +67,14 @@ def conv_lstm_forward(
     input_masks=None,
     recurrent_mask_fn=None,
     config=None,
+    scan=ops.scan,
 ):
     """Run a ConvLSTM over ``inputs``; returns ``(output, h, c)``.
 
     ``output`` is the sequence of outputs ``(batch, time, ...)`` with ``return_sequences``,
     else the last output. ``mask`` is a boolean ``(batch, time)`` tensor: a masked step keeps
     the state and repeats the previous output (zeros before the first step), as keras's RNN.
+    ``scan`` runs the loop (``keras.ops.scan``'s signature); a backend may pass its own.
     """
     z = input_projection(inputs, kernel, bias, input_masks, config)
     z = ops.moveaxis(z, 1, 0)  # time-major for the scan
@@ -87,10 +89,10 @@ def conv_lstm_forward(
     else:
         h0, c0 = initial_state
     rec_masks = None if recurrent_mask_fn is None else recurrent_mask_fn(h0)
-    return recurrence(z, recurrent_kernel, h0, c0, mask, rec_masks, config)
+    return recurrence(z, recurrent_kernel, h0, c0, mask, rec_masks, config, scan=scan)
 
 
-def recurrence(z, recurrent_kernel, h0, c0, mask, rec_masks, config):
+def recurrence(z, recurrent_kernel, h0, c0, mask, rec_masks, config, scan=ops.scan):
     """The loop over time of a time-major input projection ``z``; returns ``(output, h, c)``.
 
     ``mask`` is time-major ``(time, batch)`` or None; ``rec_masks`` are the four recurrent
@@ -136,7 +138,7 @@ def recurrence(z, recurrent_kernel, h0, c0, mask, rec_masks, config):
         init, xs = (h0, c0), z
     else:
         init, xs = (h0, c0, ops.zeros_like(h0)), (z, mask)
-    last, ys = ops.scan(step, init, xs)
+    last, ys = scan(step, init, xs)
     h, c = last[0], last[1]
     if config["return_sequences"]:
         seq = ys[0] if mask is None else ys[2]

@@ -479,3 +479,19 @@ def test_no_framework_imported_by_the_layer_module():
     source = open(conv_lstm_module.__file__).read()
     assert "import torch" not in source and "import jax" not in source
     assert os.path.basename(conv_lstm_module.__file__) == "conv_lstm.py"
+
+
+@pytest.mark.backends("jax")
+def test_jax_unrolled_loop_is_selected_and_equals_the_scan(monkeypatch):
+    from kzoo.backends.jax import conv_lstm as jax_conv_lstm
+
+    assert dispatch.select(conv_lstm_module.OP).name == "jax-unrolled"
+    x = _inputs(2, "channels_last")
+    layer = ConvLSTM2D(3, 2, padding="same", return_sequences=True, return_state=True)
+    unrolled = layer(x)
+    # Past the unroll limit the same code keeps lax.scan.
+    monkeypatch.setattr(jax_conv_lstm, "MAX_UNROLLED_STEPS", 0)
+    _assert_close(layer(x), unrolled)
+    monkeypatch.setenv("KZOO_KERNELS", "off")
+    assert dispatch.select(conv_lstm_module.OP).name == "portable"
+    _assert_close(layer(x), unrolled)

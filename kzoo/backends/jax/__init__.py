@@ -76,3 +76,13 @@ register(
         description="maximum of nine strided slices (XLA's CPU reduce_window is ~8x slower)",
     ),
 )
+register(
+    "conv_lstm_forward",
+    Implementation(
+        name="jax-unrolled",
+        target="kzoo.backends.jax.conv_lstm:conv_lstm_forward",
+        backends=BACKEND,
+        priority=10,
+        description="hoisted input conv, time loop unrolled (XLA CPU convs in a while loop crawl)",
+    ),
+)
