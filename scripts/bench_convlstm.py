@@ -14,6 +14,12 @@ per-pair ratios (keras time / kzoo time; > 1 means kzoo is faster) of:
 
 Usage: ``python scripts/bench_convlstm.py [--backends jax,tensorflow,torch] [--repeats 5]``
 (or ``kzoo bench convlstm -- ...``).
+
+``--grid`` times instead every point of ``scripts/convlstm_grid.py`` (published ConvLSTM
+configurations): a ``fit`` training step of the point's model built with each layer (same
+weights), alternating, until ``--point-seconds`` or ``--repeats`` pairs; and, each model in a
+fresh process of its own, the peak resident memory a few training steps add. ``--plot PNG``
+draws the speedups; ``--json PATH`` keeps every figure.
 """
 
 import argparse
@@ -117,6 +123,249 @@ def _bench_backend(args):
         print(json.dumps(row), flush=True)
 
 
+class _StepTimer:
+    """Wall time of each training step, from the batch-begin to the batch-end callback."""
+
+    def __new__(cls):
+        import keras
+
+        class StepTimer(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.steps = []
+
+            def on_train_batch_begin(self, batch, logs=None):
+                self._start = time.perf_counter()
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.steps.append(time.perf_counter() - self._start)
+
+        return StepTimer()
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _grid_data(point, steps):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = point["batch"] * steps
+    shape = (n, point["frames"], point["size"], point["size"], 1)
+    x = rng.uniform(size=shape).astype("float32")
+    y = x if point["return_sequences"] else x[:, -1]
+    return x, y
+
+
+def _grid_pair(point):
+    import keras
+    from convlstm_grid import build_model
+
+    import kzoo
+
+    keras.config.set_dtype_policy(point["dtype"])
+    keras.utils.set_random_seed(0)
+    ours = build_model(point, kzoo.layers.ConvLSTM2D)
+    theirs = build_model(point, keras.layers.ConvLSTM2D)
+    theirs.set_weights(ours.get_weights())
+    for model in (ours, theirs):
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    return ours, theirs
+
+
+def _grid_time_child(args):
+    import numpy as np
+    from convlstm_grid import points
+
+    for point in points(args.points.split(",") if args.points else None):
+        x, y = _grid_data(point, args.batches)
+        ours, theirs = _grid_pair(point)
+        diff = float(
+            np.abs(
+                np.asarray(ours.predict_on_batch(x[: point["batch"]]), np.float32)
+                - np.asarray(theirs.predict_on_batch(x[: point["batch"]]), np.float32)
+            ).max()
+        )
+
+        def step_time(model, x=x, y=y, batch=point["batch"]):
+            timer = _StepTimer()
+            model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+            return float(np.median(timer.steps))
+
+        for model in (ours, theirs):  # compile both train functions
+            step_time(model)
+        t_ours, t_theirs = [], []
+        start = time.perf_counter()
+        while len(t_ours) < args.repeats and (
+            len(t_ours) < 3 or time.perf_counter() - start < args.point_seconds
+        ):
+            t_ours.append(step_time(ours))
+            t_theirs.append(step_time(theirs))
+        ratios = [b / a for a, b in zip(t_ours, t_theirs)]
+        row = dict(point, backend=args.backend_name, max_diff=diff, pairs=len(ratios))
+        row.update(
+            kzoo_s=float(np.median(t_ours)),
+            keras_s=float(np.median(t_theirs)),
+            speedup=float(np.median(ratios)),
+        )
+        print(json.dumps(row), flush=True)
+
+
+def _grid_memory_child(args):
+    """Peak resident memory added by training steps of ONE model, in this fresh process."""
+    import threading
+
+    from convlstm_grid import points
+
+    (point,) = points([args.points])
+    x, y = _grid_data(point, 3)
+    ours, theirs = _grid_pair(point)
+    model = ours if args.layer == "kzoo" else theirs
+    del ours, theirs  # only the measured model stays alive
+    model.fit(x, y, batch_size=point["batch"], epochs=1, verbose=0)
+    base, peak, stop = _rss_bytes(), [0], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    model.fit(x, y, batch_size=point["batch"], epochs=1, verbose=0)
+    stop.set()
+    sampler.join()
+    print(json.dumps({"added_mb": max(peak[0] - base, 0) / 2**20}), flush=True)
+
+
+def _child_env(backend, threads):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        TF_NUM_INTRAOP_THREADS=str(threads),
+        TF_NUM_INTEROP_THREADS=str(threads),
+    )
+    if threads == 1:
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+            " intra_op_parallelism_threads=1"
+        ).strip()
+    env["PYTHONPATH"] = os.pathsep.join(
+        [ROOT, os.path.join(ROOT, "scripts"), env.get("PYTHONPATH", "")]
+    )
+    return env
+
+
+def _run_json(cmd, env, what):
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"{what} failed (exit {proc.returncode})")
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def run_grid(args):
+    from convlstm_grid import points
+
+    names = [p["name"] for p in points(args.points.split(",") if args.points else None)]
+    rows = []
+    me = os.path.abspath(__file__)
+    for backend in args.backends.split(","):
+        env = _child_env(backend, args.threads)
+        start = time.time()
+        cmd = [sys.executable, me, "--grid-child", "time", "--backend-name", backend]
+        cmd += ["--points", ",".join(names), "--repeats", str(args.repeats)]
+        cmd += ["--batches", str(args.batches), "--point-seconds", str(args.point_seconds)]
+        found = _run_json(cmd, env, f"grid timing under {backend}")
+        for row in found:
+            if args.memory:
+                for layer in ("kzoo", "keras"):
+                    mem = [sys.executable, me, "--grid-child", "memory", "--points", row["name"]]
+                    mem += ["--layer", layer]
+                    (m,) = _run_json(mem, env, f"memory of {row['name']} ({layer}, {backend})")
+                    row[f"{layer}_mb"] = m["added_mb"]
+            rows.append(row)
+            print(
+                f"# {backend} {row['name']}: {row['speedup']:.2f}x "
+                f"(kzoo {row['kzoo_s'] * 1e3:.1f} ms, keras {row['keras_s'] * 1e3:.1f} ms)",
+                file=sys.stderr,
+                flush=True,
+            )
+        print(f"# {backend}: {time.time() - start:.0f} s", file=sys.stderr, flush=True)
+    print_grid(rows, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    if args.plot:
+        plot_grid(rows, args.plot)
+    return 0
+
+
+def print_grid(rows, args):
+    import statistics
+
+    print(
+        f"\nConvLSTM grid: a fit training step, kzoo vs keras ConvLSTM2D, median of up to "
+        f"{args.repeats} alternating pairs; {args.threads} CPU thread(s) per framework\n"
+    )
+    mem = args.memory
+    head = "| backend | point | kind | kernels | filters | frames | size | batch | act | seq | time | dtype"
+    head += " | kzoo ms | keras ms | speedup |"
+    head += " kzoo MB | keras MB |" if mem else ""
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for r in rows:
+        line = (
+            f"| {r['backend']} | {r['name']} | {r['kind']} | {'/'.join(map(str, r['kernels']))} "
+            f"| {r['filters']} | {r['frames']} | {r['size']} | {r['batch']} | {r['activation']} "
+            f"| {'y' if r['return_sequences'] else 'n'} | {'T' if r['time_given'] else 'None'} "
+            f"| {r['dtype'].replace('mixed_', '')} | {r['kzoo_s'] * 1e3:.1f} "
+            f"| {r['keras_s'] * 1e3:.1f} | **{r['speedup']:.2f}x** |"
+        )
+        if mem:
+            line += f" {r['kzoo_mb']:.0f} | {r['keras_mb']:.0f} |"
+        print(line)
+    print("\n| backend | points | min | median | call-bound min | below 0.95x |")
+    print("|---|---|---|---|---|---|")
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        sub = [r for r in rows if r["backend"] == backend]
+        sp = [r["speedup"] for r in sub]
+        small = [r["speedup"] for r in sub if r["kind"] == "call-bound"] or [float("nan")]
+        below = [r["name"] for r in sub if r["speedup"] < 0.95]
+        print(
+            f"| {backend} | {len(sub)} | {min(sp):.2f}x | {statistics.median(sp):.2f}x "
+            f"| {min(small):.2f}x | {', '.join(below) or 'none'} |"
+        )
+
+
+def plot_grid(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    width = 0.8 / max(len(backends), 1)
+    for i, backend in enumerate(backends):
+        by_name = {r["name"]: r["speedup"] for r in rows if r["backend"] == backend}
+        xs = [j + i * width for j, n in enumerate(names) if n in by_name]
+        ax.bar(xs, [by_name[n] for n in names if n in by_name], width, label=backend)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.axhline(0.95, color="red", linewidth=0.8, linestyle=":")
+    ax.set_yscale("log")
+    ax.set_xticks([j + width * (len(backends) - 1) / 2 for j in range(len(names))])
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("keras time / kzoo time (log)")
+    ax.set_title("kzoo ConvLSTM2D training-step speedup over keras, per grid point")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default="jax,tensorflow,torch")
@@ -134,8 +383,27 @@ def main():
         default=1,
         help="CPU threads per framework; 1 avoids oversubscribing a shared 2-core machine",
     )
+    parser.add_argument("--grid", action="store_true", help="time the grid of published configs")
+    parser.add_argument("--points", default="", help="grid points to run (default: all)")
+    parser.add_argument("--point-seconds", type=float, default=20.0, help="time budget per point")
+    parser.add_argument(
+        "--no-memory", dest="memory", action="store_false", help="skip the memory runs"
+    )
+    parser.add_argument("--json", help="write every grid figure to this JSON file")
+    parser.add_argument("--plot", help="write a PNG of the grid speedups")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--grid-child", choices=("time", "memory"), help=argparse.SUPPRESS)
+    parser.add_argument("--backend-name", help=argparse.SUPPRESS)
+    parser.add_argument("--layer", choices=("kzoo", "keras"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.grid_child == "time":
+        _grid_time_child(args)
+        return 0
+    if args.grid_child == "memory":
+        _grid_memory_child(args)
+        return 0
+    if args.grid:
+        return run_grid(args)
     if args.child:
         _bench_backend(args)
         return 0
