@@ -495,3 +495,46 @@ def test_jax_unrolled_loop_is_selected_and_equals_the_scan(monkeypatch):
     monkeypatch.setenv("KZOO_KERNELS", "off")
     assert dispatch.select(conv_lstm_module.OP).name == "portable"
     _assert_close(layer(x), unrolled)
+
+
+@pytest.mark.backends("torch")
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_torch_hand_written_backward_equals_autograd(monkeypatch, go_backwards, with_state):
+    import torch
+
+    from kzoo.backends.torch import conv_lstm as torch_conv_lstm
+
+    calls = []
+    forward = torch_conv_lstm._Recurrence.forward
+    monkeypatch.setattr(
+        torch_conv_lstm._Recurrence,
+        "forward",
+        staticmethod(lambda ctx, *a: calls.append(1) or forward(ctx, *a)),
+    )
+    x = torch.tensor(_inputs(2, "channels_last"), requires_grad=True)
+    layer = ConvLSTM2D(
+        3, 3, padding="same", activation="relu", go_backwards=go_backwards, return_state=True
+    )
+    layer(x)
+    state = None
+    if with_state:
+        rng = np.random.default_rng(5)
+        shape = (2, 6, 5, 3)
+        state = [torch.tensor(rng.normal(size=shape).astype("float32"), requires_grad=True)]
+        state.append(torch.tensor(rng.normal(size=shape).astype("float32"), requires_grad=True))
+
+    def grads():
+        out, h, c = layer(x, initial_state=state)
+        loss = (out**2).sum() + (h * 0.5).sum() + (c**3).sum()
+        return torch.autograd.grad(
+            loss, [x, *(w.value for w in layer.trainable_weights)] + (state or [])
+        )
+
+    fast = grads()
+    assert calls
+    monkeypatch.setattr(torch_conv_lstm, "_FAST_ACTIVATIONS", {})
+    calls.clear()
+    slow = grads()
+    assert not calls
+    _assert_close(list(fast), list(slow))

@@ -6,6 +6,20 @@ keras pays several layout transposes per timestep. Here the inputs are transpose
 input convolution of all timesteps runs as one call, the state stays in torch's layout
 through the eager loop (one convolution per step for all four gates), and the outputs are
 transposed back once. Same arguments and results as ``conv_lstm_portable.conv_lstm_forward``.
+
+Training runs the recurrence as one ``torch.autograd.Function`` (``_Recurrence``) when the
+activations are tanh, sigmoid or relu (their derivatives follow from their outputs), there is no
+time mask or recurrent dropout, and "same" padding of the state is symmetric (odd kernels):
+
+- the forward loop records no autograd graph, and keeps only what the backward pass needs
+  (the previous states, the gate activations, ``act(c)``);
+- the backward loop takes one transposed convolution per step for the state's gradient and the
+  gate math by hand; the recurrent kernel's gradient is ONE weight-gradient convolution over
+  all timesteps stacked along the batch axis (T small ones under autograd);
+- with a zero initial state the first step's recurrent convolution is skipped (its input is
+  zero), forward and backward.
+
+Anything else takes the plain loop under autograd.
 """
 
 import keras
@@ -56,6 +70,120 @@ _FAST_ACTIVATIONS = {
 
 def _activation(fn):
     return _FAST_ACTIVATIONS.get(fn, fn)
+
+
+def _derivative_from_output(fn, y):
+    """d act / d x of the activations in ``_FAST_ACTIVATIONS``, from ``y = act(x)``."""
+    if fn is torch.tanh:
+        return 1.0 - y * y
+    if fn is torch.sigmoid:
+        return y * (1.0 - y)
+    return (y > 0).to(y.dtype)
+
+
+def _conv_backward(grad_out, inputs, weight, padding, mask):
+    """(input gradient, weight gradient) of a stride-1 ``conv`` with symmetric ``padding``."""
+    rank = weight.dim() - 2
+    return torch.ops.aten.convolution_backward(
+        grad_out,
+        inputs,
+        weight,
+        None,
+        (1,) * rank,
+        padding,
+        (1,) * rank,
+        False,
+        (0,) * rank,
+        1,
+        mask,
+    )[:2]
+
+
+class _Recurrence(torch.autograd.Function):
+    """The ConvLSTM time loop with a hand-written backward pass (see the module docstring).
+
+    Inputs (channels-first): ``z`` (B, T, 4F, ...) the input projection in loop order,
+    ``h0``/``c0`` (B, F, ...), or both None for a zero initial state, ``rk`` (4F, F, k...) the
+    recurrent kernel. Outputs: the per-step outputs (B, T, F, ...) with ``return_sequences``,
+    else the last one, then the final ``h`` and ``c``.
+    """
+
+    @staticmethod
+    def forward(ctx, z, h0, c0, rk, act, rec_act, padding, return_sequences):
+        conv = _CONV[rk.dim() - 2]
+        zero_start = h0 is None
+        if zero_start:
+            h0 = z.new_zeros(z[:, 0, : rk.shape[1]].shape)
+            c0 = torch.zeros_like(h0)
+        h, c = h0, c0
+        prev_h, prev_c, gate_acts, act_cs, outputs = [], [], [], [], []
+        for t in range(z.shape[1]):
+            gates = z[:, t]
+            if t or not zero_start:
+                gates = gates + conv(h, rk, None, 1, padding)
+            a_i, a_f, a_g, a_o = gates.chunk(4, dim=1)
+            i, f, g, o = rec_act(a_i), rec_act(a_f), act(a_g), rec_act(a_o)
+            prev_h.append(h)
+            prev_c.append(c)
+            c = f * c + i * g
+            act_c = act(c)
+            h = o * act_c
+            gate_acts.append(torch.cat([i, f, g, o], dim=1))
+            act_cs.append(act_c)
+            outputs.append(h)
+        ctx.save_for_backward(
+            rk,
+            torch.stack(prev_h, 1),
+            torch.stack(prev_c, 1),
+            torch.stack(gate_acts, 1),
+            torch.stack(act_cs, 1),
+        )
+        ctx.config = (act, rec_act, padding, return_sequences, zero_start)
+        output = torch.stack(outputs, 1) if return_sequences else h
+        return output, h, c
+
+    @staticmethod
+    def backward(ctx, d_out, d_h, d_c):
+        rk, prev_h, prev_c, gate_acts, act_cs = ctx.saved_tensors
+        act, rec_act, padding, return_sequences, zero_start = ctx.config
+        steps = prev_h.shape[1]
+        dh = torch.zeros_like(prev_h[:, 0]) if d_h is None else d_h
+        dc = torch.zeros_like(prev_c[:, 0]) if d_c is None else d_c
+        if d_out is not None and not return_sequences:
+            dh = dh + d_out
+        d_gates = [None] * steps
+        for t in range(steps - 1, -1, -1):
+            if d_out is not None and return_sequences:
+                dh = dh + d_out[:, t]
+            i, f, g, o = gate_acts[:, t].chunk(4, dim=1)
+            act_c = act_cs[:, t]
+            dc = dc + dh * o * _derivative_from_output(act, act_c)
+            d_gates[t] = torch.cat(
+                [
+                    dc * g * _derivative_from_output(rec_act, i),
+                    dc * prev_c[:, t] * _derivative_from_output(rec_act, f),
+                    dc * i * _derivative_from_output(act, g),
+                    dh * act_c * _derivative_from_output(rec_act, o),
+                ],
+                dim=1,
+            )
+            dc = dc * f
+            if t or not zero_start:
+                dh = _conv_backward(d_gates[t], prev_h[:, t], rk, padding, [True, False, False])[0]
+        first = 1 if zero_start else 0
+        d_rk = None
+        if ctx.needs_input_grad[3]:
+            if steps > first:
+                # All timesteps' weight gradients as one convolution over time x batch.
+                grads = torch.cat(d_gates[first:], 0)
+                states = prev_h[:, first:].transpose(0, 1).flatten(0, 1)
+                d_rk = _conv_backward(grads, states, rk, padding, [False, True, False])[1]
+            else:
+                d_rk = torch.zeros_like(rk)
+        d_z = torch.stack(d_gates, 1)
+        if zero_start:
+            return d_z, None, None, d_rk, None, None, None, None
+        return d_z, dh, dc, d_rk, None, None, None, None
 
 
 def conv_lstm_forward(
@@ -129,14 +257,28 @@ def conv_lstm_forward(
         rec_masks = [_to_channels_first(m, rank) if channels_last else m for m in rec_masks]
         rec_ws = rk.chunk(4, dim=0)
 
+    fast_math = act in _FAST_ACTIVATIONS.values() and rec_act in _FAST_ACTIVATIONS.values()
+    if torch.is_grad_enabled() and fast_math and symmetric and mask is None and rec_masks is None:
+        z_loop = z.flip(1) if config["go_backwards"] else z
+        start = (None, None) if initial_state is None else (h, c)
+        output, h, c = _Recurrence.apply(
+            z_loop, *start, rk, act, rec_act, [a for a, _ in pads], config["return_sequences"]
+        )
+        if channels_last:
+            output = _to_channels_last(output, rank)
+            h, c = _to_channels_last(h, rank), _to_channels_last(c, rank)
+        return output, h, c
+
+    zero_start = initial_state is None
     if mask is not None:
         mask = mask.reshape((batch, steps) + (1,) * (rank + 1))
         prev = torch.zeros_like(h)
     order = range(steps - 1, -1, -1) if config["go_backwards"] else range(steps)
     outputs = []
-    for t in order:
+    for n, t in enumerate(order):
         if rec_masks is None:
-            gates = z[:, t] + recurrent_conv(h, rk)
+            # A zero initial state makes the first recurrent convolution zero: skip it.
+            gates = z[:, t] if (n == 0 and zero_start) else z[:, t] + recurrent_conv(h, rk)
         else:
             gates = z[:, t] + torch.cat(
                 [recurrent_conv(h * m, wg) for m, wg in zip(rec_masks, rec_ws)], dim=1
