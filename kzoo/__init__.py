@@ -29,6 +29,16 @@ except ValueError as _error:
 
 import keras  # noqa: E402,F401
 
-from kzoo import data, distribution, kernels, layers, models, ops, presets  # noqa: E402,F401
+from kzoo import data, distribution, kernels, layers, metrics, models, ops, presets  # noqa: E402,F401
 
-__all__ = ["__version__", "data", "distribution", "kernels", "layers", "models", "ops", "presets"]
+__all__ = [
+    "__version__",
+    "data",
+    "distribution",
+    "kernels",
+    "layers",
+    "metrics",
+    "models",
+    "ops",
+    "presets",
+]
