@@ -147,9 +147,10 @@ def test_nan_loss_stops_and_keeps_the_previous_preset(tmp_path, capsys):
     with pytest.raises(training.TrainingDiverged):
         training.train_frame_predictor(
             str(out / "api"),
-            kind="next",
+            kind="color",
             learning_rate=1e30,
-            epochs=1,
+            epochs=2,
+            warmup_epochs=1,
             batch_size=4,
             num_sequences=8,
             val_sequences=4,
