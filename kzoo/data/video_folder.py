@@ -172,6 +172,16 @@ def _check_positive_int(value, name):
     return int(value)
 
 
+class _ShuffleByEpoch(keras.callbacks.Callback):
+    # Runs before keras starts the epoch's data workers, so no batch is read in the old order.
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.dataset.set_epoch(epoch)
+
+
 class VideoFolder(keras.utils.PyDataset):
     """The videos of a folder, cut into sliding windows of inputs and next-frame targets.
 
@@ -208,8 +218,9 @@ class VideoFolder(keras.utils.PyDataset):
         channels: 1 (grey) or 3 (RGB).
         stride: Frames between the starts of consecutive windows.
         batch_size: Windows per batch.
-        shuffle: Shuffle the windows at the start and after every epoch (seeded by ``seed``
-            and the epoch, so a resumed run sees the same order; see ``set_epoch``).
+        shuffle: Shuffle the windows at the start and after every epoch, seeded by ``seed``
+            and the epoch (pass ``callbacks=[dataset.epoch_callback()]`` to ``fit`` to tie the
+            order to ``fit``'s epoch numbers, so that a resumed run sees the same orders).
         validation_split: Share of the videos held out, in [0, 1).
         subset: ``"training"`` or ``"validation"``; required when ``validation_split > 0``.
         seed: Seeds the split and the shuffling.
@@ -354,8 +365,7 @@ class VideoFolder(keras.utils.PyDataset):
                 f"No video in {path}" + (f" ({subset} subset)" if subset else "") + " has the "
                 f"{window} frames a window needs (input_frames + target_frames)."
             )
-        self.epoch = 0
-        self._order = self._make_order()
+        self.set_epoch(0)
 
     @property
     def skipped(self):
@@ -392,12 +402,23 @@ class VideoFolder(keras.utils.PyDataset):
         return np.random.default_rng((self.seed, self.epoch)).permutation(len(self.windows))
 
     def set_epoch(self, epoch):
-        """Shuffle as for epoch ``epoch`` (0-based): a resumed run sees the order it would have."""
+        """Shuffle as for epoch ``epoch`` (0-based)."""
         self.epoch = int(epoch)
         self._order = self._make_order()
 
     def on_epoch_end(self):
         self.set_epoch(self.epoch + 1)
+
+    def epoch_callback(self):
+        """A ``keras.callbacks.Callback`` that shuffles every epoch of ``fit`` as ``(seed,
+        epoch)``, with ``fit``'s own epoch number: a run resumed at epoch k
+        (``initial_epoch=k``) then sees the order the uninterrupted run saw.
+
+        Without it the windows are still reshuffled after every epoch, but keras calls
+        ``on_epoch_end`` at other times too (when ``fit`` starts), so the orders are not tied
+        to epoch numbers.
+        """
+        return _ShuffleByEpoch(self)
 
     @property
     def num_windows(self):

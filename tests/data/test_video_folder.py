@@ -226,6 +226,19 @@ def test_fit_a_predictor_on_a_video_folder_with_worker_threads(tmp_path):
     train = VideoFolder(root, subset="training", shuffle=True, workers=2, **common)
     val = VideoFolder(root, subset="validation", **common)
     model = ColorFramePredictor(filters=(4,), kernel_sizes=(3,))
-    history = model.fit(train, validation_data=val, epochs=2, verbose=0)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(train.epoch)
+
+    shuffle = train.epoch_callback()
+    history = model.fit(
+        train, validation_data=val, epochs=2, verbose=0, callbacks=[shuffle, Record()]
+    )
     assert np.isfinite(history.history["val_loss"]).all()
     assert len(history.history["loss"]) == 2
+    # Epoch k is shuffled with (seed, k), also when fit starts part-way (a resumed run).
+    assert seen == [0, 1] and train.epoch == 2
+    model.fit(train, epochs=2, initial_epoch=1, verbose=0, callbacks=[shuffle, Record()])
+    assert seen == [0, 1, 1] and train.epoch == 2

@@ -463,6 +463,9 @@ def train_frame_predictor(
             )
 
     callbacks = [_StopOnNaN(), backup]
+    if hasattr(train, "epoch_callback"):
+        # Shuffle by epoch number: a resumed run sees the orders the whole run would have.
+        callbacks.append(train.epoch_callback())
     for index, (stage_loss, start, end) in enumerate(stages):
         if first_epoch >= end:
             continue
@@ -470,8 +473,6 @@ def train_frame_predictor(
             compile_stage(index)
         backup.loss_name = stage_loss
         initial = max(start, first_epoch)
-        if hasattr(train, "set_epoch"):
-            train.set_epoch(initial)
         try:
             trainee.fit(
                 train,
