@@ -225,6 +225,8 @@ class VideoFolder(keras.utils.PyDataset):
         subset: ``"training"`` or ``"validation"``; required when ``validation_split > 0``.
         seed: Seeds the split and the shuffling.
         npz_key: Array to read from ``.npz`` files that hold several.
+        verbose: Show a progress bar while decoding: ``True``, ``False``, or ``"auto"`` (when
+            there are more than 20 videos).
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` of ``PyDataset``.
 
     Example:
@@ -258,6 +260,7 @@ class VideoFolder(keras.utils.PyDataset):
         subset=None,
         seed=0,
         npz_key=None,
+        verbose="auto",
         workers=1,
         use_multiprocessing=False,
         max_queue_size=10,
@@ -325,7 +328,12 @@ class VideoFolder(keras.utils.PyDataset):
         self.videos = []
         self.video_paths = []
         window = self.input_frames + self.target_frames
+        self.verbose = verbose
+        show = len(self.files) > 20 if verbose == "auto" else bool(verbose)
+        progress = keras.utils.Progbar(len(self.files), unit_name="video") if show else None
         for file in self.files:
+            if progress is not None:
+                progress.add(1)
             # Decoders raise many kinds of errors (OSError, ValueError, IndexError, av's own);
             # any of them means the file is unreadable.
             try:
@@ -456,6 +464,7 @@ class VideoFolder(keras.utils.PyDataset):
             "subset": self.subset,
             "seed": self.seed,
             "npz_key": self.npz_key,
+            "verbose": self.verbose,
             "workers": self.workers,
             "use_multiprocessing": self.use_multiprocessing,
             "max_queue_size": self.max_queue_size,

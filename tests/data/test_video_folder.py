@@ -47,11 +47,17 @@ def _write_folder(root, lengths=None):
     return lengths
 
 
-def test_reads_every_format_with_next_frame_targets(tmp_path):
+def test_reads_every_format_with_next_frame_targets(tmp_path, capsys):
     lengths = _write_folder(tmp_path / "videos")
     data = VideoFolder(
-        tmp_path / "videos", input_frames=3, frame_size=(8, 8), channels=1, batch_size=4
+        tmp_path / "videos",
+        input_frames=3,
+        frame_size=(8, 8),
+        channels=1,
+        batch_size=4,
+        verbose=True,
     )
+    assert "5/5" in capsys.readouterr().out  # the progress bar
     names = [os.path.basename(p) for p in data.video_paths]
     assert names == ["a.npy", "b.npz", "c.gif", "d.mp4", "e"]
     assert data.skipped == 0
