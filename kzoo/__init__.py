@@ -29,7 +29,16 @@ except ValueError as _error:
 
 import keras  # noqa: E402,F401
 
-from kzoo import backends, data, distribution, layers, models, ops, presets  # noqa: E402,F401
+from kzoo import (  # noqa: E402,F401
+    backends,
+    data,
+    distribution,
+    layers,
+    metrics,
+    models,
+    ops,
+    presets,
+)
 
 __all__ = [
     "__version__",
@@ -37,6 +46,7 @@ __all__ = [
     "data",
     "distribution",
     "layers",
+    "metrics",
     "models",
     "ops",
     "presets",

@@ -12,6 +12,7 @@ import sys
 from kzoo.cli.targets import TARGET_MODULES
 
 COMMANDS = ("train", "predict", "convert")
+DEMO_OUT = os.path.join("demo", "grid.png")
 
 
 class UserError(Exception):
@@ -54,7 +55,13 @@ def build_parser():
         mod.register(commands)
 
     p = sub.add_parser("demo", help="the main job: info, then the ConvLSTM colour-frame demo")
-    p.add_argument("--out", default=os.path.join("demo", "grid.png"), help="PNG to write")
+    p.add_argument(
+        "--out",
+        default=None,
+        help=f"PNG to write (default {DEMO_OUT}, which a later demo replaces; any other "
+        "existing file needs --overwrite)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_demo, _commands=commands)
 
     p = sub.add_parser("bench", help="run a benchmark script from scripts/ (source checkout)")
@@ -117,8 +124,12 @@ def cmd_demo(args):
     predict = args._commands["predict"].choices.get("convlstm-color")
     if predict is None:
         raise UserError("the ConvLSTM colour demo is not part of this build")
-    print("\n$ kzoo predict convlstm-color --out", args.out)
-    demo_args = predict.parse_args(["--out", args.out])
+    out = args.out or DEMO_OUT
+    # The default output is the demo's own picture: rerunning the demo refreshes it.
+    overwrite = args.overwrite or args.out is None
+    argv = ["--out", out] + (["--overwrite"] if overwrite else [])
+    print("\n$ kzoo predict convlstm-color", " ".join(argv))
+    demo_args = predict.parse_args(argv)
     return demo_args.func(demo_args)
 
 

@@ -10,3 +10,4 @@ from kzoo.data.moving_objects import (  # noqa: E402,F401
     moving_objects,
     next_frame_targets,
 )
+from kzoo.data.video_folder import VideoFolder  # noqa: E402,F401

@@ -3,7 +3,9 @@
 import os
 
 import keras
+import numpy as np
 import pytest
+from PIL import Image
 
 from kzoo.cli.main import main
 
@@ -58,6 +60,10 @@ def test_train_then_predict_with_the_new_preset(tmp_path, capsys):
     "argv,message",
     [
         (["predict", "convlstm-color", "--out", "grid.jpg"], "png"),
+        (["predict", "convlstm-color", "--out", "a.gif", "--steps", "0"], "steps"),
+        (["predict", "convlstm-next", "--preset", "no/such/dir", "--out", "a.gif"], "preset"),
+        (["train", "convlstm-next", "--output-dir", "x", "--channels", "2"], "channels"),
+        (["train", "convlstm-color", "--output-dir", "x", "--data", "missing"], "data"),
         (["predict", "convlstm-color", "--preset", "no_such_preset", "--out", "g.png"], "preset"),
         (["train", "convlstm-color", "--epochs", "0", "--output-dir", "x"], "epochs"),
         (["train", "convlstm-color", "--filters", "4,0", "--output-dir", "x"], "filters"),
@@ -79,3 +85,75 @@ def test_demo_predicts_with_the_shipped_preset(tmp_path, capsys):
     assert width > height > 100  # 3 rows of 6 panels
     printed = capsys.readouterr().out
     assert "kzoo predict convlstm-color" in printed and "copy-last-frame baseline" in printed
+
+
+def _tiny_train(target, out_dir, *extra):
+    argv = ["train", target, "--epochs", "1", "--batch-size", "4", "--output-dir", str(out_dir)]
+    argv += ["--num-sequences", "4", "--val-sequences", "4", "--filters", "4"]
+    argv += ["--kernel-sizes", "3", "--frame-size", "12", "--input-frames", "3", *extra]
+    return main(argv)
+
+
+def test_predict_writes_a_gif_and_never_overwrites_without_asking(tmp_path, capsys):
+    out = tmp_path / "pred.gif"
+    argv = ["predict", "convlstm-color", "--out", str(out), "--steps", "3", "--num-examples", "2"]
+    assert main(argv) == 0
+    with Image.open(out) as gif:
+        assert gif.format == "GIF" and gif.n_frames == 6 + 3  # 6 inputs, 3 predicted
+    printed = capsys.readouterr().out
+    assert "3-step rollout" in printed and "copy-last-frame baseline" in printed
+    before = out.read_bytes()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kzoo: error:") and "--overwrite" in err
+    assert out.read_bytes() == before
+    assert main(argv + ["--overwrite", "--seed", "5"]) == 0
+    assert out.read_bytes() != before
+    # Nothing is written into the preset it reads.
+    from kzoo.presets import preset_io
+
+    inside = os.path.join(preset_io.resolve_preset("convlstm_color_shapes"), "x.gif")
+    assert main(["predict", "convlstm-color", "--out", inside]) == 2
+    assert "inside the input" in capsys.readouterr().err
+    assert not os.path.exists(inside)
+
+
+@slow_on_jax
+def test_next_frame_target_trains_and_writes_an_mp4(tmp_path, capsys):
+    assert _tiny_train("convlstm-next", tmp_path / "run") == 0
+    assert "copy-last-frame baseline" in capsys.readouterr().out
+    out = tmp_path / "next.mp4"
+    preset = str(tmp_path / "run" / "preset")
+    argv = ["predict", "convlstm-next", "--preset", preset, "--out", str(out), "--steps", "2"]
+    assert main(argv) == 0
+    assert out.read_bytes()[4:8] == b"ftyp"  # an MP4 container, not a PNG
+    png = tmp_path / "grid.png"
+    assert main(argv[:-4] + ["--out", str(png)]) == 0
+    _png_size(png)
+
+
+@slow_on_jax
+def test_train_on_a_video_folder(tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        np.save(videos / f"v{i}.npy", rng.integers(0, 255, (8, 16, 16, 3), dtype=np.uint8))
+    rc = _tiny_train(
+        "convlstm-color", tmp_path / "run", "--data", str(videos), "--validation-split", "0.34"
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "MAE on the validation videos" in printed
+    import json
+
+    with open(tmp_path / "run" / "preset" / "metadata.json") as f:
+        meta = json.load(f)
+    assert meta["input_frames"] == 3 and meta["frame_size"] == [12, 12]
+    # --data also drives predict; the output may not go inside the data folder.
+    preset = str(tmp_path / "run" / "preset")
+    argv = ["predict", "convlstm-color", "--preset", preset, "--data", str(videos)]
+    assert main(argv + ["--out", str(videos / "p.gif")]) == 2
+    assert main(argv + ["--out", str(tmp_path / "p.gif"), "--steps", "2"]) == 0
+    with Image.open(tmp_path / "p.gif") as gif:
+        assert gif.n_frames == 3 + 2

@@ -1,6 +1,7 @@
 """Next-frame video predictors built from stacked ConvLSTM2D layers (keras's video example)."""
 
 import keras
+import numpy as np
 
 from kzoo.layers.conv_lstm import ConvLSTM2D
 from kzoo.presets import PresetMixin
@@ -106,6 +107,64 @@ class _FramePredictor(PresetMixin, keras.Model):
     def compile_from_config(self, config):
         self.compile()
 
+    def _next_frame(self, window, batch_size):
+        """The model's prediction of the frame after ``window``: ``(batch, H, W, C)``."""
+        raise NotImplementedError
+
+    def rollout(self, frames, steps=1, batch_size=32):
+        """Predict ``steps`` frames after ``frames`` by feeding predictions back in.
+
+        Each step predicts the frame after the current window, then slides the window: the
+        oldest frame is dropped and the prediction appended, so the model always sees as many
+        frames as ``frames`` holds, the window length it was trained on. (Growing the window
+        instead would show the ConvLSTM longer sequences than it ever saw in training, and
+        make every step cost more than the last.)
+
+        Args:
+            frames: ``(batch, time, height, width, channels)`` context frames in [0, 1].
+            steps: How many frames to predict.
+            batch_size: Sequences per forward pass (``predict``'s batch size).
+
+        Returns:
+            float32 numpy array ``(batch, steps, height, width, channels)``; step ``k`` is the
+            prediction of frame ``time + k``.
+
+        Example:
+
+        ```python
+        model = kzoo.models.ColorFramePredictor.from_preset("convlstm_color_shapes")
+        videos = kzoo.data.moving_objects(4, num_frames=16, image_size=24, color=True)
+        future = model.rollout(videos[:, :6], steps=10)  # (4, 10, 24, 24, 3)
+        ```
+        """
+        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps <= 0:
+            raise ValueError(f"`steps` must be a positive integer; got {steps!r}.")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise ValueError(f"`batch_size` must be a positive integer; got {batch_size!r}.")
+        window = np.asarray(keras.ops.convert_to_numpy(frames), dtype="float32")
+        if window.ndim != 5 or min(window.shape[:2]) == 0:
+            raise ValueError(
+                "`frames` must be (batch, time, height, width, channels) with at least one "
+                f"sequence and one frame; got shape {window.shape}."
+            )
+        if window.shape[-1] != self.channels:
+            raise ValueError(
+                f"`frames` must have {self.channels} channels (the model's `channels`); got "
+                f"{window.shape[-1]}."
+            )
+        out_channels = getattr(self, "output_channels", self.channels)
+        if out_channels != self.channels:
+            raise ValueError(
+                f"rollout feeds predictions back as inputs, so `output_channels` "
+                f"({out_channels}) must equal `channels` ({self.channels})."
+            )
+        predictions = []
+        for _ in range(int(steps)):
+            frame = self._next_frame(window, int(batch_size)).astype("float32")
+            predictions.append(frame)
+            window = np.concatenate([window[:, 1:], frame[:, None]], axis=1)
+        return np.stack(predictions, axis=1)
+
     def get_config(self):
         config = {"name": self.name, "trainable": self.trainable}
         for key in self._config_keys:
@@ -173,6 +232,10 @@ class NextFramePredictor(_FramePredictor):
         self.activation = activation
         self.head_kernel_size = head_kernel_size
         self.compile()
+
+    def _next_frame(self, window, batch_size):
+        # Step t of the output predicts frame t + 1: the last step predicts the next frame.
+        return np.asarray(self.predict(window, batch_size=batch_size, verbose=0))[:, -1]
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
@@ -250,3 +313,6 @@ class ColorFramePredictor(_FramePredictor):
         self.activation = activation
         self.head_kernel_size = head_kernel_size
         self.compile()
+
+    def _next_frame(self, window, batch_size):
+        return np.asarray(self.predict(window, batch_size=batch_size, verbose=0))

@@ -11,3 +11,14 @@ register_preset(
         license="Apache-2.0",
     )
 )
+
+register_preset(
+    PresetInfo(
+        name="convlstm_color_shapes_rollout",
+        model_class="ColorFramePredictor",
+        location="builtin:convlstm_color_shapes_rollout",
+        description="convlstm_color_shapes fine-tuned on its own 10-step rollouts (MSE): "
+        "lower rollout MSE",
+        license="Apache-2.0",
+    )
+)
