@@ -1,0 +1,195 @@
+"""Time one DETR-R50 training step: kzoo on each backend against HuggingFace transformers.
+
+One step is the forward pass, Hungarian matching, the set loss (with the auxiliary decoder
+losses), the backward pass and an AdamW update with gradient clipping at norm 0.1 and the
+backbone at 1/10 of the learning rate (DETR's recipe), at batch 2 on the same images and
+targets. kzoo runs ``model.train_on_batch`` after ``model.compile()`` (its default recipe);
+transformers runs ``DetrForObjectDetection`` (its own ResNet-50, random weights, auxiliary loss
+on) computing its own loss, ``torch.nn.utils.clip_grad_norm_`` and ``torch.optim.AdamW`` with
+two parameter groups. The two are timed in alternation in one process, after warm-up (JAX's
+compilation, TensorFlow's tracing); the script reports each side's median and the median of
+the per-round ratios kzoo / HF (< 1 means kzoo is faster).
+
+Which backbone parameters train: transformers' own ResNet is frozen completely by its
+``freeze_backbone`` check (it looks for ``stage.1`` in names that read ``stages.1``), while
+DETR's recipe trains layer2-layer4. ``--backbone recipe`` (default) unfreezes HF's
+``stages.{1,2,3}`` convolutions to match kzoo's default; ``--backbone frozen`` freezes kzoo's
+whole backbone (``backbone_trainable_stages=0``) to match HF's default.
+
+Usage:
+    python scripts/bench_detr_train.py                         # all backends, 512x640
+    python scripts/bench_detr_train.py --backends torch jax --rounds 7 --backbone frozen
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _targets(rng, batch, counts, num_classes):
+    boxes, labels = [], []
+    for n in counts[:batch]:
+        cxcy = rng.uniform(0.2, 0.8, size=(n, 2))
+        wh = rng.uniform(0.05, 0.3, size=(n, 2))
+        boxes.append(np.concatenate([cxcy, wh], 1).astype("float32"))
+        labels.append(rng.integers(0, num_classes, size=n).astype("int32"))
+    return boxes, labels
+
+
+def child(args):
+    # transformers pulls in triton, whose LLVM clashes with TensorFlow's when loaded after it:
+    # import it before keras (the noqa keeps the import sorter from moving it).
+    from transformers import DetrConfig, DetrForObjectDetection  # noqa: I001
+
+    import keras
+    import torch
+
+    global np
+    import numpy as np
+
+    sys.path.insert(0, ROOT)
+    from kzoo.models import DETR
+
+    if args.dtype_policy:
+        keras.config.set_dtype_policy(args.dtype_policy)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(args.batch, args.height, args.width, 3)).astype("float32")
+    hf = DetrForObjectDetection(
+        DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, auxiliary_loss=True)
+    ).train()
+    num_classes = hf.config.num_labels
+    boxes, labels = _targets(rng, args.batch, (3, 5, 2, 4), num_classes)
+
+    backbone_params, other_params = [], []
+    for name, p in hf.named_parameters():
+        if ".backbone." in name:
+            trainable = args.backbone == "recipe" and any(f"stages.{s}." in name for s in (1, 2, 3))
+            p.requires_grad_(trainable)
+            if trainable:
+                backbone_params.append(p)
+        else:
+            other_params.append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": other_params}, {"params": backbone_params, "lr": 1e-5}],
+        lr=1e-4,
+        weight_decay=1e-4,
+    )
+    pixels = torch.tensor(images).permute(0, 3, 1, 2).contiguous()
+    hf_labels = [
+        {"class_labels": torch.tensor(lab, dtype=torch.long), "boxes": torch.tensor(b)}
+        for b, lab in zip(boxes, labels)
+    ]
+
+    def step_hf():
+        optimizer.zero_grad(set_to_none=True)
+        loss = hf(pixel_values=pixels, labels=hf_labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 0.1)
+        optimizer.step()
+        return float(loss)
+
+    stages = 0 if args.backbone == "frozen" else None
+    model = DETR(num_classes=num_classes, backbone_trainable_stages=stages)
+    model.compile()
+    width = max(len(b) for b in boxes)
+    y = {
+        "boxes": np.zeros((args.batch, width, 4), "float32"),
+        "labels": np.full((args.batch, width), -1, "int32"),
+    }
+    for i, (b, lab) in enumerate(zip(boxes, labels)):
+        y["boxes"][i, : len(b)] = b
+        y["labels"][i, : len(lab)] = lab
+
+    def step_kzoo():
+        return float(np.asarray(model.train_on_batch(images, y)))
+
+    start = time.perf_counter()
+    step_kzoo()
+    first_call = time.perf_counter() - start
+    for _ in range(args.warmup):
+        step_hf()
+        step_kzoo()
+    hf_times, kzoo_times = [], []
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        step_hf()
+        hf_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        step_kzoo()
+        kzoo_times.append(time.perf_counter() - start)
+    ratios = [k / h for k, h in zip(kzoo_times, hf_times)]
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    hf_trainable = sum(p.numel() for p in hf.parameters() if p.requires_grad)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "backend": keras.backend.backend(),
+                "dtype_policy": args.dtype_policy or "float32",
+                "backbone": args.backbone,
+                "kzoo_median_s": statistics.median(kzoo_times),
+                "hf_median_s": statistics.median(hf_times),
+                "ratio_median": statistics.median(ratios),
+                "kzoo_first_call_s": first_call,
+                "kzoo_trainable": trainable,
+                "hf_trainable": hf_trainable,
+                "torch_threads": torch.get_num_threads(),
+                "rounds": args.rounds,
+                "size": [args.height, args.width],
+            }
+        ),
+        flush=True,
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=["torch", "jax", "tensorflow"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--backbone", choices=("recipe", "frozen"), default="recipe")
+    parser.add_argument("--dtype-policy", default="", help="e.g. mixed_bfloat16 (kzoo side)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.warmup < 0 or not 1 <= args.batch <= 4:
+        parser.error("--rounds must be >= 1, --warmup >= 0 and --batch in 1..4")
+    if args.child:
+        child(args)
+        return 0
+    results = []
+    for backend in args.backends:
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+        cmd = [sys.executable, os.path.abspath(__file__), "--child"]
+        for key in ("rounds", "warmup", "batch", "height", "width", "backbone"):
+            cmd += [f"--{key}", str(getattr(args, key))]
+        if args.dtype_policy:
+            cmd += ["--dtype-policy", args.dtype_policy]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(f"{backend}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}")
+            continue
+        result = json.loads(lines[-1][len("RESULT ") :])
+        results.append(result)
+        print(
+            f"{backend:>10}: kzoo {result['kzoo_median_s']:.3f} s, HF torch "
+            f"{result['hf_median_s']:.3f} s, ratio {result['ratio_median']:.2f}x "
+            f"(first call {result['kzoo_first_call_s']:.1f} s; trainable kzoo "
+            f"{result['kzoo_trainable']:,}, HF {result['hf_trainable']:,})",
+            flush=True,
+        )
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
