@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -49,9 +51,6 @@ def child(args):
 
     import keras
     import torch
-
-    global np
-    import numpy as np
 
     sys.path.insert(0, ROOT)
     from kzoo.models import DETR
