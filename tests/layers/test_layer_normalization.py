@@ -208,3 +208,38 @@ def test_bad_axes_are_clear_errors(axis, shape, match):
 def test_bad_arguments_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LayerNormalization(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"axis": [1, 2], "center": False}, {"rms_scaling": True}])
+def test_residual_call_is_the_norm_of_the_sum(kwargs):
+    # layer(x, residual=r) -> (layer(x + r), x + r): the fused residual step of a pre-norm block.
+    rng = np.random.default_rng(8)
+    x, r = (rng.normal(1.0, 2.0, (2, 5, 12)).astype("float32") for _ in range(2))
+    layer = LayerNormalization(epsilon=1e-5, **kwargs)
+    layer.build(x.shape)
+    _random_weights(layer)
+    normed, total = layer(x, residual=r)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(total), x + r)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(normed),
+        keras.ops.convert_to_numpy(layer(x + r)),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+def test_residual_call_in_a_functional_model_trains():
+    x_in, r_in = keras.Input((4, 6)), keras.Input((4, 6))
+    normed, total = LayerNormalization(name="norm")(x_in, residual=r_in)
+    assert tuple(normed.shape) == tuple(total.shape) == (None, 4, 6)
+    model = keras.Model([x_in, r_in], keras.layers.Add()([normed, total]))
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    rng = np.random.default_rng(9)
+    x, r, y = (rng.normal(size=(8, 4, 6)).astype("float32") for _ in range(3))
+    before = model.get_layer("norm").beta.numpy().copy()
+    model.fit([x, r], y, epochs=2, batch_size=4, verbose=0)
+    assert not np.allclose(model.get_layer("norm").beta.numpy(), before)
+    got = keras.ops.convert_to_numpy(model([x, r]))
+    norm = model.get_layer("norm")
+    want = reference(x + r, [-1], norm.gamma.numpy(), norm.beta.numpy()) + x + r
+    np.testing.assert_allclose(got, want, atol=1e-5)
