@@ -72,11 +72,6 @@ def is_trailing(axes, ndim):
     return tuple(axes) == tuple(range(ndim - len(axes), ndim))
 
 
-def is_trailing(axes, ndim):
-    """Whether ``axes`` are exactly the last ``len(axes)`` dimensions."""
-    return tuple(axes) == tuple(range(ndim - len(axes), ndim))
-
-
 def _float_dtype(dtype):
     dtype = keras.backend.standardize_dtype(dtype)
     return dtype if "float" in dtype else "float32"
