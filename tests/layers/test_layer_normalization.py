@@ -1,10 +1,13 @@
-"""kzoo.layers.LayerNormalization against keras's layer and a float64 numpy reference."""
+"""kzoo.layers.LayerNormalization against keras's layer and a float64 numpy reference.
+
+Weight loading and the residual call are shared with RMSNormalization and tested for both.
+"""
 
 import keras
 import numpy as np
 import pytest
 
-from kzoo.layers import LayerNormalization
+from kzoo.layers import LayerNormalization, RMSNormalization
 
 
 def reference(x, axes, gamma=None, beta=None, epsilon=1e-3):
@@ -153,23 +156,32 @@ def test_trains_in_a_functional_model_and_round_trips(tmp_path):
     )
 
 
-def test_loads_keras_layer_weights_and_rejects_wrong_shapes(tmp_path):
-    def model_with(layer_cls, features, **kwargs):
+@pytest.mark.parametrize(
+    "ours_cls, theirs_cls, weight, atol",
+    [
+        (LayerNormalization, keras.layers.LayerNormalization, "gamma", 2e-5),
+        (RMSNormalization, keras.layers.RMSNormalization, "scale", 1e-6),
+    ],
+)
+def test_loads_keras_layer_weights_and_rejects_wrong_shapes(
+    tmp_path, ours_cls, theirs_cls, weight, atol
+):
+    def model_with(layer_cls, features):
         inputs = keras.Input((3, features))
-        return keras.Model(inputs, layer_cls(name="ln", **kwargs)(inputs))
+        return keras.Model(inputs, layer_cls(name="norm")(inputs))
 
-    theirs = model_with(keras.layers.LayerNormalization, 6)
-    _random_weights(theirs.get_layer("ln"))
-    path = str(tmp_path / "ln.weights.h5")
+    theirs = model_with(theirs_cls, 6)
+    _random_weights(theirs.get_layer("norm"))
+    path = str(tmp_path / "norm.weights.h5")
     theirs.save_weights(path)
-    ours = model_with(LayerNormalization, 6)
+    ours = model_with(ours_cls, 6)
     ours.load_weights(path)
     x = np.random.default_rng(6).normal(size=(2, 3, 6)).astype("float32")
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x)), atol=2e-5
+        keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x)), atol=atol
     )
-    wrong = model_with(LayerNormalization, 5)
-    with pytest.raises(ValueError, match="gamma.*shape \\(6,\\).*expects \\(5,\\)"):
+    wrong = model_with(ours_cls, 5)
+    with pytest.raises(ValueError, match=f"{weight}.*shape \\(6,\\).*expects \\(5,\\)"):
         wrong.load_weights(path)
 
 
@@ -210,12 +222,21 @@ def test_bad_arguments_are_clear_errors(kwargs, match):
         LayerNormalization(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"axis": [1, 2], "center": False}, {"rms_scaling": True}])
-def test_residual_call_is_the_norm_of_the_sum(kwargs):
+@pytest.mark.parametrize(
+    "layer_cls, kwargs",
+    [
+        (LayerNormalization, {}),
+        (LayerNormalization, {"axis": [1, 2], "center": False}),
+        (LayerNormalization, {"rms_scaling": True}),
+        (RMSNormalization, {}),
+        (RMSNormalization, {"axis": 1}),
+    ],
+)
+def test_residual_call_is_the_norm_of_the_sum(layer_cls, kwargs):
     # layer(x, residual=r) -> (layer(x + r), x + r): the fused residual step of a pre-norm block.
     rng = np.random.default_rng(8)
     x, r = (rng.normal(1.0, 2.0, (2, 5, 12)).astype("float32") for _ in range(2))
-    layer = LayerNormalization(epsilon=1e-5, **kwargs)
+    layer = layer_cls(epsilon=1e-5, **kwargs)
     layer.build(x.shape)
     _random_weights(layer)
     normed, total = layer(x, residual=r)

@@ -1,4 +1,8 @@
-"""kzoo.layers.RMSNormalization against keras's layer and a float64 numpy reference."""
+"""kzoo.layers.RMSNormalization against keras's layer and a float64 numpy reference.
+
+What it shares with LayerNormalization (loading keras's weights, the residual call) is tested
+for both layers in ``test_layer_normalization.py``.
+"""
 
 import keras
 import numpy as np
@@ -84,22 +88,6 @@ def test_matches_float64_on_every_axis(shape, axis):
     )
 
 
-def test_residual_call_is_the_norm_of_the_sum():
-    rng = np.random.default_rng(3)
-    x, r = (rng.normal(size=(2, 6, 16)).astype("float32") for _ in range(2))
-    layer = RMSNormalization()
-    normed, total = layer(x, residual=r)
-    _random_weights(layer)
-    normed, total = layer(x, residual=r)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(total), x + r)
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(normed),
-        keras.ops.convert_to_numpy(layer(x + r)),
-        rtol=1e-6,
-        atol=1e-6,
-    )
-
-
 def test_trains_with_a_residual_in_a_functional_model_and_round_trips(tmp_path):
     x_in, r_in = keras.Input((5, 8)), keras.Input((5, 8))
     normed, total = RMSNormalization(name="norm")(x_in, residual=r_in)
@@ -123,26 +111,6 @@ def test_trains_with_a_residual_in_a_functional_model_and_round_trips(tmp_path):
         keras.ops.convert_to_numpy(model([x, r])),
         atol=1e-6,
     )
-
-
-def test_loads_keras_layer_weights_and_rejects_wrong_shapes(tmp_path):
-    def model_with(layer_cls, features):
-        inputs = keras.Input((3, features))
-        return keras.Model(inputs, layer_cls(name="rms")(inputs))
-
-    theirs = model_with(keras.layers.RMSNormalization, 6)
-    _random_weights(theirs.get_layer("rms"))
-    path = str(tmp_path / "rms.weights.h5")
-    theirs.save_weights(path)
-    ours = model_with(RMSNormalization, 6)
-    ours.load_weights(path)
-    x = np.random.default_rng(6).normal(size=(2, 3, 6)).astype("float32")
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x)), atol=1e-6
-    )
-    wrong = model_with(RMSNormalization, 5)
-    with pytest.raises(ValueError, match="scale.*shape \\(6,\\).*expects \\(5,\\)"):
-        wrong.load_weights(path)
 
 
 def test_mixed_precision_keeps_the_scale_in_float32():
