@@ -13,7 +13,7 @@ that every op runs its portable fallback; implementations a backend cannot do wi
 (``optional=False``: the host callback, the context-parallel ring) stay on.
 
 Selections are cached per set of conditions: ops call ``select`` on every forward pass, and a
-layer must cost no more than keras's own (see ``docs/layernorm.md``).
+layer must cost no more than keras's own (see ``docs/normalization.md``).
 """
 
 import dataclasses
