@@ -82,6 +82,8 @@ CPU_MAX_RATIO = 1.02
 GPU_MIN_COPY_FRACTION = 0.85
 GPU_MIN_SPEEDUP = 1.3
 IMPLS = ("kzoo", "kzoo-op", "kzoo-portable", "keras", "keras-op", "torch", "copy")
+# What identifies one measured case (a result row adds impl, times and ratios).
+CASE = ("backend", "platform", "variant", "dtype", "rows", "hidden", "mode")
 
 
 def _timer(fns, sync, rounds, min_time):
@@ -362,17 +364,12 @@ def _worker(args):
                         # Neighbouring samples share the machine's load: compare them pairwise.
                         layer_ratio = _paired(samples, "kzoo", "keras")
                         op_ratio = _paired(samples, "kzoo-op", "keras-op")
+                        case = (backend, platform, variant, dtype, rows, hidden, mode)
                         for impl, seconds in times.items():
                             moved = _bytes_moved(variant, mode, impl, rows * hidden, hidden, size)
                             results.append(
                                 {
-                                    "backend": backend,
-                                    "platform": platform,
-                                    "variant": variant,
-                                    "dtype": dtype,
-                                    "rows": rows,
-                                    "hidden": hidden,
-                                    "mode": mode,
+                                    **dict(zip(CASE, case)),
                                     "impl": impl,
                                     "ms": seconds * 1e3,
                                     "gbps": moved / seconds / 1e9,
@@ -399,10 +396,9 @@ def _write_json(path, data):
 
 
 def _groups(results):
-    keyf = ("backend", "platform", "variant", "dtype", "rows", "hidden", "mode")
     groups = {}
     for r in results:
-        groups.setdefault(tuple(r.get(k, "layer") for k in keyf), {})[r["impl"]] = r
+        groups.setdefault(tuple(r.get(k, "layer") for k in CASE), {})[r["impl"]] = r
     return groups
 
 
@@ -419,15 +415,7 @@ def verdicts(results):
         backend, platform, variant, dtype, rows, hidden, mode = key
         if "kzoo" not in g:
             continue
-        where = {
-            "backend": backend,
-            "platform": platform,
-            "variant": variant,
-            "dtype": dtype,
-            "rows": rows,
-            "hidden": hidden,
-            "mode": mode,
-        }
+        where = dict(zip(CASE, key))
         if platform != "gpu":
             for impl, field in (("layer", "kzoo_over_keras"), ("op", "op_over_keras_op")):
                 ratio = g["kzoo"].get(field)
