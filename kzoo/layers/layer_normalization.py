@@ -90,7 +90,7 @@ class _NormLayer(keras.layers.Layer):
         return out, keras.KerasTensor(inputs.shape, dtype=total)
 
     def load_own_variables(self, store):
-        expected = [v for v in self.weights] if self.built else []
+        expected = list(self.weights) if self.built else []
         if self.built and len(store.keys()) == len(expected):
             for i, v in enumerate(expected):
                 found = tuple(store[str(i)].shape)
