@@ -3,7 +3,8 @@
 Each backend runs in its own subprocess (keras picks its backend at import). Inside it, kzoo's
 ``DETR()`` (ResNet-50, d_model 256, 6+6 layers, 100 queries, random weights) and transformers'
 ``DetrForObjectDetection(DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False))``
-(random weights, torch, eval, no_grad) are timed in alternation on the same image, after warm-up
+(random weights, torch, eval, no_grad; on the GPU when torch sees CUDA, where keras computes too)
+are timed in alternation on the same image, after warm-up
 (which includes JAX's jit compilation / TensorFlow's tracing); the script reports each side's
 median and the median of the per-round ratios kzoo / HF.
 
@@ -40,10 +41,14 @@ def child(rounds, warmup, height, width):
 
     rng = np.random.default_rng(0)
     image = rng.normal(size=(1, height, width, 3)).astype("float32")
-    hf = DetrForObjectDetection(
-        DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False)
-    ).eval()
-    pixels = torch.tensor(image).permute(0, 3, 1, 2).contiguous()
+    # On a CUDA machine keras computes on the GPU, so HF runs there too.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    hf = (
+        DetrForObjectDetection(DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False))
+        .eval()
+        .to(device)
+    )
+    pixels = torch.tensor(image).permute(0, 3, 1, 2).contiguous().to(device)
     # Same configuration: transformers' default DetrConfig has num_labels=2.
     model = DETR(num_classes=hf.config.num_labels)
     model.build()
@@ -53,7 +58,7 @@ def child(rounds, warmup, height, width):
     def run_hf():
         with torch.no_grad():
             out = hf(pixel_values=pixels)
-        return out.logits.numpy()
+        return out.logits.cpu().numpy()  # waits for the device, as kzoo's numpy output does
 
     def run_kzoo():
         return model.predict_on_batch(image)["logits"]
@@ -85,6 +90,7 @@ def child(rounds, warmup, height, width):
                 "kzoo_params": kzoo_params,
                 "hf_params": hf_params,
                 "torch_threads": torch.get_num_threads(),
+                "hf_device": device,
                 "rounds": rounds,
             }
         ),
@@ -109,6 +115,8 @@ def main(argv=None):
     results = []
     for backend in args.backends:
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+        # JAX would otherwise reserve most of a GPU's memory, leaving none for HF's torch.
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         cmd = [sys.executable, os.path.abspath(__file__), "--child"]
         cmd += ["--rounds", str(args.rounds), "--warmup", str(args.warmup)]
         cmd += ["--height", str(args.height), "--width", str(args.width)]

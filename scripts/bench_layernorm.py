@@ -1,27 +1,43 @@
-"""Benchmark: kzoo's LayerNormalization against keras's, torch's F.layer_norm and JAX's path.
+"""Benchmark: kzoo's norm layers and ops against keras's, torch's and the copy bandwidth.
 
-For each backend (each in its own subprocess, since keras fixes its backend at import) and each
-shape ``(rows, hidden)`` and dtype it times, alternating between the implementations in rounds,
-the forward pass and forward+backward (gradients for x, gamma and beta):
+Four variants, each kzoo layer against the keras layer it replaces (same weights):
 
-- ``kzoo``: ``kzoo.layers.LayerNormalization`` (dispatch: Triton on CUDA torch, Pallas on JAX
-  GPU, the ``keras.ops`` fallback elsewhere);
-- ``kzoo-portable``: the fallback itself (only on a GPU, where it differs from ``kzoo``);
-- ``keras``: ``keras.layers.LayerNormalization`` with the same weights;
-- ``torch``: ``torch.nn.functional.layer_norm`` (torch backend only);
+- ``layer``: ``kzoo.layers.LayerNormalization`` vs ``keras.layers.LayerNormalization``;
+- ``rms``: ``kzoo.layers.RMSNormalization`` vs ``keras.layers.RMSNormalization``;
+- ``add_layer``: ``LayerNormalization(...)(x, residual=r)`` (the fused residual add) vs
+  ``x + r`` then keras's layer, both returning the normalised sum and the sum;
+- ``add_rms``: the same with RMSNormalization.
+
+For each backend (each in its own subprocess, since keras fixes its backend at import), each
+variant, shape ``(rows, hidden)`` and dtype it times, alternating between the implementations in
+rounds, the forward pass and forward+backward (gradients for the inputs and the weights):
+
+- ``kzoo`` / ``keras``: the layers (dispatch: Triton on CUDA torch, Pallas on JAX GPU, the
+  fallback elsewhere);
+- ``kzoo-op`` / ``keras-op``: the functions (``kzoo.ops.layer_norm`` / ``rms_norm`` /
+  ``add_layer_norm`` / ``add_rms_norm`` against ``keras.ops.layer_normalization`` /
+  ``rms_normalization``, unfused add for the residual variants); ``--no-ops`` leaves them out;
+- ``kzoo-portable``: kzoo's fallback itself (only on a GPU, where it differs from ``kzoo``);
+- ``torch``: ``torch.nn.functional.layer_norm`` / ``rms_norm`` (after ``x + r`` for the residual
+  variants; torch backend only), with parameters in the activations' dtype;
 - ``copy``: a device copy of the input (read + write of the same bytes), the bandwidth roof.
 
 JAX functions run under ``jax.jit`` and TensorFlow under ``tf.function(jit_compile=True)``, as
-keras's ``fit`` runs them; torch runs eagerly. Bandwidth counts the bytes that must move: forward
-reads x and writes y (2 tensors), forward+backward also reads x and dy and writes dx (5 tensors),
-plus gamma/beta and their gradients. bfloat16 runs use the ``mixed_bfloat16`` policy (float32
-weights, bfloat16 activations). Results: a table on stdout, ``results.json`` and ``layernorm.png``
-in ``--out``; the time ratios kzoo/keras and the GPU targets are summarised at the end.
+keras's ``fit`` runs them; torch runs eagerly. Bandwidth counts the bytes that must move: the
+forward pass reads x (and r) and writes y (and the sum), forward+backward also reads the
+normalised input and dy (and the sum's gradient) and writes dx, plus the parameters and their
+gradients. bfloat16 runs use the ``mixed_bfloat16`` policy (float32 weights, bfloat16
+activations). Results: a table on stdout, ``results.json`` and ``layernorm.png`` in ``--out``;
+the time ratios kzoo/keras (median of paired rounds) and the verdicts on the targets are
+summarised at the end: on the CPU kzoo's layers and ops at most 1.02x keras's time; on a GPU the
+forward pass at >= 85% of the copy bandwidth for hidden >= 4096 in bfloat16, and
+forward+backward >= 1.3x faster than torch's functions (torch) or keras's unfused ops (JAX).
 
 Usage: ``python scripts/bench_layernorm.py [--quick] [--backends jax,tensorflow,torch]``
-(or ``kzoo bench layernorm -- ...``). ``--quick`` is a small CPU-sized grid (a few minutes); the
+(or ``kzoo bench layernorm -- ...``). ``--quick`` is a small CPU-sized grid (minutes); the
 default grid is the GPU one, which takes minutes per backend on a GPU: run one backend per
-command there (``--backends torch``), or narrow it with ``--rows/--hidden/--dtypes``.
+command there (``--backends torch``), or narrow it with ``--rows/--hidden/--dtypes/--variants``;
+``--grid gpu-check`` is the short GPU grid that ``scripts/gpu_check.py`` runs.
 """
 
 import argparse
@@ -35,14 +51,39 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FULL = {
-    "rows": "4096,16384,65536",
-    "hidden": "256,1024,4096,8192,16384",
-    "dtypes": "float32,bfloat16",
+EPS = 1e-5
+VARIANTS = ("layer", "rms", "add_layer", "add_rms")
+GRIDS = {
+    "full": {
+        "rows": "4096,16384,65536",
+        "hidden": "256,1024,4096,8192,16384",
+        "dtypes": "float32,bfloat16",
+        "rounds": 10,
+        "min_time": 0.02,
+    },
+    "quick": {
+        "rows": "4096",
+        "hidden": "256,1024,4096",
+        "dtypes": "float32",
+        "rounds": 5,
+        "min_time": 0.05,
+    },
+    # What gpu_check.py runs: one row count, the bfloat16 sizes of both GPU targets.
+    "gpu-check": {
+        "rows": "16384",
+        "hidden": "1024,4096,8192",
+        "dtypes": "bfloat16",
+        "rounds": 5,
+        "min_time": 0.01,
+    },
 }
-# ``--with-portable``: also time the fallback where it is what kzoo runs anyway (checks the code).
-PORTABLE_TOO = False
-QUICK = {"rows": "4096", "hidden": "256,1024,4096", "dtypes": "float32"}
+# The targets (see the module docstring).
+CPU_MAX_RATIO = 1.02
+GPU_MIN_COPY_FRACTION = 0.85
+GPU_MIN_SPEEDUP = 1.3
+IMPLS = ("kzoo", "kzoo-op", "kzoo-portable", "keras", "keras-op", "torch", "copy")
+# What identifies one measured case (a result row adds impl, times and ratios).
+CASE = ("backend", "platform", "variant", "dtype", "rows", "hidden", "mode")
 
 
 def _timer(fns, sync, rounds, min_time):
@@ -69,145 +110,237 @@ def _timer(fns, sync, rounds, min_time):
     return samples
 
 
-def _layers(dtype, hidden):
+def _layers(variant, dtype, hidden):
+    """kzoo's and keras's layer for ``variant``, built, with the same random weights."""
     import keras
     import numpy as np
 
     import kzoo
 
     policy = "mixed_bfloat16" if dtype == "bfloat16" else dtype
-    ours = kzoo.layers.LayerNormalization(epsilon=1e-5, dtype=policy)
-    theirs = keras.layers.LayerNormalization(epsilon=1e-5, dtype=policy)
+    if variant.endswith("rms"):
+        ours = kzoo.layers.RMSNormalization(epsilon=EPS, dtype=policy)
+        theirs = keras.layers.RMSNormalization(epsilon=EPS, dtype=policy)
+    else:
+        ours = kzoo.layers.LayerNormalization(epsilon=EPS, dtype=policy)
+        theirs = keras.layers.LayerNormalization(epsilon=EPS, dtype=policy)
     rng = np.random.default_rng(0)
     for layer in (ours, theirs):
         layer.build((None, hidden))
-    weights = [rng.normal(1.0, 0.1, (hidden,)).astype("float32") for _ in range(2)]
+    weights = [rng.normal(1.0, 0.1, (hidden,)).astype("float32") for _ in ours.weights]
     ours.set_weights(weights)
     theirs.set_weights(weights)
     return ours, theirs
 
 
-def _torch_cases(rows, hidden, dtype, platform):
-    import torch
+def _functions(variant, ours, theirs, call, with_ops, with_portable):
+    """``{impl: f(ours_params, theirs_params, x, r)}``; residual variants return (y, x + r).
 
-    from kzoo.ops.layer_norm import layer_norm_portable
+    ``call(layer, params, *args, **kwargs)`` calls a layer with these parameters (JAX's
+    stateless call; the layer itself elsewhere).
+    """
+    import importlib
+
+    import keras
+
+    import kzoo
+
+    # ``kzoo.ops.layer_norm`` the attribute is the function; the module holds the fallbacks.
+    module = importlib.import_module("kzoo.ops.layer_norm")
+    fused, rms = variant.startswith("add"), variant.endswith("rms")
+    if rms:
+        kzoo_op, portable = kzoo.ops.rms_norm, module.rms_norm_portable
+
+        def keras_op(x, p):
+            return keras.ops.rms_normalization(x, p[0], -1, EPS)
+    else:
+        kzoo_op, portable = kzoo.ops.layer_norm, module.layer_norm_portable
+
+        def keras_op(x, p):
+            return keras.ops.layer_normalization(x, p[0], p[1], -1, EPS)
+
+    def unfused(norm):
+        if fused:
+            return lambda po, pt, x, r: (norm(po, pt, x + r), x + r)
+        return lambda po, pt, x, r: norm(po, pt, x)
+
+    fns = {"keras": unfused(lambda po, pt, x: call(theirs, pt, x))}
+    if fused:
+        fns["kzoo"] = lambda po, pt, x, r: call(ours, po, x, residual=r)
+    else:
+        fns["kzoo"] = lambda po, pt, x, r: call(ours, po, x)
+    if with_ops:
+        fns["keras-op"] = unfused(lambda po, pt, x: keras_op(x, pt))
+        if fused:
+            fused_op = kzoo.ops.add_rms_norm if rms else kzoo.ops.add_layer_norm
+            fns["kzoo-op"] = lambda po, pt, x, r: fused_op(x, r, *po, -1, EPS)
+        else:
+            fns["kzoo-op"] = lambda po, pt, x, r: kzoo_op(x, *po, -1, EPS)
+    if with_portable:
+        fns["kzoo-portable"] = unfused(lambda po, pt, x: portable(x, *po, (1,), EPS))
+    return fns
+
+
+def _bytes_moved(variant, mode, impl, elems, hidden, size):
+    """The bytes an implementation must move (see the module docstring)."""
+    fused = variant.startswith("add")
+    if impl == "copy":
+        return 2 * elems * size
+    tensors = {"fwd": 4 if fused else 2, "fwd+bwd": 8 if fused else 5}[mode]
+    params = 1 if variant.endswith("rms") else 2
+    vectors = params if mode == "fwd" else 2 * params + 1
+    return tensors * elems * size + vectors * hidden * 4
+
+
+def _torch_cases(variant, rows, hidden, dtype, platform, opts):
+    import torch
+    import torch.nn.functional as F
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tdtype = getattr(torch, dtype)
     x = torch.randn(rows, hidden, device=device, dtype=tdtype)
+    r = torch.randn(rows, hidden, device=device, dtype=tdtype) if variant[:3] == "add" else None
     dy = torch.randn(rows, hidden, device=device, dtype=tdtype)
-    ours, theirs = _layers(dtype, hidden)
-    # torch's own kernel gets parameters in the activations' dtype, as a bf16 torch model has.
-    w = torch.nn.Parameter(ours.gamma.value.detach().clone().to(tdtype))
-    b = torch.nn.Parameter(ours.beta.value.detach().clone().to(tdtype))
-    fwd = {
-        "kzoo": lambda: ours(x),
-        "keras": lambda: theirs(x),
-        "torch": lambda: torch.nn.functional.layer_norm(x, (hidden,), w, b, 1e-5),
-        "copy": lambda: x.clone(),
-    }
-    if platform == "gpu" or PORTABLE_TOO:
-        fwd["kzoo-portable"] = lambda: layer_norm_portable(x, w, b, (1,), 1e-5)
-    xg = x.detach().clone().requires_grad_()
+    dz = torch.randn(rows, hidden, device=device, dtype=tdtype)
+    ours, theirs = _layers(variant, dtype, hidden)
+    po = [v.value for v in ours.trainable_variables]
+    pt = [v.value for v in theirs.trainable_variables]
 
-    def fb(fn):
+    def call(layer, params, *args, **kwargs):
+        return layer(*args, **kwargs)
+
+    fns = _functions(variant, ours, theirs, call, opts.ops, platform == "gpu" or opts.portable)
+    # torch's own kernels get parameters in the activations' dtype, as a bf16 torch model has.
+    own = [torch.nn.Parameter(p.detach().clone().to(tdtype)) for p in po]
+    if variant.endswith("rms"):
+
+        def native(x):
+            return F.rms_norm(x, (hidden,), own[0], EPS)
+    else:
+
+        def native(x):
+            return F.layer_norm(x, (hidden,), own[0], own[1], EPS)
+
+    if variant.startswith("add"):
+        fns["torch"] = lambda po_, pt_, x, r: (native(x + r), x + r)
+    else:
+        fns["torch"] = lambda po_, pt_, x, r: native(x)
+
+    def forward(f):
         def run():
-            xg.grad = None
-            fn(xg).backward(dy)
+            with torch.no_grad():
+                return f(po, pt, x, r)
 
         return run
 
-    fb_fns = {
-        "kzoo": fb(ours),
-        "keras": fb(theirs),
-        "torch": fb(lambda t: torch.nn.functional.layer_norm(t, (hidden,), w, b, 1e-5)),
-    }
-    if platform == "gpu" or PORTABLE_TOO:
-        fb_fns["kzoo-portable"] = fb(lambda t: layer_norm_portable(t, w, b, (1,), 1e-5))
+    xg = x.detach().clone().requires_grad_()
+    rg = None if r is None else r.detach().clone().requires_grad_()
+
+    def forward_backward(f):
+        def run():
+            xg.grad = None
+            if rg is not None:
+                rg.grad = None
+            out = f(po, pt, xg, rg)
+            outs = out if isinstance(out, tuple) else (out,)
+            torch.autograd.backward(outs, (dy, dz)[: len(outs)])
+
+        return run
 
     def sync(_):
         if device == "cuda":
             torch.cuda.synchronize()
 
-    def forward(fns):
-        def run():
-            with torch.no_grad():
-                return fns()
-
-        return run
-
-    return {k: forward(v) for k, v in fwd.items()}, fb_fns, sync
+    fwd = {k: forward(f) for k, f in fns.items()}
+    fwd["copy"] = lambda: x.clone()
+    return fwd, {k: forward_backward(f) for k, f in fns.items()}, sync
 
 
-def _jax_cases(rows, hidden, dtype, platform):
+def _jax_cases(variant, rows, hidden, dtype, platform, opts):
     import jax
     import jax.numpy as jnp
 
-    from kzoo.ops.layer_norm import layer_norm_portable
-
-    key = jax.random.PRNGKey(0)
-    x = jax.random.normal(key, (rows, hidden), jnp.float32).astype(dtype)
+    x = jax.random.normal(jax.random.PRNGKey(0), (rows, hidden), jnp.float32).astype(dtype)
+    r = None
+    if variant.startswith("add"):
+        r = jax.random.normal(jax.random.PRNGKey(2), (rows, hidden), jnp.float32).astype(dtype)
     dy = jax.random.normal(jax.random.PRNGKey(1), (rows, hidden), jnp.float32).astype(dtype)
-    ours, theirs = _layers(dtype, hidden)
+    dz = jax.random.normal(jax.random.PRNGKey(3), (rows, hidden), jnp.float32).astype(dtype)
+    ours, theirs = _layers(variant, dtype, hidden)
+    po = [v.value for v in ours.trainable_variables]
+    pt = [v.value for v in theirs.trainable_variables]
 
-    def fwd_of(layer):
-        tv = [v.value for v in layer.trainable_variables]
-        f = jax.jit(lambda tv, x: layer.stateless_call(tv, [], x)[0])
-        return lambda: f(tv, x)
+    def call(layer, params, *args, **kwargs):
+        return layer.stateless_call(params, [], *args, **kwargs)[0]
 
-    def fb_of(layer):
-        tv = [v.value for v in layer.trainable_variables]
+    fns = _functions(variant, ours, theirs, call, opts.ops, platform == "gpu" or opts.portable)
 
-        def grads(tv, x, dy):
-            _, vjp = jax.vjp(lambda tv, x: layer.stateless_call(tv, [], x)[0], tv, x)
-            return vjp(dy)
+    def forward(f):
+        g = jax.jit(f)
+        return lambda: g(po, pt, x, r)
 
-        f = jax.jit(grads)
-        return lambda: f(tv, x, dy)
+    def forward_backward(f):
+        def grads(po, pt, x, r, dy, dz):
+            out, vjp = jax.vjp(f, po, pt, x, r)
+            return vjp((dy, dz) if isinstance(out, tuple) else dy)
+
+        g = jax.jit(grads)
+        return lambda: g(po, pt, x, r, dy, dz)
 
     copy = jax.jit(jnp.copy)
-    fwd = {"kzoo": fwd_of(ours), "keras": fwd_of(theirs), "copy": lambda: copy(x)}
-    fb = {"kzoo": fb_of(ours), "keras": fb_of(theirs)}
-    if platform == "gpu" or PORTABLE_TOO:
-        w, b = (v.value for v in ours.trainable_variables)
-        pf = jax.jit(lambda x, w, b: layer_norm_portable(x, w, b, (1,), 1e-5))
-        fwd["kzoo-portable"] = lambda: pf(x, w, b)
-        pg = jax.jit(lambda x, w, b, dy: jax.vjp(pf, x, w, b)[1](dy))
-        fb["kzoo-portable"] = lambda: pg(x, w, b, dy)
-    return fwd, fb, jax.block_until_ready
+    fwd = {k: forward(f) for k, f in fns.items()}
+    fwd["copy"] = lambda: copy(x)
+    return fwd, {k: forward_backward(f) for k, f in fns.items()}, jax.block_until_ready
 
 
-def _tf_cases(rows, hidden, dtype, platform):
+def _tf_cases(variant, rows, hidden, dtype, platform, opts):
     import tensorflow as tf
 
     x = tf.cast(tf.random.normal((rows, hidden), seed=0), dtype)
+    r = tf.cast(tf.random.normal((rows, hidden), seed=2), dtype) if variant[:3] == "add" else None
     dy = tf.cast(tf.random.normal((rows, hidden), seed=1), dtype)
-    ours, theirs = _layers(dtype, hidden)
+    dz = tf.cast(tf.random.normal((rows, hidden), seed=3), dtype)
+    ours, theirs = _layers(variant, dtype, hidden)
+    po, pt = list(ours.trainable_variables), list(theirs.trainable_variables)
 
-    def fwd_of(layer):
-        f = tf.function(lambda x: layer(x), jit_compile=True)
-        return lambda: f(x)
+    def call(layer, params, *args, **kwargs):
+        return layer(*args, **kwargs)
 
-    def fb_of(layer):
-        def grads(x, dy):
+    fns = _functions(variant, ours, theirs, call, opts.ops, platform == "gpu" or opts.portable)
+
+    def forward(f):
+        g = tf.function(lambda x, r: f(po, pt, x, r), jit_compile=True)
+        return lambda: g(x, r)
+
+    def forward_backward(f):
+        def grads(x, r, dy, dz):
+            sources = [t for t in (x, r) if t is not None]
             with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = layer(x)
-            return tape.gradient(y, [x, *layer.trainable_variables], output_gradients=dy)
+                tape.watch(sources)
+                out = f(po, pt, x, r)
+            outs = list(out) if isinstance(out, tuple) else [out]
+            return tape.gradient(outs, sources + po + pt, output_gradients=[dy, dz][: len(outs)])
 
-        f = tf.function(grads, jit_compile=True)
-        return lambda: f(x, dy)
+        g = tf.function(grads, jit_compile=True)
+        return lambda: g(x, r, dy, dz)
 
     # Grappler removes a multiplication by one (and an identity); doubling must read and write.
     copy = tf.function(lambda x: x * 2.0, jit_compile=True)
-    fwd = {"kzoo": fwd_of(ours), "keras": fwd_of(theirs), "copy": lambda: copy(x)}
-    fb = {"kzoo": fb_of(ours), "keras": fb_of(theirs)}
+    fwd = {k: forward(f) for k, f in fns.items()}
+    fwd["copy"] = lambda: copy(x)
 
     def sync(out):
         if platform == "gpu":
             tf.test.experimental.sync_devices()
 
-    return fwd, fb, sync
+    return fwd, {k: forward_backward(f) for k, f in fns.items()}, sync
+
+
+def _paired(samples, a, b):
+    """Median over rounds of ``a``'s time over ``b``'s in the same round (``None`` if absent)."""
+    if a not in samples or b not in samples:
+        return None
+    return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
 
 
 def _worker(args):
@@ -219,57 +352,117 @@ def _worker(args):
     platform = kb.platform()
     make = {"torch": _torch_cases, "jax": _jax_cases, "tensorflow": _tf_cases}[backend]
     results = []
-    for dtype in args.dtypes.split(","):
-        size = 2 if dtype in ("bfloat16", "float16") else 4
-        for rows in (int(r) for r in args.rows.split(",")):
-            for hidden in (int(h) for h in args.hidden.split(",")):
-                fwd, fb, sync = make(rows, hidden, dtype, platform)
-                elems = rows * hidden
-                for mode, fns, tensors, params in (("fwd", fwd, 2, 2), ("fwd+bwd", fb, 5, 5)):
-                    samples = _timer(fns, sync, args.rounds, args.min_time)
-                    times = {k: statistics.median(v) for k, v in samples.items()}
-                    # Neighbouring samples share the machine's load: compare them pairwise.
-                    paired = statistics.median(
-                        a / b for a, b in zip(samples["kzoo"], samples["keras"])
-                    )
-                    for impl, seconds in times.items():
-                        moved = (2 if impl == "copy" else tensors) * elems * size
-                        moved += 0 if impl == "copy" else params * hidden * 4
-                        results.append(
-                            {
-                                "backend": backend,
-                                "platform": platform,
-                                "dtype": dtype,
-                                "rows": rows,
-                                "hidden": hidden,
-                                "mode": mode,
-                                "impl": impl,
-                                "ms": seconds * 1e3,
-                                "gbps": moved / seconds / 1e9,
-                                "kzoo_over_keras": paired,
-                            }
+    for variant in args.variants.split(","):
+        for dtype in args.dtypes.split(","):
+            size = 2 if dtype in ("bfloat16", "float16") else 4
+            for rows in (int(r) for r in args.rows.split(",")):
+                for hidden in (int(h) for h in args.hidden.split(",")):
+                    fwd, fb, sync = make(variant, rows, hidden, dtype, platform, args)
+                    for mode, fns in (("fwd", fwd), ("fwd+bwd", fb)):
+                        samples = _timer(fns, sync, args.rounds, args.min_time)
+                        times = {k: statistics.median(v) for k, v in samples.items()}
+                        # Neighbouring samples share the machine's load: compare them pairwise.
+                        layer_ratio = _paired(samples, "kzoo", "keras")
+                        op_ratio = _paired(samples, "kzoo-op", "keras-op")
+                        case = (backend, platform, variant, dtype, rows, hidden, mode)
+                        for impl, seconds in times.items():
+                            moved = _bytes_moved(variant, mode, impl, rows * hidden, hidden, size)
+                            results.append(
+                                {
+                                    **dict(zip(CASE, case)),
+                                    "impl": impl,
+                                    "ms": seconds * 1e3,
+                                    "gbps": moved / seconds / 1e9,
+                                    "kzoo_over_keras": layer_ratio,
+                                    "op_over_keras_op": op_ratio,
+                                }
+                            )
+                        line = "  ".join(f"{k}={v * 1e3:.3f}ms" for k, v in times.items())
+                        print(
+                            f"[{backend}/{platform}] {variant} {dtype} {rows}x{hidden} {mode}: "
+                            f"{line}",
+                            flush=True,
                         )
-                    line = "  ".join(f"{k}={v * 1e3:.3f}ms" for k, v in times.items())
-                    print(
-                        f"[{backend}/{platform}] {dtype} {rows}x{hidden} {mode}: {line}", flush=True
+                        # Written after every shape, so that a run cut short keeps its figures.
+                        _write_json(args.worker_out, results)
+                    del fwd, fb
+
+
+def _write_json(path, data):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def _groups(results):
+    groups = {}
+    for r in results:
+        groups.setdefault(tuple(r.get(k, "layer") for k in CASE), {})[r["impl"]] = r
+    return groups
+
+
+def verdicts(results):
+    """Each target checked on these results: a list of dicts with ``met`` True/False.
+
+    On the CPU: kzoo's layer and op at most ``CPU_MAX_RATIO`` times keras's (median of paired
+    rounds). On a GPU: the forward pass at ``GPU_MIN_COPY_FRACTION`` of the copy bandwidth for
+    hidden >= 4096 in bfloat16, and forward+backward ``GPU_MIN_SPEEDUP`` times faster than
+    torch's functions (torch backend) or keras's layer (the unfused keras ops; other backends).
+    """
+    out = []
+    for key, g in sorted(_groups(results).items()):
+        backend, platform, variant, dtype, rows, hidden, mode = key
+        if "kzoo" not in g:
+            continue
+        where = dict(zip(CASE, key))
+        if platform != "gpu":
+            for impl, field in (("layer", "kzoo_over_keras"), ("op", "op_over_keras_op")):
+                ratio = g["kzoo"].get(field)
+                if ratio is not None:
+                    out.append(
+                        {
+                            **where,
+                            "target": f"cpu {impl} time <= {CPU_MAX_RATIO}x keras",
+                            "value": ratio,
+                            "met": ratio <= CPU_MAX_RATIO,
+                        }
                     )
-                del fwd, fb
-    with open(args.worker_out, "w") as f:
-        json.dump(results, f)
+            continue
+        if mode == "fwd" and dtype == "bfloat16" and hidden >= 4096 and "copy" in g:
+            frac = g["kzoo"]["gbps"] / g["copy"]["gbps"]
+            out.append(
+                {
+                    **where,
+                    "target": f"fwd >= {GPU_MIN_COPY_FRACTION:.0%} of copy bandwidth",
+                    "value": frac,
+                    "met": frac >= GPU_MIN_COPY_FRACTION,
+                }
+            )
+        baseline = "torch" if "torch" in g else "keras"
+        if mode == "fwd+bwd" and baseline in g:
+            speedup = g[baseline]["ms"] / g["kzoo"]["ms"]
+            out.append(
+                {
+                    **where,
+                    "target": f"fwd+bwd >= {GPU_MIN_SPEEDUP}x faster than {baseline}",
+                    "value": speedup,
+                    "met": speedup >= GPU_MIN_SPEEDUP,
+                }
+            )
+    return out
 
 
 def _summarise(results):
-    """Markdown table rows and the summary lines (kzoo/keras ratios, GPU targets)."""
-    keyf = ("backend", "platform", "dtype", "rows", "hidden", "mode")
-    groups = {}
-    for r in results:
-        groups.setdefault(tuple(r[k] for k in keyf), {})[r["impl"]] = r
-    impls = ["kzoo", "kzoo-portable", "keras", "torch", "copy"]
+    """Markdown table rows and the summary lines (kzoo/keras ratios, verdicts)."""
+    groups = _groups(results)
+    present = {r["impl"] for r in results}
+    impls = [i for i in IMPLS if i in present]
     lines = [
-        "| backend | dtype | rows | hidden | mode | "
+        "| backend | variant | dtype | rows | hidden | mode | "
         + " | ".join(f"{i} ms (GB/s)" for i in impls)
-        + " | kzoo/keras |",
-        "|" + "---|" * (6 + len(impls)),
+        + " | kzoo/keras | op/keras-op |",
+        "|" + "---|" * (8 + len(impls)),
     ]
     ratios = {}
     for key, g in sorted(groups.items()):
@@ -279,38 +472,31 @@ def _summarise(results):
             else "-"
             for i in impls
         ]
-        ratio = g["kzoo"]["kzoo_over_keras"]
-        ratios.setdefault((key[0], key[1], key[5]), []).append(ratio)
+        kz = g.get("kzoo", {})
+        paired = [kz.get("kzoo_over_keras"), kz.get("op_over_keras_op")]
+        for name, value in zip(("layer", "op"), paired):
+            if value is not None:
+                ratios.setdefault((key[0], key[1], key[2], name, key[6]), []).append(value)
         lines.append(
-            f"| {key[0]}/{key[1]} | {key[2]} | {key[3]} | {key[4]} | {key[5]} | "
+            f"| {key[0]}/{key[1]} | {key[2]} | {key[3]} | {key[4]} | {key[5]} | {key[6]} | "
             + " | ".join(cells)
-            + f" | {ratio:.3f} |"
+            + " | "
+            + " | ".join("-" if v is None else f"{v:.3f}" for v in paired)
+            + " |"
         )
     summary = []
-    for (backend, platform, mode), rs in sorted(ratios.items()):
+    for (backend, platform, variant, kind, mode), rs in sorted(ratios.items()):
         summary.append(
-            f"{backend}/{platform} {mode}: kzoo/keras time ratio (median of paired rounds) "
-            f"median over shapes {statistics.median(rs):.3f}"
+            f"{backend}/{platform} {variant} {kind} {mode}: kzoo/keras time ratio (median of "
+            f"paired rounds) median over shapes {statistics.median(rs):.3f}"
             f" (min {min(rs):.3f}, max {max(rs):.3f}, {len(rs)} shapes)"
         )
-    for key, g in sorted(groups.items()):
-        backend, platform, dtype, rows, hidden, mode = key
-        if platform != "gpu":
-            continue
-        if mode == "fwd" and dtype == "bfloat16" and hidden >= 4096 and "copy" in g:
-            frac = g["kzoo"]["gbps"] / g["copy"]["gbps"]
-            verdict = "meets" if frac >= 0.85 else "misses"
-            summary.append(
-                f"GPU target fwd >= 85% of copy: {backend} {rows}x{hidden} bf16 "
-                f"{frac:.0%} ({verdict})"
-            )
-        if mode == "fwd+bwd" and "torch" in g:
-            speedup = g["torch"]["ms"] / g["kzoo"]["ms"]
-            verdict = "meets" if speedup >= 1.3 else "misses"
-            summary.append(
-                f"GPU target fwd+bwd >= 1.3x torch: {dtype} {rows}x{hidden} "
-                f"{speedup:.2f}x ({verdict})"
-            )
+    for v in verdicts(results):
+        summary.append(
+            f"target {v['target']}: {v['backend']}/{v['platform']} {v['variant']} {v['dtype']} "
+            f"{v['rows']}x{v['hidden']} {v['mode']} {v['value']:.3f} "
+            f"({'meets' if v['met'] else 'misses'})"
+        )
     return lines, summary
 
 
@@ -320,14 +506,17 @@ def _plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["backend"], r["platform"], r["dtype"], r["mode"]) for r in results})
+    def panel_of(r):
+        return (r["backend"], r["platform"], r.get("variant", "layer"), r["dtype"], r["mode"])
+
+    panels = sorted({panel_of(r) for r in results})
     cols = min(4, len(panels))
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
     for ax, panel in zip(axes.flat, panels):
-        sel = [r for r in results if (r["backend"], r["platform"], r["dtype"], r["mode"]) == panel]
+        sel = [r for r in results if panel_of(r) == panel]
         rows = max(r["rows"] for r in sel)
-        for impl in ("kzoo", "kzoo-portable", "keras", "torch", "copy"):
+        for impl in IMPLS:
             pts = sorted(
                 (r["hidden"], r["gbps"]) for r in sel if r["impl"] == impl and r["rows"] == rows
             )
@@ -335,43 +524,63 @@ def _plot(results, path):
                 style = "k--" if impl == "copy" else "o-"
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=impl)
         ax.set_xscale("log", base=2)
-        ax.set_title(f"{panel[0]}/{panel[1]} {panel[2]} {panel[3]} ({rows} rows)", fontsize=9)
+        ax.set_title(
+            f"{panel[0]}/{panel[1]} {panel[2]} {panel[3]} {panel[4]} ({rows} rows)", fontsize=8
+        )
         ax.set_xlabel("hidden size")
         ax.set_ylabel("GB/s")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--backends", default="jax,tensorflow,torch")
-    parser.add_argument("--quick", action="store_true", help="small grid for a CPU (minutes)")
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="full")
+    parser.add_argument("--quick", action="store_true", help="--grid quick: a CPU-sized grid")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--rows", help="comma-separated row counts")
     parser.add_argument("--hidden", help="comma-separated hidden sizes")
     parser.add_argument("--dtypes", help="comma-separated dtypes (float32, bfloat16, float16)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per implementation")
     parser.add_argument("--min-time", type=float, default=None, help="seconds per timed sample")
     parser.add_argument("--out", default=os.path.join(ROOT, "out", "bench_layernorm"))
+    parser.add_argument("--no-ops", dest="ops", action="store_false", help="time the layers only")
     parser.add_argument(
-        "--with-portable", action="store_true", help="time kzoo's fallback on a CPU too"
+        "--with-portable", dest="portable", action="store_true", help="time kzoo's fallback too"
     )
+    parser.add_argument("--no-plot", dest="plot", action="store_false")
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    grid = QUICK if args.quick else FULL
-    args.rows = args.rows or grid["rows"]
-    args.hidden = args.hidden or grid["hidden"]
-    args.dtypes = args.dtypes or grid["dtypes"]
-    args.rounds = args.rounds or (5 if args.quick else 10)
-    args.min_time = args.min_time or (0.05 if args.quick else 0.02)
+    args = parser.parse_args(argv)
+    grid = GRIDS["quick" if args.quick else args.grid]
+    for key in ("rows", "hidden", "dtypes", "rounds", "min_time"):
+        if getattr(args, key) is None:
+            setattr(args, key, grid[key])
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        parser.error(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    return args
+
+
+def _worker_command(args, out):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker-out", out]
+    cmd += ["--rows", str(args.rows), "--hidden", str(args.hidden), "--dtypes", args.dtypes]
+    cmd += ["--variants", args.variants, "--rounds", str(args.rounds)]
+    cmd += ["--min-time", str(args.min_time)]
+    cmd += [] if args.ops else ["--no-ops"]
+    cmd += ["--with-portable"] if args.portable else []
+    return cmd
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.worker_out:
-        global PORTABLE_TOO
-        PORTABLE_TOO = args.with_portable
         return _worker(args)
 
     os.makedirs(args.out, exist_ok=True)
@@ -379,26 +588,25 @@ def main():
     for backend in args.backends.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "results.json")
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker-out", out]
-            cmd += ["--rows", args.rows, "--hidden", args.hidden, "--dtypes", args.dtypes]
-            cmd += ["--rounds", str(args.rounds), "--min-time", str(args.min_time)]
-            cmd += ["--with-portable"] if args.with_portable else []
             env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
             env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-            rc = subprocess.call(cmd, env=env, cwd=ROOT)
+            rc = subprocess.call(_worker_command(args, out), env=env, cwd=ROOT)
             if rc != 0:
                 print(f"{backend}: benchmark failed (exit {rc})", file=sys.stderr)
-                continue
-            with open(out) as f:
-                results += json.load(f)
+            if os.path.exists(out):
+                with open(out) as f:
+                    results += json.load(f)
     if not results:
         return 1
     lines, summary = _summarise(results)
     print("\n" + "\n".join(lines) + "\n\n" + "\n".join(summary))
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"results": results, "summary": summary}, f, indent=1)
-    _plot(results, os.path.join(args.out, "layernorm.png"))
-    print(f"\nwrote {os.path.join(args.out, 'results.json')} and layernorm.png")
+    payload = {"results": results, "summary": summary, "verdicts": verdicts(results)}
+    _write_json(os.path.join(args.out, "results.json"), payload)
+    written = "results.json"
+    if args.plot:
+        _plot(results, os.path.join(args.out, "layernorm.png"))
+        written += " and layernorm.png"
+    print(f"\nwrote {written} in {args.out}")
     return 0
 
 

@@ -13,7 +13,7 @@ that every op runs its portable fallback; implementations a backend cannot do wi
 (``optional=False``: the host callback, the context-parallel ring) stay on.
 
 Selections are cached per set of conditions: ops call ``select`` on every forward pass, and a
-layer must cost no more than keras's own (see ``docs/layernorm.md``).
+layer must cost no more than keras's own (see ``docs/normalization.md``).
 """
 
 import dataclasses
@@ -80,6 +80,19 @@ def _resolve(target):
 _REGISTRY: dict[str, list[Implementation]] = {}
 _FALLBACKS: dict[str, Implementation] = {}
 _SELECTED: dict[tuple, Implementation] = {}
+# Callers' own caches of selections (see ``new_cache``), emptied with ``_SELECTED``.
+_CACHES: list[dict] = [_SELECTED]
+
+
+def new_cache():
+    """A dict for a caller's own per-call-site cache of selections, emptied on every register.
+
+    An op that looks up ``(implementation, validated arguments)`` by the shapes and dtypes of
+    its inputs keeps them here, so that a later registration is never shadowed by a stale entry.
+    """
+    cache = {}
+    _CACHES.append(cache)
+    return cache
 
 
 def register(op, implementation, fallback=False):
@@ -88,7 +101,8 @@ def register(op, implementation, fallback=False):
         raise ValueError(
             f"register() takes a kzoo.backends.Implementation; got {type(implementation).__name__}."
         )
-    _SELECTED.clear()
+    for cache in _CACHES:
+        cache.clear()
     if fallback:
         _FALLBACKS[op] = implementation
         return implementation

@@ -14,6 +14,9 @@ from kzoo.presets import PresetMixin
 class CausalLMBlock(layers.Layer):
     """Pre-norm transformer block: ``x + attention(norm(x))``, then ``x + mlp(norm(x))``.
 
+    The first residual add and the MLP's norm run as one fused op
+    (``kzoo.ops.add_layer_norm``, through ``LayerNormalization(...)(h, residual=x)``).
+
     Args:
         hidden_dim: Width of the residual stream.
         num_heads: Query heads.
@@ -80,8 +83,9 @@ class CausalLMBlock(layers.Layer):
 
     def call(self, x):
         h = self.attention_norm(x)
-        x = x + self.attention(h, h)
-        return x + self.mlp_out(self.mlp_in(self.mlp_norm(x)))
+        # The residual add and the MLP's norm in one pass: (norm(x + attn), x + attn).
+        h, x = self.mlp_norm(self.attention(h, h), residual=x)
+        return x + self.mlp_out(self.mlp_in(h))
 
     def compute_output_shape(self, input_shape):
         return input_shape

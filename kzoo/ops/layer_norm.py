@@ -1,16 +1,24 @@
-"""Layer normalisation as a function, sent through ``kzoo.backends.dispatch``.
+"""Layer and RMS normalisation, and their fused residual-add forms, sent through the dispatch.
 
-``layer_norm`` validates its arguments, then hands the call to the implementation that the
-dispatch table picks for this backend, device, dtype and shape: a Triton kernel for torch tensors
-on CUDA (``kzoo/backends/torch/``), a Pallas kernel for JAX on GPU (``kzoo/backends/jax/``),
-``F.layer_norm`` for torch on trailing axes, and otherwise ``layer_norm_portable``, written in
-``keras.ops`` and correct on every backend and every set of axes (unlike
-``keras.ops.layer_normalization`` on torch, which treats any run of consecutive axes as the
-trailing ones). The kernel modules are named by a dotted path and imported on first use, so
+Four ops share one path: ``layer_norm``, ``rms_norm``, ``add_layer_norm`` and ``add_rms_norm``
+(the last two return ``(norm(x + residual), x + residual)`` from one pass over the inputs where
+a kernel runs). Each validates its arguments, then hands the call to the implementation that the
+dispatch table picks for this backend, device, dtype and shape: Triton kernels for torch tensors
+on CUDA (``kzoo/backends/torch/``), Pallas kernels for JAX on GPU (``kzoo/backends/jax/``),
+``F.layer_norm`` / ``F.rms_norm`` for torch on trailing axes, and otherwise the ``*_portable``
+functions here, written in ``keras.ops`` and correct on every backend and every set of axes
+(unlike ``keras.ops.layer_normalization`` on torch, which treats any run of consecutive axes as
+the trailing ones). The kernel modules are named by a dotted path and imported on first use, so
 importing this module imports neither triton nor Pallas.
+
+Nothing that depends only on shapes, dtypes and arguments is recomputed per call: the validated
+axes and the chosen implementation are cached by the call's shapes, dtypes, axis, platform and
+switches, so a call costs one key and one dictionary lookup before the implementation runs (a
+layer must cost no more than keras's own; see ``docs/normalization.md``).
 """
 
 import math
+import os
 
 import keras
 from keras import ops
@@ -18,7 +26,14 @@ from keras import ops
 from kzoo.backends import dispatch
 
 OP_NAME = "layer_norm"
+RMS_OP = "rms_norm"
+ADD_LAYER_OP = "add_layer_norm"
+ADD_RMS_OP = "add_rms_norm"
+OPS = (OP_NAME, RMS_OP, ADD_LAYER_OP, ADD_RMS_OP)
 KERNEL_DTYPES = ("float16", "bfloat16", "float32")
+# (implementation, axes) per call signature; emptied when an implementation is registered.
+_PLANS = dispatch.new_cache()
+_MAX_PLANS = 4096
 
 
 def normalize_axes(axis, ndim, argument="axis"):
@@ -62,6 +77,14 @@ def _float_dtype(dtype):
     return dtype if "float" in dtype else "float32"
 
 
+def _upcast(x):
+    """``x`` in its compute dtype (at least float32), its output dtype and the compute dtype."""
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    out_dtype = dtype if "float" in dtype else "float32"
+    compute_dtype = keras.backend.result_type(out_dtype, "float32")
+    return (x if dtype == compute_dtype else ops.cast(x, compute_dtype)), out_dtype, compute_dtype
+
+
 def layer_norm_portable(x, gamma, beta, axes, epsilon, rms_scaling=False):
     """The ``keras.ops`` implementation: statistics in at least float32, any axes, any backend.
 
@@ -70,22 +93,11 @@ def layer_norm_portable(x, gamma, beta, axes, epsilon, rms_scaling=False):
     much larger than their spread keep their precision.
     """
     ndim = len(x.shape)
-    out_dtype = _float_dtype(x.dtype)
-    compute_dtype = keras.backend.result_type(out_dtype, "float32")
-    x = ops.cast(x, compute_dtype)
-    broadcast = [1] * ndim
-    for a in axes:
-        broadcast[a] = x.shape[a]
-
-    def _param(p):
-        if p is None:
-            return None
-        p = ops.cast(p, compute_dtype)
-        if tuple(p.shape) != tuple(broadcast):
-            p = ops.reshape(p, broadcast)
-        return p
-
-    gamma, beta = _param(gamma), _param(beta)
+    x, out_dtype, compute_dtype = _upcast(x)
+    gamma, beta = (
+        None if p is None else _broadcast(p, x.shape, axes, ndim, compute_dtype)
+        for p in (gamma, beta)
+    )
     mean = ops.mean(x, axis=axes, keepdims=True)
     centred = x - mean
     variance = ops.mean(ops.square(centred), axis=axes, keepdims=True)
@@ -102,12 +114,50 @@ def layer_norm_portable(x, gamma, beta, axes, epsilon, rms_scaling=False):
             out = out * gamma
         if beta is not None:
             out = out + beta
-    return ops.cast(out, out_dtype)
+    return out if out_dtype == compute_dtype else ops.cast(out, out_dtype)
 
 
-def _platform_of(x):
-    """The platform holding ``x`` (a torch tensor may sit on the CPU of a CUDA machine)."""
-    return dispatch.select("tensor_platform", platform="any").load()(x)
+def rms_norm_portable(x, gamma, axes, epsilon):
+    """The ``keras.ops`` RMS norm: ``x * rsqrt(mean(x^2) + epsilon) * gamma`` in at least float32.
+
+    The same formula as ``keras.ops.rms_normalization``, on any set of ``axes`` (normalised, as
+    for ``layer_norm_portable``), with ``gamma`` broadcast along them.
+    """
+    ndim = len(x.shape)
+    x, out_dtype, compute_dtype = _upcast(x)
+    out = x * ops.rsqrt(ops.mean(ops.square(x), axis=axes, keepdims=True) + epsilon)
+    if gamma is not None:
+        out = out * _broadcast(gamma, x.shape, axes, ndim, compute_dtype)
+    return out if out_dtype == compute_dtype else ops.cast(out, out_dtype)
+
+
+def add_layer_norm_portable(x, residual, gamma, beta, axes, epsilon):
+    """``(layer_norm_portable(x + residual), x + residual)``; XLA fuses the add into the norm."""
+    z = ops.add(x, residual)
+    return layer_norm_portable(z, gamma, beta, axes, epsilon), z
+
+
+def add_rms_norm_portable(x, residual, gamma, axes, epsilon):
+    """``(rms_norm_portable(x + residual), x + residual)``."""
+    z = ops.add(x, residual)
+    return rms_norm_portable(z, gamma, axes, epsilon), z
+
+
+def _broadcast(p, shape, axes, ndim, dtype):
+    """``p`` in ``dtype``, shaped to broadcast along ``axes`` of a rank-``ndim`` ``shape``.
+
+    Parameters of the trailing axes broadcast as they are; casts and reshapes that would change
+    nothing are skipped (each is a dispatched op when running eagerly).
+    """
+    if keras.backend.standardize_dtype(p.dtype) != dtype:
+        p = ops.cast(p, dtype)
+    pshape = tuple(p.shape)
+    if pshape == tuple(shape[a] for a in axes) and is_trailing(axes, ndim):
+        return p
+    target = [1] * ndim
+    for a in axes:
+        target[a] = shape[a]
+    return p if pshape == tuple(target) else ops.reshape(p, target)
 
 
 def _distributed():
@@ -118,30 +168,153 @@ def _distributed():
         return False
 
 
-def kernel_supports(
-    shape, dtype, axes=(), rms_scaling=False, params_flat=True, distributed=False, **kwargs
-):
-    """The hand kernels cover standard layer norm over the trailing axes with flat-able params.
+def _no_platform(x):
+    return None
 
-    Under an active ``keras.distribution`` the portable path runs instead: XLA partitions it
-    along the sharded axes, while a kernel call would be gathered onto every device.
+
+_TENSOR_PLATFORM = []
+
+
+def _platform_of(x):
+    """The platform holding ``x``, or ``None`` (the machine's) on a machine with only a CPU.
+
+    A torch tensor may sit on the CPU of a CUDA machine, so there the tensor decides; with no
+    accelerator every tensor is on the CPU and nothing needs asking per call.
+    """
+    if not _TENSOR_PLATFORM:
+        from kzoo.backends import environment
+
+        if environment.platform() == "cpu":
+            _TENSOR_PLATFORM.append(_no_platform)
+        else:
+            _TENSOR_PLATFORM.append(dispatch.select("tensor_platform", platform="any").load())
+    return _TENSOR_PLATFORM[0](x)
+
+
+def kernel_supports(
+    shape,
+    dtype,
+    axes=(),
+    rms_scaling=False,
+    params_flat=True,
+    distributed=False,
+    residual_match=True,
+    **kwargs,
+):
+    """The hand kernels cover the norms over the trailing axes with flat-able params.
+
+    A residual must have the input's shape and dtype. Under an active ``keras.distribution`` the
+    portable path runs instead: XLA partitions it along the sharded axes, while a kernel call
+    would be gathered onto every device.
     """
     ndim = len(shape)
-    if distributed or rms_scaling or not params_flat or not is_trailing(axes, ndim):
+    if distributed or rms_scaling or not params_flat or not residual_match:
         return False
-    return all(d is not None for d in shape)
+    return is_trailing(axes, ndim) and all(d is not None for d in shape)
 
 
-def _check_params(name, p, expected):
-    if p is None:
+def _check_params(name, shape, expected):
+    if shape is None:
         return
-    shape = tuple(p.shape)
     n = math.prod(expected)
     if shape != tuple(expected) and math.prod(shape) != n:
         raise ValueError(
             f"`{name}` has shape {shape}; expected {tuple(expected)} (the sizes of the "
             "normalised axes) or any shape with the same number of elements."
         )
+
+
+def _epsilon(epsilon):
+    if epsilon.__class__ is float and epsilon >= 0:
+        return epsilon
+    if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or epsilon < 0:
+        raise ValueError(f"`epsilon` must be a non-negative float; received {epsilon!r}.")
+    return float(epsilon)
+
+
+def _symbolic(*tensors):
+    return any(isinstance(t, keras.KerasTensor) for t in tensors)
+
+
+def _tensor(x):
+    return x if ops.is_tensor(x) else ops.convert_to_tensor(x)
+
+
+def _param(p):
+    if p is None:
+        return None
+    if isinstance(p, keras.Variable):
+        return p.value
+    return p if ops.is_tensor(p) else ops.convert_to_tensor(p)
+
+
+def _same_shape(a, b):
+    return len(a) == len(b) and all(i == j or i is None or j is None for i, j in zip(a, b))
+
+
+def _make_plan(op, shape, dtype, axis, gshape, bshape, residual, rms_scaling, platform, dist):
+    """Validate a call's arguments and pick its implementation: ``(function, axes)``."""
+    ndim = len(shape)
+    axes = normalize_axes(axis, ndim)
+    normalized = [shape[a] for a in axes]
+    if any(d == 0 for d in normalized):
+        raise ValueError(
+            f"Cannot normalise over axes {axes} of an input of shape {shape}: the normalised "
+            "size is 0."
+        )
+    dtype = keras.backend.standardize_dtype(dtype)
+    residual_match = True
+    if residual is not None:
+        rshape, rdtype = residual
+        if not _same_shape(rshape, shape):
+            raise ValueError(f"`residual` has shape {rshape}; expected the input's shape {shape}.")
+        residual_match = keras.backend.standardize_dtype(rdtype) == dtype
+    if all(d is not None for d in normalized):
+        _check_params("gamma", gshape, normalized)
+        _check_params("beta", bshape, normalized)
+    params = [p for p in (gshape, bshape) if p is not None]
+    impl = dispatch.select(
+        op,
+        platform=platform,
+        dtype=dtype,
+        shape=shape,
+        axes=axes,
+        rms_scaling=rms_scaling,
+        params_flat=all(len(p) <= len(axes) for p in params),
+        params_match=all(len(p) == len(axes) for p in params),
+        residual_match=residual_match,
+        distributed=dist,
+    )
+    return impl.load(), axes
+
+
+def _plan(op, x, residual, gamma, beta, axis, rms_scaling=False):
+    """``(implementation, axes)`` for this call, validated once per call signature."""
+    shape = tuple(x.shape)
+    key = (
+        op,
+        shape,
+        x.dtype,
+        axis if axis.__class__ is int else tuple(axis) if isinstance(axis, list) else axis,
+        None if gamma is None else tuple(gamma.shape),
+        None if beta is None else tuple(beta.shape),
+        None if residual is None else (tuple(residual.shape), residual.dtype),
+        rms_scaling,
+        _platform_of(x),
+        _distributed(),
+        os.environ.get("KZOO_KERNELS"),
+    )
+    try:
+        return _PLANS[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable axis: validation reports it
+        return _make_plan(*key[:10])
+    plan = _make_plan(*key[:10])
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
 
 
 def layer_norm(x, gamma=None, beta=None, axis=-1, epsilon=1e-3, rms_scaling=False):
@@ -175,69 +348,153 @@ def layer_norm(x, gamma=None, beta=None, axis=-1, epsilon=1e-3, rms_scaling=Fals
     array([[-1.2247,  0.    ,  1.2247],
            [-1.2247,  0.    ,  1.2247]], dtype=float32)
     """
-    if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or epsilon < 0:
-        raise ValueError(f"`epsilon` must be a non-negative float; received {epsilon!r}.")
-    epsilon = float(epsilon)
-    if isinstance(x, keras.KerasTensor) or any(
-        isinstance(p, keras.KerasTensor) for p in (gamma, beta)
-    ):
-        return LayerNormOp(axis=axis, epsilon=epsilon, rms_scaling=rms_scaling)(x, gamma, beta)
-    x = ops.convert_to_tensor(x)
-    shape = tuple(x.shape)
-    axes = normalize_axes(axis, len(shape))
-    normalized = [shape[a] for a in axes]
-    if any(d == 0 for d in normalized):
-        raise ValueError(
-            f"Cannot normalise over axes {axes} of an input of shape {shape}: the normalised "
-            "size is 0."
-        )
-    if all(d is not None for d in normalized):
-        _check_params("gamma", gamma, normalized)
-        _check_params("beta", beta, normalized)
-    if gamma is not None:
-        gamma = ops.convert_to_tensor(gamma)
-    if beta is not None:
-        beta = ops.convert_to_tensor(beta)
-    params_flat = all(p is None or len(p.shape) <= len(axes) for p in (gamma, beta))
-    params_match = all(p is None or len(p.shape) == len(axes) for p in (gamma, beta))
-    dtype = keras.backend.standardize_dtype(x.dtype)
-    impl = dispatch.select(
-        OP_NAME,
-        platform=_platform_of(x),
-        dtype=dtype,
-        shape=shape,
-        axes=axes,
-        rms_scaling=rms_scaling,
-        params_flat=params_flat,
-        params_match=params_match,
-        distributed=_distributed(),
-    )
-    return impl.load()(x, gamma, beta, axes, epsilon, rms_scaling)
+    epsilon = _epsilon(epsilon)
+    if _symbolic(x, gamma, beta):
+        return NormOp(OP_NAME, axis, epsilon, rms_scaling)(x, None, gamma, beta)
+    x, gamma, beta = _tensor(x), _param(gamma), _param(beta)
+    fn, axes = _plan(OP_NAME, x, None, gamma, beta, axis, rms_scaling)
+    return fn(x, gamma, beta, axes, epsilon, rms_scaling)
 
 
-class LayerNormOp(keras.Operation):
-    """The symbolic form of ``layer_norm`` for functional models."""
+def rms_norm(x, gamma=None, axis=-1, epsilon=1e-6):
+    """RMS normalisation (Zhang & Sennrich, 2019) over ``axis`` of ``x``, with optional ``gamma``.
 
-    def __init__(self, axis=-1, epsilon=1e-3, rms_scaling=False, name=None):
+    Computes ``x * rsqrt(mean(x^2) + epsilon) * gamma`` over ``axis`` (float32 statistics; the
+    result has the input's dtype), the formula of ``keras.ops.rms_normalization``, on any set of
+    axes. Dispatched like ``layer_norm``: Triton (torch on CUDA), Pallas (JAX on GPU),
+    ``F.rms_norm`` (torch, trailing axes) or ``keras.ops``.
+
+    Args:
+        x: Input tensor.
+        gamma: Optional scale with the shape of the normalised axes (or the same number of
+            elements).
+        axis: Int or list of ints: the axes to normalise over. Defaults to -1.
+        epsilon: Non-negative float added to the mean square. Defaults to 1e-6 (the default of
+            ``keras.layers.RMSNormalization``).
+
+    Returns:
+        A tensor shaped and typed like ``x``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.array([[3.0, 4.0]], "float32")
+    >>> np.round(keras.ops.convert_to_numpy(rms_norm(x, epsilon=0.0)), 4)
+    array([[0.8485, 1.1314]], dtype=float32)
+    """
+    epsilon = _epsilon(epsilon)
+    if _symbolic(x, gamma):
+        return NormOp(RMS_OP, axis, epsilon)(x, None, gamma)
+    x, gamma = _tensor(x), _param(gamma)
+    fn, axes = _plan(RMS_OP, x, None, gamma, None, axis)
+    return fn(x, gamma, axes, epsilon)
+
+
+def add_layer_norm(x, residual, gamma=None, beta=None, axis=-1, epsilon=1e-3):
+    """``(layer_norm(x + residual), x + residual)`` in one pass: a pre-norm block's residual step.
+
+    Where a kernel runs (Triton on CUDA torch, Pallas on JAX GPU) ``x`` and ``residual`` are read
+    once and the normalised output and the sum are written once; elsewhere it is the add followed
+    by ``layer_norm``. Gradients flow to ``x``, ``residual``, ``gamma`` and ``beta`` from both
+    outputs.
+
+    Args:
+        x: Input tensor (e.g. a sub-layer's output).
+        residual: Tensor of the same shape (the residual stream).
+        gamma, beta, axis, epsilon: As for ``layer_norm``.
+
+    Returns:
+        ``(normalised, sum)``: the layer norm of ``x + residual``, shaped and typed like it, and
+        ``x + residual`` itself.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.ones((2, 3), "float32")
+    >>> r = np.arange(6, dtype="float32").reshape(2, 3)
+    >>> y, s = add_layer_norm(x, r, epsilon=0.0)
+    >>> keras.ops.convert_to_numpy(s)[0], np.round(keras.ops.convert_to_numpy(y)[0], 4)
+    (array([1., 2., 3.], dtype=float32), array([-1.2247,  0.    ,  1.2247], dtype=float32))
+    """
+    epsilon = _epsilon(epsilon)
+    if _symbolic(x, residual, gamma, beta):
+        return NormOp(ADD_LAYER_OP, axis, epsilon)(x, residual, gamma, beta)
+    x, residual, gamma, beta = _tensor(x), _tensor(residual), _param(gamma), _param(beta)
+    fn, axes = _plan(ADD_LAYER_OP, x, residual, gamma, beta, axis)
+    return fn(x, residual, gamma, beta, axes, epsilon)
+
+
+def add_rms_norm(x, residual, gamma=None, axis=-1, epsilon=1e-6):
+    """``(rms_norm(x + residual), x + residual)`` in one pass (see ``add_layer_norm``).
+
+    Args:
+        x: Input tensor (e.g. a sub-layer's output).
+        residual: Tensor of the same shape (the residual stream).
+        gamma, axis, epsilon: As for ``rms_norm``.
+
+    Returns:
+        ``(normalised, sum)``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y, s = add_rms_norm(np.array([[1.0, 2.0]], "float32"), np.array([[2.0, 2.0]], "float32"))
+    >>> keras.ops.convert_to_numpy(s)
+    array([[3., 4.]], dtype=float32)
+    """
+    epsilon = _epsilon(epsilon)
+    if _symbolic(x, residual, gamma):
+        return NormOp(ADD_RMS_OP, axis, epsilon)(x, residual, gamma)
+    x, residual, gamma = _tensor(x), _tensor(residual), _param(gamma)
+    fn, axes = _plan(ADD_RMS_OP, x, residual, gamma, None, axis)
+    return fn(x, residual, gamma, axes, epsilon)
+
+
+class NormOp(keras.Operation):
+    """The symbolic form of the four norm ops, for functional models."""
+
+    def __init__(self, op, axis=-1, epsilon=1e-3, rms_scaling=False, name=None):
         super().__init__(name=name)
+        self.op = op
         self.axis = axis
         self.epsilon = epsilon
         self.rms_scaling = rms_scaling
 
-    def call(self, x, gamma=None, beta=None):
-        return layer_norm(x, gamma, beta, self.axis, self.epsilon, self.rms_scaling)
+    def call(self, x, residual=None, gamma=None, beta=None):
+        if self.op == OP_NAME:
+            return layer_norm(x, gamma, beta, self.axis, self.epsilon, self.rms_scaling)
+        if self.op == RMS_OP:
+            return rms_norm(x, gamma, self.axis, self.epsilon)
+        if self.op == ADD_LAYER_OP:
+            return add_layer_norm(x, residual, gamma, beta, self.axis, self.epsilon)
+        return add_rms_norm(x, residual, gamma, self.axis, self.epsilon)
 
-    def compute_output_spec(self, x, gamma=None, beta=None):
+    def compute_output_spec(self, x, residual=None, gamma=None, beta=None):
         normalize_axes(self.axis, len(x.shape))
-        return keras.KerasTensor(x.shape, dtype=_float_dtype(x.dtype))
+        if residual is None:
+            return keras.KerasTensor(x.shape, dtype=_float_dtype(x.dtype))
+        if not _same_shape(tuple(residual.shape), tuple(x.shape)):
+            raise ValueError(
+                f"`residual` has shape {tuple(residual.shape)}; expected the input's shape "
+                f"{tuple(x.shape)}."
+            )
+        total = keras.backend.result_type(x.dtype, residual.dtype)
+        return (
+            keras.KerasTensor(x.shape, dtype=_float_dtype(total)),
+            keras.KerasTensor(x.shape, dtype=total),
+        )
 
 
-dispatch.register(
-    OP_NAME,
-    dispatch.Implementation(
-        name="portable",
-        target="kzoo.ops.layer_norm:layer_norm_portable",
-        description="keras.ops, fp32 two-pass statistics, any axes",
-    ),
-    fallback=True,
-)
+for _op, _fn, _what in (
+    (OP_NAME, "layer_norm_portable", "fp32 two-pass statistics, any axes"),
+    (RMS_OP, "rms_norm_portable", "fp32 statistics, any axes"),
+    (ADD_LAYER_OP, "add_layer_norm_portable", "add, then the portable layer norm"),
+    (ADD_RMS_OP, "add_rms_norm_portable", "add, then the portable RMS norm"),
+):
+    dispatch.register(
+        _op,
+        dispatch.Implementation(
+            name="portable", target=f"kzoo.ops.layer_norm:{_fn}", description=f"keras.ops, {_what}"
+        ),
+        fallback=True,
+    )

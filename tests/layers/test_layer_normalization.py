@@ -1,10 +1,13 @@
-"""kzoo.layers.LayerNormalization against keras's layer and a float64 numpy reference."""
+"""kzoo.layers.LayerNormalization against keras's layer and a float64 numpy reference.
+
+Weight loading and the residual call are shared with RMSNormalization and tested for both.
+"""
 
 import keras
 import numpy as np
 import pytest
 
-from kzoo.layers import LayerNormalization
+from kzoo.layers import LayerNormalization, RMSNormalization
 
 
 def reference(x, axes, gamma=None, beta=None, epsilon=1e-3):
@@ -153,23 +156,32 @@ def test_trains_in_a_functional_model_and_round_trips(tmp_path):
     )
 
 
-def test_loads_keras_layer_weights_and_rejects_wrong_shapes(tmp_path):
-    def model_with(layer_cls, features, **kwargs):
+@pytest.mark.parametrize(
+    "ours_cls, theirs_cls, weight, atol",
+    [
+        (LayerNormalization, keras.layers.LayerNormalization, "gamma", 2e-5),
+        (RMSNormalization, keras.layers.RMSNormalization, "scale", 1e-6),
+    ],
+)
+def test_loads_keras_layer_weights_and_rejects_wrong_shapes(
+    tmp_path, ours_cls, theirs_cls, weight, atol
+):
+    def model_with(layer_cls, features):
         inputs = keras.Input((3, features))
-        return keras.Model(inputs, layer_cls(name="ln", **kwargs)(inputs))
+        return keras.Model(inputs, layer_cls(name="norm")(inputs))
 
-    theirs = model_with(keras.layers.LayerNormalization, 6)
-    _random_weights(theirs.get_layer("ln"))
-    path = str(tmp_path / "ln.weights.h5")
+    theirs = model_with(theirs_cls, 6)
+    _random_weights(theirs.get_layer("norm"))
+    path = str(tmp_path / "norm.weights.h5")
     theirs.save_weights(path)
-    ours = model_with(LayerNormalization, 6)
+    ours = model_with(ours_cls, 6)
     ours.load_weights(path)
     x = np.random.default_rng(6).normal(size=(2, 3, 6)).astype("float32")
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x)), atol=2e-5
+        keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x)), atol=atol
     )
-    wrong = model_with(LayerNormalization, 5)
-    with pytest.raises(ValueError, match="gamma.*shape \\(6,\\).*expects \\(5,\\)"):
+    wrong = model_with(ours_cls, 5)
+    with pytest.raises(ValueError, match=f"{weight}.*shape \\(6,\\).*expects \\(5,\\)"):
         wrong.load_weights(path)
 
 
@@ -208,3 +220,47 @@ def test_bad_axes_are_clear_errors(axis, shape, match):
 def test_bad_arguments_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LayerNormalization(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "layer_cls, kwargs",
+    [
+        (LayerNormalization, {}),
+        (LayerNormalization, {"axis": [1, 2], "center": False}),
+        (LayerNormalization, {"rms_scaling": True}),
+        (RMSNormalization, {}),
+        (RMSNormalization, {"axis": 1}),
+    ],
+)
+def test_residual_call_is_the_norm_of_the_sum(layer_cls, kwargs):
+    # layer(x, residual=r) -> (layer(x + r), x + r): the fused residual step of a pre-norm block.
+    rng = np.random.default_rng(8)
+    x, r = (rng.normal(1.0, 2.0, (2, 5, 12)).astype("float32") for _ in range(2))
+    layer = layer_cls(epsilon=1e-5, **kwargs)
+    layer.build(x.shape)
+    _random_weights(layer)
+    normed, total = layer(x, residual=r)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(total), x + r)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(normed),
+        keras.ops.convert_to_numpy(layer(x + r)),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+def test_residual_call_in_a_functional_model_trains():
+    x_in, r_in = keras.Input((4, 6)), keras.Input((4, 6))
+    normed, total = LayerNormalization(name="norm")(x_in, residual=r_in)
+    assert tuple(normed.shape) == tuple(total.shape) == (None, 4, 6)
+    model = keras.Model([x_in, r_in], keras.layers.Add()([normed, total]))
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    rng = np.random.default_rng(9)
+    x, r, y = (rng.normal(size=(8, 4, 6)).astype("float32") for _ in range(3))
+    before = model.get_layer("norm").beta.numpy().copy()
+    model.fit([x, r], y, epochs=2, batch_size=4, verbose=0)
+    assert not np.allclose(model.get_layer("norm").beta.numpy(), before)
+    got = keras.ops.convert_to_numpy(model([x, r]))
+    norm = model.get_layer("norm")
+    want = reference(x + r, [-1], norm.gamma.numpy(), norm.beta.numpy()) + x + r
+    np.testing.assert_allclose(got, want, atol=1e-5)

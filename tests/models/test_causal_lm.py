@@ -61,6 +61,24 @@ def test_logits_are_causal_and_preset_round_trips(tmp_path):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(clone(both)), logits, atol=1e-5)
 
 
+def test_block_fuses_the_residual_add_with_the_mlp_norm():
+    # The block computes norm(x + attn) and x + attn in one op; it must equal the unfused block.
+    from kzoo.models.causal_lm import CausalLMBlock
+
+    keras.utils.set_random_seed(3)
+    block = CausalLMBlock(hidden_dim=16, num_heads=4, num_key_value_heads=2)
+    x = keras.ops.convert_to_tensor(np.random.default_rng(1).normal(size=(2, 8, 16)), "float32")
+    block.build(x.shape)
+    for norm in (block.attention_norm, block.mlp_norm):
+        norm.set_weights([np.random.default_rng(2).normal(1, 0.3, w.shape) for w in norm.weights])
+    h = block.attention_norm(x)
+    x1 = x + block.attention(h, h)
+    want = x1 + block.mlp_out(block.mlp_in(block.mlp_norm(x1)))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(block(x)), keras.ops.convert_to_numpy(want), atol=1e-5
+    )
+
+
 def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="num_layers"):
         CausalLM(vocabulary_size=8, num_layers=0, hidden_dim=8, num_heads=2)

@@ -148,12 +148,13 @@ def test_bad_input_is_a_clear_error(shape, kwargs, match):
         layer_norm(np.ones(shape, "float32"), **kwargs)
 
 
-def test_dispatch_picks_kernels_only_where_they_apply(monkeypatch):
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"])
+def test_dispatch_picks_kernels_only_where_they_apply(monkeypatch, op):
     monkeypatch.delenv("KZOO_KERNELS", raising=False)
 
     def pick(backend, platform, dtype="float32", shape=(8, 64), axes=(1,), **kw):
         return dispatch.select(
-            "layer_norm",
+            op,
             backend=backend,
             platform=platform,
             dtype=dtype,
@@ -166,20 +167,25 @@ def test_dispatch_picks_kernels_only_where_they_apply(monkeypatch):
     assert pick("torch", "gpu", dtype="bfloat16") == "triton"
     assert pick("jax", "gpu", dtype="float16") == "pallas"
     assert pick("tensorflow", "gpu") == "portable"
-    # torch on the CPU, trailing axes with matching params: F.layer_norm.
+    # torch on the CPU, trailing axes with matching params: F.layer_norm / F.rms_norm.
     assert pick("torch", "cpu", params_match=True) == "torch-native"
     assert pick("torch", "cpu", params_match=False) == "portable"
-    assert pick("jax", "cpu") == "portable"
+    # JAX without a GPU: the same composition, jitted (one call when eager).
+    assert pick("jax", "cpu") == "xla-jit"
     # Outside the kernels' coverage the call falls back instead of failing.
     assert pick("torch", "gpu", dtype="float64", params_match=True) == "torch-native"
     assert pick("torch", "gpu", shape=(2, 4, 3, 3), axes=(1,)) == "portable"
-    assert pick("jax", "gpu", rms_scaling=True) == "portable"
-    assert pick("jax", "gpu", distributed=True) == "portable"
+    assert pick("jax", "gpu", rms_scaling=True) == "xla-jit"
+    assert pick("jax", "gpu", distributed=True) == "xla-jit"
+    # A residual of another dtype than x: no kernel (they read both in x's dtype).
+    assert pick("torch", "gpu", residual_match=False, params_match=True) == "torch-native"
+    assert pick("jax", "gpu", residual_match=False) == "xla-jit"
     monkeypatch.setenv("KZOO_KERNELS", "off")
     # The GPU kernels are optional; torch's own F.layer_norm is not a kzoo kernel.
     assert pick("torch", "gpu", params_match=True) == "torch-native"
     assert pick("torch", "gpu") == "portable"
     assert pick("jax", "gpu") == "portable"
+    assert pick("jax", "cpu") == "portable"
 
 
 @pytest.mark.backends("jax")
@@ -203,23 +209,25 @@ def test_an_active_distribution_keeps_kernels_out():
         keras.distribution.set_distribution(None)
 
 
-def test_kzoo_info_lists_layer_norm(capsys):
+def test_kzoo_info_lists_the_norm_ops(capsys):
     from kzoo.cli.main import main
 
     assert main(["info"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if "layer_norm" in line]
+    out = capsys.readouterr().out.splitlines()
     backend = keras.backend.backend()
-    assert any(line.startswith(" *") and backend in line for line in lines), lines
-    assert {b for b in ("jax", "tensorflow", "torch") if any(b in line for line in lines)} == {
-        "jax",
-        "tensorflow",
-        "torch",
-    }
-    if not os.path.exists("/dev/nvidia0"):
-        expected = {"jax": "portable", "tensorflow": "portable", "torch": "torch-native"}
-        for line in lines:
-            name = next(b for b in expected if f" {b} " in line)
-            assert f"-> {expected[name]}:" in line, line
+    for op in ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"):
+        lines = [line for line in out if line[3:].startswith(f"{op} ")]
+        assert any(line.startswith(" *") and backend in line for line in lines), lines
+        assert {b for b in ("jax", "tensorflow", "torch") if any(b in line for line in lines)} == {
+            "jax",
+            "tensorflow",
+            "torch",
+        }
+        if not os.path.exists("/dev/nvidia0"):
+            expected = {"jax": "xla-jit", "tensorflow": "portable", "torch": "torch-native"}
+            for line in lines:
+                name = next(b for b in expected if f" {b} " in line)
+                assert f"-> {expected[name]}:" in line, line
 
 
 @pytest.mark.backends("torch")

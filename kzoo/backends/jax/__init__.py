@@ -45,19 +45,36 @@ register(
         description="shard_map + ppermute ring, zigzag schedule, custom_vjp backward",
     ),
 )
-register(
-    "layer_norm",
-    Implementation(
-        name="pallas",
-        target="kzoo.backends.jax.layer_norm_pallas:layer_norm",
-        backends=BACKEND,
-        platforms=("gpu",),
-        dtypes=KERNEL_DTYPES,
-        supports="kzoo.ops.layer_norm:kernel_supports",
-        priority=10,
-        description="Pallas fused forward/backward under jax.custom_vjp, fp32 statistics",
-    ),
-)
+# One set of Pallas kernels (kzoo/backends/jax/layer_norm_pallas.py) serves the four norm ops.
+for _op, _what in (
+    ("layer_norm", "layer norm"),
+    ("rms_norm", "RMS norm"),
+    ("add_layer_norm", "residual add + layer norm in one pass"),
+    ("add_rms_norm", "residual add + RMS norm in one pass"),
+):
+    register(
+        _op,
+        Implementation(
+            name="pallas",
+            target=f"kzoo.backends.jax.layer_norm_pallas:{_op}",
+            backends=BACKEND,
+            platforms=("gpu",),
+            dtypes=KERNEL_DTYPES,
+            supports="kzoo.ops.layer_norm:kernel_supports",
+            priority=10,
+            description=f"Pallas {_what} under jax.custom_vjp, fp32 statistics",
+        ),
+    )
+    register(
+        _op,
+        Implementation(
+            name="xla-jit",
+            target=f"kzoo.backends.jax.layer_norm_xla:{_op}",
+            backends=BACKEND,
+            priority=1,
+            description="the keras.ops composition under jax.jit (one fused call when eager)",
+        ),
+    )
 register(
     "detr_conv_bn",
     Implementation(

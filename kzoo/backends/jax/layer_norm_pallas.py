@@ -1,15 +1,19 @@
-"""Layer norm for JAX on GPU as Pallas kernels (forward and backward under ``jax.custom_vjp``).
+"""Layer norm and RMS norm for JAX on GPU as Pallas kernels, with a fused residual add.
 
-The input is viewed as ``(rows, N)`` with the normalised (trailing) axes flattened into ``N``.
-Rows are independent programs (``grid=(rows,)``); inside a program a row is read in blocks of a
-power-of-two width with masked loads, so any ``N`` works: one block when the row fits (up to
-64 KiB of input), a loop over blocks otherwise. Statistics are float32 and two-pass (mean, then
-the mean of squared deviations), which keeps inputs with a large mean accurate.
+Forward and backward run under ``jax.custom_vjp``. The input is viewed as ``(rows, N)`` with the
+normalised (trailing) axes flattened into ``N``. Rows are independent programs (``grid=(rows,)``);
+inside a program a row is read in blocks of a power-of-two width with masked loads, so any ``N``
+works: one block when the row fits (up to 64 KiB of input), a loop over blocks otherwise.
+Statistics are float32; layer norm's are two-pass (mean, then the mean of squared deviations),
+which keeps inputs with a large mean accurate. The same kernels serve four ops through static
+flags: ``rms`` (no centring and no beta) and ``residual`` (``z = x + residual`` is written in
+the input's dtype and normalised, reading each input and writing each output once).
 
-Backward: a per-row kernel writes ``dx = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy*xhat))``;
-a second kernel tiles ``(row chunk, column block)`` and writes each chunk's float32 partial sums
-of ``dy * xhat`` and ``dy`` to its own row of a buffer, which is summed in a fixed order. No
-atomics, so ``dgamma``/``dbeta`` are reproducible.
+Backward: a per-row kernel writes ``dx = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy*xhat))``
+(RMS: without ``mean(w*dy)``), plus the cotangent of ``z`` for the residual ops; a second kernel
+tiles ``(row chunk, column block)`` and writes each chunk's float32 partial sums of ``dy * xhat``
+and ``dy`` to its own row of a buffer, which is summed in a fixed order. No atomics, so
+``dgamma``/``dbeta`` are reproducible.
 
 The kernels use the GPU (Triton) Pallas primitives; ``interpret=True`` runs them on any platform
 through Pallas's interpreter, which is how the tests run them on CPU. This module imports
@@ -59,40 +63,69 @@ def _fold(n, block, body, init):
     return lax.fori_loop(0, steps, lambda i, c: body(_cols(i, block), c), init)
 
 
-def _fwd_kernel(x_ref, w_ref, b_ref, y_ref, mean_ref, rstd_ref, *, n, eps, block):
+def _take(refs, *present):
+    """Split a kernel's ``refs`` into one per name, ``None`` for the absent ones."""
+    refs = iter(refs)
+    return [next(refs) if p else None for p in present]
+
+
+def _fwd_kernel(*refs, n, eps, block, has_r, rms):
+    x_ref, r_ref, w_ref, b_ref, y_ref, z_ref, mean_ref, rstd_ref = _take(
+        refs, True, has_r, True, not rms, True, has_r, not rms, True
+    )
+
+    def load(c, write_z):
+        x = _load_row(x_ref, c, n)
+        if has_r:
+            z = (x + _load_row(r_ref, c, n)).astype(z_ref.dtype)
+            if write_z:
+                plgpu.store(z_ref.at[c], z, mask=c < n)
+            x = z.astype(jnp.float32)
+        return x
+
+    def write(c, xc, rstd):
+        y = xc * rstd * _load_row(w_ref, c, n)
+        if not rms:
+            y = y + _load_row(b_ref, c, n)
+        plgpu.store(y_ref.at[c], y.astype(y_ref.dtype), mask=c < n)
+
     zeros = jnp.zeros((block,), jnp.float32)
+    mean = 0.0
     if pl.cdiv(n, block) == 1:
         # The whole row fits one block: read it once and centre it in registers.
         cols = _cols(0, block)
-        mask = cols < n
-        x = _load_row(x_ref, cols, n)
-        mean = jnp.sum(x) / n
-        xc = jnp.where(mask, x - mean, 0.0)
+        xc = load(cols, True)
+        if not rms:
+            mean = jnp.sum(xc) / n
+            xc = jnp.where(cols < n, xc - mean, 0.0)
         rstd = 1.0 / jnp.sqrt(jnp.sum(xc * xc) / n + eps)
-        y = xc * rstd * _load_row(w_ref, cols, n) + _load_row(b_ref, cols, n)
-        plgpu.store(y_ref.at[cols], y.astype(y_ref.dtype), mask=mask)
+        write(cols, xc, rstd)
     else:
-        mean = jnp.sum(_fold(n, block, lambda c, acc: acc + _load_row(x_ref, c, n), zeros)) / n
+        # Each pass re-reads the row (and recomputes x + residual; only the last writes z).
+        if not rms:
+            mean = jnp.sum(_fold(n, block, lambda c, acc: acc + load(c, False), zeros)) / n
 
         def sq(c, acc):
-            d = jnp.where(c < n, _load_row(x_ref, c, n) - mean, 0.0)
+            d = jnp.where(c < n, load(c, False) - mean, 0.0)
             return acc + d * d
 
         rstd = 1.0 / jnp.sqrt(jnp.sum(_fold(n, block, sq, zeros)) / n + eps)
 
-        def write(c, carry):
-            y = (_load_row(x_ref, c, n) - mean) * rstd
-            y = y * _load_row(w_ref, c, n) + _load_row(b_ref, c, n)
-            plgpu.store(y_ref.at[c], y.astype(y_ref.dtype), mask=c < n)
+        def write_block(c, carry):
+            write(c, load(c, True) - mean, rstd)
             return carry
 
-        _fold(n, block, write, 0)
-    mean_ref[...] = mean
+        _fold(n, block, write_block, 0)
+    if not rms:
+        mean_ref[...] = mean
     rstd_ref[...] = rstd
 
 
-def _dx_kernel(x_ref, dy_ref, w_ref, mean_ref, rstd_ref, dx_ref, *, n, block):
-    mean = mean_ref[...]
+def _dx_kernel(*refs, n, block, rms, has_dz):
+    x_ref, dy_ref, dz_ref, w_ref, mean_ref, rstd_ref, dx_ref = _take(
+        refs, True, True, has_dz, True, not rms, True, True
+    )
+    mean = 0.0 if rms else mean_ref[...]
     rstd = rstd_ref[...]
 
     def terms(c):
@@ -100,14 +133,18 @@ def _dx_kernel(x_ref, dy_ref, w_ref, mean_ref, rstd_ref, dx_ref, *, n, block):
         wdy = _load_row(dy_ref, c, n) * _load_row(w_ref, c, n)
         return xhat, wdy
 
+    def write(c, xhat, wdy, c1, c2):
+        dx = (wdy - (xhat * c1 + c2)) * rstd
+        if has_dz:
+            dx = dx + _load_row(dz_ref, c, n)
+        plgpu.store(dx_ref.at[c], dx.astype(dx_ref.dtype), mask=c < n)
+
     if pl.cdiv(n, block) == 1:
         # One block: load x and dy once and keep them in registers for both passes.
         cols = _cols(0, block)
         xhat, wdy = terms(cols)
-        c1 = jnp.sum(xhat * wdy) / n
-        c2 = jnp.sum(wdy) / n
-        dx = (wdy - (xhat * c1 + c2)) * rstd
-        plgpu.store(dx_ref.at[cols], dx.astype(dx_ref.dtype), mask=cols < n)
+        c2 = 0.0 if rms else jnp.sum(wdy) / n
+        write(cols, xhat, wdy, jnp.sum(xhat * wdy) / n, c2)
         return
 
     def sums(c, acc):
@@ -117,18 +154,19 @@ def _dx_kernel(x_ref, dy_ref, w_ref, mean_ref, rstd_ref, dx_ref, *, n, block):
     zeros = jnp.zeros((block,), jnp.float32)
     a1, a2 = _fold(n, block, sums, (zeros, zeros))
     c1 = jnp.sum(a1) / n
-    c2 = jnp.sum(a2) / n
+    c2 = 0.0 if rms else jnp.sum(a2) / n
 
-    def write(c, carry):
-        xhat, wdy = terms(c)
-        dx = (wdy - (xhat * c1 + c2)) * rstd
-        plgpu.store(dx_ref.at[c], dx.astype(dx_ref.dtype), mask=c < n)
+    def write_block(c, carry):
+        write(c, *terms(c), c1, c2)
         return carry
 
-    _fold(n, block, write, 0)
+    _fold(n, block, write_block, 0)
 
 
-def _dwdb_kernel(x_ref, dy_ref, mean_ref, rstd_ref, dw_ref, db_ref, *, m, n, chunk):
+def _dwdb_kernel(*refs, m, n, chunk, rms):
+    x_ref, dy_ref, mean_ref, rstd_ref, dw_ref, db_ref = _take(
+        refs, True, True, not rms, True, True, not rms
+    )
     g = pl.program_id(0)
     cols = _cols(pl.program_id(1), _TILE_COLS)
     col_mask = cols < n
@@ -140,15 +178,17 @@ def _dwdb_kernel(x_ref, dy_ref, mean_ref, rstd_ref, dw_ref, db_ref, *, m, n, chu
         idx = (rows[:, None], cols[None, :])
         x = plgpu.load(x_ref.at[idx], mask=mask, other=0.0).astype(jnp.float32)
         dy = plgpu.load(dy_ref.at[idx], mask=mask, other=0.0).astype(jnp.float32)
-        mean = plgpu.load(mean_ref.at[rows], mask=row_mask, other=0.0)
+        if not rms:
+            x = x - plgpu.load(mean_ref.at[rows], mask=row_mask, other=0.0)[:, None]
         rstd = plgpu.load(rstd_ref.at[rows], mask=row_mask, other=0.0)
-        xhat = jnp.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-        return acc[0] + dy * xhat, acc[1] + dy
+        xhat = jnp.where(mask, x * rstd[:, None], 0.0)
+        return (acc[0] + dy * xhat,) + (() if rms else (acc[1] + dy,))
 
     zeros = jnp.zeros((_TILE_ROWS, _TILE_COLS), jnp.float32)
-    dw, db = lax.fori_loop(0, chunk // _TILE_ROWS, body, (zeros, zeros))
-    dw_ref[...] = jnp.sum(dw, axis=0)
-    db_ref[...] = jnp.sum(db, axis=0)
+    sums = lax.fori_loop(0, chunk // _TILE_ROWS, body, (zeros,) * (1 if rms else 2))
+    dw_ref[...] = jnp.sum(sums[0], axis=0)
+    if not rms:
+        db_ref[...] = jnp.sum(sums[1], axis=0)
 
 
 def _row_spec(n):
@@ -163,43 +203,56 @@ def _whole_spec(shape):
     return pl.BlockSpec(shape, lambda *_: (0,) * len(shape))
 
 
-def _forward(x, w, b, eps, interpret, max_block):
+def _forward(x, r, w, b, eps, rms, interpret, max_block):
+    """``(y, z, mean, rstd)``; ``z`` is ``None`` without a residual, ``mean`` for RMS."""
     m, n = x.shape
+    has_r = r is not None
     if m == 0:
         empty = jnp.zeros((0,), jnp.float32)
-        return jnp.zeros_like(x), empty, empty
+        return jnp.zeros_like(x), (jnp.zeros_like(x) if has_r else None), empty, empty
     block = _block(n, x.dtype.itemsize, max_block)
-    return pl.pallas_call(
-        functools.partial(_fwd_kernel, n=n, eps=eps, block=block),
-        grid=(m,),
-        in_specs=[_row_spec(n), _whole_spec((n,)), _whole_spec((n,))],
-        out_specs=[_row_spec(n), _scalar_spec(), _scalar_spec()],
-        out_shape=[
-            jax.ShapeDtypeStruct((m, n), x.dtype),
-            jax.ShapeDtypeStruct((m,), jnp.float32),
-            jax.ShapeDtypeStruct((m,), jnp.float32),
-        ],
-        compiler_params=plgpu.CompilerParams(num_warps=_num_warps(block, x.dtype.itemsize)),
-        interpret=interpret,
-        name="kzoo_layer_norm_fwd",
-    )(x, w, b)
+    row = jax.ShapeDtypeStruct((m, n), x.dtype)
+    stat = jax.ShapeDtypeStruct((m,), jnp.float32)
+    inputs = [x] + ([r] if has_r else []) + [w] + ([] if rms else [b])
+    in_specs = [_row_spec(n)] * (2 if has_r else 1) + [_whole_spec((n,))] * (1 if rms else 2)
+    outputs = [row] + ([row] if has_r else []) + ([] if rms else [stat]) + [stat]
+    out_specs = [_row_spec(n)] * (2 if has_r else 1) + [_scalar_spec()] * (1 if rms else 2)
+    results = iter(
+        pl.pallas_call(
+            functools.partial(_fwd_kernel, n=n, eps=eps, block=block, has_r=has_r, rms=rms),
+            grid=(m,),
+            in_specs=in_specs,
+            out_specs=out_specs,
+            out_shape=outputs,
+            compiler_params=plgpu.CompilerParams(num_warps=_num_warps(block, x.dtype.itemsize)),
+            interpret=interpret,
+            name=f"kzoo_{'rms' if rms else 'layer'}_norm_fwd",
+        )(*inputs)
+    )
+    return _take(results, True, has_r, not rms, True)
 
 
-def _backward(x, w, mean, rstd, dy, interpret, max_block):
+def _backward(x, w, mean, rstd, dy, dz, rms, interpret, max_block):
     m, n = x.shape
     if m == 0:
-        return jnp.zeros_like(x), jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32)
+        zeros = jnp.zeros((n,), jnp.float32)
+        return jnp.zeros_like(x), zeros, zeros
     block = _block(n, x.dtype.itemsize, max_block)
+    has_dz = dz is not None
+    kind = "rms" if rms else "layer"
+    stats = ([] if rms else [mean]) + [rstd]
     dx = pl.pallas_call(
-        functools.partial(_dx_kernel, n=n, block=block),
+        functools.partial(_dx_kernel, n=n, block=block, rms=rms, has_dz=has_dz),
         grid=(m,),
-        in_specs=[_row_spec(n), _row_spec(n), _whole_spec((n,)), _scalar_spec(), _scalar_spec()],
+        in_specs=[_row_spec(n)] * (3 if has_dz else 2)
+        + [_whole_spec((n,))]
+        + [_scalar_spec()] * len(stats),
         out_specs=_row_spec(n),
         out_shape=jax.ShapeDtypeStruct((m, n), x.dtype),
         compiler_params=plgpu.CompilerParams(num_warps=_num_warps(block, x.dtype.itemsize)),
         interpret=interpret,
-        name="kzoo_layer_norm_dx",
-    )(x, dy, w, mean, rstd)
+        name=f"kzoo_{kind}_norm_dx",
+    )(x, dy, *([dz] if has_dz else []), w, *stats)
 
     tiles_of_rows = pl.cdiv(m, _TILE_ROWS)
     chunks = min(tiles_of_rows, _MAX_CHUNKS)
@@ -208,50 +261,73 @@ def _backward(x, w, mean, rstd, dy, interpret, max_block):
     col_blocks = pl.cdiv(n, _TILE_COLS)
     width = col_blocks * _TILE_COLS
     part_spec = pl.BlockSpec((None, _TILE_COLS), lambda g, j: (g, j))
-    dw_part, db_part = pl.pallas_call(
-        functools.partial(_dwdb_kernel, m=m, n=n, chunk=chunk),
+    parts = 1 if rms else 2
+    sums = pl.pallas_call(
+        functools.partial(_dwdb_kernel, m=m, n=n, chunk=chunk, rms=rms),
         grid=(chunks, col_blocks),
-        in_specs=[_whole_spec((m, n)), _whole_spec((m, n)), _whole_spec((m,)), _whole_spec((m,))],
-        out_specs=[part_spec, part_spec],
-        out_shape=[jax.ShapeDtypeStruct((chunks, width), jnp.float32)] * 2,
+        in_specs=[_whole_spec((m, n))] * 2 + [_whole_spec((m,))] * len(stats),
+        out_specs=[part_spec] * parts,
+        out_shape=[jax.ShapeDtypeStruct((chunks, width), jnp.float32)] * parts,
         compiler_params=plgpu.CompilerParams(num_warps=4),
         interpret=interpret,
-        name="kzoo_layer_norm_dwdb",
-    )(x, dy, mean, rstd)
+        name=f"kzoo_{kind}_norm_dwdb",
+    )(x, dy, *stats)
     # Summing the per-chunk partials in a fixed order keeps the result reproducible.
-    return dx, jnp.sum(dw_part, axis=0)[:n], jnp.sum(db_part, axis=0)[:n]
+    dw = jnp.sum(sums[0], axis=0)[:n]
+    return dx, dw, (None if rms else jnp.sum(sums[1], axis=0)[:n])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _layer_norm(x, w, b, eps, interpret, max_block):
-    return _forward(x, w, b, eps, interpret, max_block)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _norm(x, r, w, b, eps, rms, interpret, max_block):
+    y, z, _, _ = _forward(x, r, w, b, eps, rms, interpret, max_block)
+    return y, z
 
 
-def _layer_norm_fwd(x, w, b, eps, interpret, max_block):
-    y, mean, rstd = _forward(x, w, b, eps, interpret, max_block)
-    return y, (x, w, b, mean, rstd)
+def _norm_fwd(x, r, w, b, eps, rms, interpret, max_block):
+    y, z, mean, rstd = _forward(x, r, w, b, eps, rms, interpret, max_block)
+    # The backward reads the normalised input: the sum when there is a residual.
+    return (y, z), (x if z is None else z, w, b, mean, rstd, r is not None)
 
 
-def _layer_norm_bwd(eps, interpret, max_block, residuals, dy):
-    x, w, b, mean, rstd = residuals
-    dx, dw, db = _backward(x, w, mean, rstd, dy, interpret, max_block)
-    return dx, dw.astype(w.dtype), db.astype(b.dtype)
+def _norm_bwd(eps, rms, interpret, max_block, residuals, cotangents):
+    x, w, b, mean, rstd, has_r = residuals
+    dy, dz = cotangents
+    dx, dw, db = _backward(x, w, mean, rstd, dy, dz if has_r else None, rms, interpret, max_block)
+    return (
+        dx,
+        dx if has_r else None,
+        dw.astype(w.dtype),
+        None if b is None else db.astype(b.dtype),
+    )
 
 
-_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+_norm.defvjp(_norm_fwd, _norm_bwd)
 
 
-def layer_norm_2d(x, weight=None, bias=None, eps=1e-5, interpret=None, max_block=0):
-    """Layer norm over the last axis of the 2-D array ``x`` with the Pallas kernels.
+def norm_2d(
+    x, residual=None, weight=None, bias=None, eps=1e-5, rms=False, interpret=None, max_block=0
+):
+    """Normalise the rows of the 2-D array ``x`` (plus ``residual``) with the Pallas kernels.
 
+    Returns ``(y, z)``: ``y`` the normalised rows, ``z = x + residual`` (``None`` without a
+    residual). ``rms=True`` is RMS norm (no centring; ``bias`` must be ``None``).
     ``interpret=None`` interprets the kernels unless JAX runs on a GPU. ``max_block`` caps the
     block width (0: up to 64 KiB of input); a small cap makes the tests cover the looped path.
     """
     x = jnp.asarray(x)
     if x.ndim != 2:
-        raise ValueError(f"layer_norm_2d expects a 2-D array; received shape {x.shape}.")
+        raise ValueError(f"norm_2d expects a 2-D array; received shape {x.shape}.")
     if x.dtype not in (jnp.float16, jnp.bfloat16, jnp.float32):
-        raise ValueError(f"The Pallas layer norm supports float16/bfloat16/float32, not {x.dtype}.")
+        raise ValueError(f"The Pallas norms support float16/bfloat16/float32, not {x.dtype}.")
+    if residual is not None:
+        residual = jnp.asarray(residual)
+        if residual.shape != x.shape or residual.dtype != x.dtype:
+            raise ValueError(
+                f"`residual` must match x's shape {x.shape} and dtype {x.dtype}; received "
+                f"{residual.shape} {residual.dtype}."
+            )
+    if rms and bias is not None:
+        raise ValueError("RMS norm takes no `beta`.")
     n = x.shape[1]
     if n == 0:
         raise ValueError("Cannot normalise rows of size 0.")
@@ -262,17 +338,44 @@ def layer_norm_2d(x, weight=None, bias=None, eps=1e-5, interpret=None, max_block
         interpret = jax.default_backend() != "gpu"
     # Missing parameters become constants: their cotangents are computed and dropped.
     w = jnp.ones((n,), jnp.float32) if weight is None else jnp.reshape(weight, (n,))
-    b = jnp.zeros((n,), jnp.float32) if bias is None else jnp.reshape(bias, (n,))
-    return _layer_norm(x, w, b, float(eps), bool(interpret), int(max_block))
+    b = None if rms else jnp.zeros((n,), jnp.float32) if bias is None else jnp.reshape(bias, (n,))
+    return _norm(x, residual, w, b, float(eps), bool(rms), bool(interpret), int(max_block))
+
+
+def layer_norm_2d(x, weight=None, bias=None, eps=1e-5, interpret=None, max_block=0):
+    """Layer norm over the last axis of the 2-D array ``x`` (see ``norm_2d``)."""
+    return norm_2d(x, None, weight, bias, eps, False, interpret, max_block)[0]
+
+
+def _nd(x, residual, gamma, beta, axes, epsilon, rms, interpret, max_block):
+    ndim = x.ndim
+    if tuple(axes) != tuple(range(ndim - len(axes), ndim)):
+        what = "RMS norm" if rms else "layer norm"
+        raise ValueError(f"The Pallas {what} normalises trailing axes only; received {axes}.")
+    n = math.prod(x.shape[ndim - len(axes) :])
+    r = None if residual is None else jnp.reshape(residual, (-1, n))
+    y, z = norm_2d(jnp.reshape(x, (-1, n)), r, gamma, beta, epsilon, rms, interpret, max_block)
+    y = jnp.reshape(y, x.shape)
+    return y if residual is None else (y, jnp.reshape(z, x.shape))
 
 
 def layer_norm(x, gamma, beta, axes, epsilon, rms_scaling=False, interpret=None, max_block=0):
     """The dispatch entry: layer norm of ``x`` over its trailing ``axes`` (see the module doc)."""
     if rms_scaling:
         raise ValueError("The Pallas layer norm does not implement rms_scaling.")
-    ndim = x.ndim
-    if tuple(axes) != tuple(range(ndim - len(axes), ndim)):
-        raise ValueError(f"The Pallas layer norm normalises trailing axes only; received {axes}.")
-    n = math.prod(x.shape[ndim - len(axes) :])
-    y = layer_norm_2d(jnp.reshape(x, (-1, n)), gamma, beta, epsilon, interpret, max_block)
-    return jnp.reshape(y, x.shape)
+    return _nd(x, None, gamma, beta, axes, epsilon, False, interpret, max_block)
+
+
+def rms_norm(x, gamma, axes, epsilon, interpret=None, max_block=0):
+    """The dispatch entry of ``rms_norm``: RMS norm over the trailing ``axes``."""
+    return _nd(x, None, gamma, None, axes, epsilon, True, interpret, max_block)
+
+
+def add_layer_norm(x, residual, gamma, beta, axes, epsilon, interpret=None, max_block=0):
+    """The dispatch entry of ``add_layer_norm``: ``(layer_norm(x + residual), x + residual)``."""
+    return _nd(x, residual, gamma, beta, axes, epsilon, False, interpret, max_block)
+
+
+def add_rms_norm(x, residual, gamma, axes, epsilon, interpret=None, max_block=0):
+    """The dispatch entry of ``add_rms_norm``: ``(rms_norm(x + residual), x + residual)``."""
+    return _nd(x, residual, gamma, None, axes, epsilon, True, interpret, max_block)

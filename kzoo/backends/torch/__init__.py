@@ -64,31 +64,38 @@ register(
         description="hoisted input conv, state kept channels-first through the eager loop",
     ),
 )
-register(
-    "layer_norm",
-    Implementation(
-        name="triton",
-        target="kzoo.backends.torch.layer_norm_triton:layer_norm",
-        backends=BACKEND,
-        platforms=("gpu",),
-        dtypes=KERNEL_DTYPES,
-        supports="kzoo.ops.layer_norm:kernel_supports",
-        priority=10,
-        description="Triton fused forward/backward, fp32 statistics, deterministic dgamma/dbeta",
-    ),
-)
-register(
-    "layer_norm",
-    Implementation(
-        name="torch-native",
-        target="kzoo.backends.torch.layer_norm:layer_norm",
-        backends=BACKEND,
-        supports="kzoo.backends.torch.layer_norm:supports",
-        priority=5,
-        optional=False,
-        description="F.layer_norm on trailing axes (Welford statistics, one fused kernel)",
-    ),
-)
+# One set of Triton kernels (kzoo/backends/torch/layer_norm_triton.py) serves the four norm ops.
+for _op, _what in (
+    ("layer_norm", ("layer norm", "F.layer_norm")),
+    ("rms_norm", ("RMS norm", "F.rms_norm")),
+    ("add_layer_norm", ("residual add + layer norm in one pass", "add, then F.layer_norm")),
+    ("add_rms_norm", ("residual add + RMS norm in one pass", "add, then F.rms_norm")),
+):
+    register(
+        _op,
+        Implementation(
+            name="triton",
+            target=f"kzoo.backends.torch.layer_norm_triton:{_op}",
+            backends=BACKEND,
+            platforms=("gpu",),
+            dtypes=KERNEL_DTYPES,
+            supports="kzoo.ops.layer_norm:kernel_supports",
+            priority=10,
+            description=f"Triton {_what[0]}, fp32 statistics, deterministic dgamma/dbeta",
+        ),
+    )
+    register(
+        _op,
+        Implementation(
+            name="torch-native",
+            target=f"kzoo.backends.torch.layer_norm:{_op}",
+            backends=BACKEND,
+            supports="kzoo.backends.torch.layer_norm:supports",
+            priority=5,
+            optional=False,
+            description=f"{_what[1]} on trailing axes (what keras's own layer runs)",
+        ),
+    )
 register(
     "detr_conv_bn",
     Implementation(

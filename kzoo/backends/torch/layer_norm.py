@@ -1,10 +1,16 @@
-"""Layer norm over trailing axes on torch: ``F.layer_norm`` (Welford statistics, one kernel).
+"""Layer and RMS norm over trailing axes on torch: ``F.layer_norm`` / ``F.rms_norm`` directly.
 
-keras hands torch tensors to ``F.layer_norm`` for trailing axes, which is both right and
-fastest there; other axes (where keras's torch path is wrong) take the portable composition.
+keras hands torch tensors to ``F.layer_norm`` / ``F.rms_norm`` for trailing axes, which is both
+right and fastest there; other axes (where keras's torch path is wrong) take the portable
+composition. These call torch's functions without going through ``keras.ops``, so that a kzoo
+layer costs no more per call than keras's (float16/bfloat16 are computed in float32 and cast
+back, as keras does). The fused residual forms add first, then normalise.
 """
 
-from keras import ops
+import torch
+import torch.nn.functional as F
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def supports(shape, dtype, axes=(), rms_scaling=False, params_match=False, **kwargs):
@@ -13,5 +19,35 @@ def supports(shape, dtype, axes=(), rms_scaling=False, params_match=False, **kwa
     return not rms_scaling and params_match and tuple(axes) == tuple(range(ndim - len(axes), ndim))
 
 
+def _compute(x, params):
+    """``x`` and ``params`` in the dtype keras computes in (at least float32), and the out dtype."""
+    dtype = x.dtype
+    if dtype is torch.float32 or dtype is torch.float64:
+        compute = dtype
+    else:
+        compute = torch.float32
+        x = x.to(compute)
+        dtype = dtype if dtype in _HALF else torch.float32
+    return x, [p if p is None or p.dtype is compute else p.to(compute) for p in params], dtype
+
+
 def layer_norm(x, gamma, beta, axes, epsilon, rms_scaling=False):
-    return ops.layer_normalization(x, gamma, beta, axis=list(axes), epsilon=epsilon)
+    xc, (gamma, beta), dtype = _compute(x, (gamma, beta))
+    y = F.layer_norm(xc, x.shape[x.ndim - len(axes) :], gamma, beta, epsilon)
+    return y if y.dtype is dtype else y.to(dtype)
+
+
+def rms_norm(x, gamma, axes, epsilon):
+    xc, (gamma,), dtype = _compute(x, (gamma,))
+    y = F.rms_norm(xc, x.shape[x.ndim - len(axes) :], gamma, epsilon)
+    return y if y.dtype is dtype else y.to(dtype)
+
+
+def add_layer_norm(x, residual, gamma, beta, axes, epsilon):
+    z = x + residual
+    return layer_norm(z, gamma, beta, axes, epsilon), z
+
+
+def add_rms_norm(x, residual, gamma, axes, epsilon):
+    z = x + residual
+    return rms_norm(z, gamma, axes, epsilon), z
