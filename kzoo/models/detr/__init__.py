@@ -1,5 +1,6 @@
 """DETR: the detection transformer, its backbone, transformer, heads and post-processing."""
 
+from kzoo.layers.detr_head import DETRHead
 from kzoo.models.detr import presets  # noqa: F401  (registers detr_resnet50/101_coco)
 from kzoo.models.detr.backbone import FrozenBatchNormalization, ResNetBackbone
 from kzoo.models.detr.detr_loss import DETRLoss
@@ -17,6 +18,7 @@ from kzoo.models.detr.transformer import (
 __all__ = [
     "DETR",
     "DETRAttention",
+    "DETRHead",
     "DETRLoss",
     "DETRTransformer",
     "FrozenBatchNormalization",

@@ -25,6 +25,7 @@ from kzoo.backends import dispatch
 from kzoo.models.detr.conv_bn import conv_bn_function, pad_spatial
 from kzoo.models.detr.initializers import he_normal_fan_out
 from kzoo.models.detr.stem_pool import stem_max_pool
+from kzoo.presets import PresetMixin, preset_io
 
 RESNET_BLOCKS = {
     "resnet50": (3, 4, 6, 3),
@@ -166,12 +167,17 @@ def _conv(filters, kernel_size, stride, name, use_bias=False):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class ResNetBackbone(keras.layers.Layer):
+class ResNetBackbone(PresetMixin, keras.Model):
     """ResNet-50/101 (torchvision v1.5 layout, frozen batch norm) up to the stride-32 features.
 
     Sub-layers are named after torchvision's modules with dots as underscores: ``conv1``,
     ``bn1``, ``layer{s}_{b}_conv{1,2,3}``, ``layer{s}_{b}_bn{1,2,3}``,
     ``layer{s}_0_downsample_0`` (the projection conv) and ``layer{s}_0_downsample_1`` (its norm).
+
+    A model with presets of its own: ``save_to_preset(dir)`` / ``ResNetBackbone.from_preset(dir)``;
+    ``from_preset`` also takes a DETR preset (a name such as ``"detr_resnet50_coco"`` or a
+    directory) and returns that DETR's backbone with its weights, e.g. to put a COCO-trained
+    backbone under a new head: ``DETR(backbone=ResNetBackbone.from_preset("detr_resnet50_coco"))``.
 
     Args:
         variant: ``"resnet50"``, ``"resnet101"`` or ``"small"`` (bottleneck ResNet with one block
@@ -193,8 +199,45 @@ class ResNetBackbone(keras.layers.Layer):
     ```python
     backbone = ResNetBackbone("small")
     features = backbone(np.zeros((1, 64, 96, 3), "float32"))  # (1, 2, 3, 512)
+    backbone.save_to_preset("presets/small_backbone")
+    detr = kzoo.models.DETR(num_classes=3, backbone=ResNetBackbone.from_preset(
+        "presets/small_backbone"))
     ```
     """
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, sha256=None, **kwargs):
+        """Load a ``ResNetBackbone`` preset, or the backbone of a DETR preset.
+
+        Args:
+            preset: A preset name, directory or archive URL (see ``PresetMixin.from_preset``)
+                holding a ``ResNetBackbone``, or a DETR preset whose backbone is one.
+            load_weights: ``False`` builds the architecture with fresh weights.
+            sha256: Expected sha256 of a URL's archive.
+            **kwargs: Config entries to override (``trainable_stages``, ``trainable_affine``).
+        """
+        preset_dir = preset_io.resolve_preset(preset, sha256=sha256)
+        saved = preset_io._registered_class(preset_io._read_config(preset_dir))
+        if issubclass(saved, cls):
+            return preset_io.load_preset(
+                preset_dir, expected_class=cls, load_weights=load_weights, **kwargs
+            )
+        model = preset_io.load_preset(preset_dir, load_weights=load_weights)
+        backbone = getattr(model, "backbone", None)
+        if not isinstance(backbone, cls):
+            raise ValueError(
+                f"Preset {preset!r} holds a {saved.__name__} without a {cls.__name__} backbone; "
+                f"load it with {saved.__name__}.from_preset."
+            )
+        if not kwargs:
+            return backbone
+        # Overrides need a fresh instance; the weights are the same variables' values.
+        config = {**backbone.get_config(), **kwargs}
+        config.pop("name", None)
+        fresh = cls.from_config(config)
+        fresh.build((None, None, None, 3))
+        fresh.set_weights(backbone.get_weights())
+        return fresh
 
     def __init__(self, variant="resnet50", trainable_stages=3, trainable_affine=False, **kwargs):
         super().__init__(**kwargs)

@@ -156,15 +156,16 @@ def build_model(args):
         if drop_at < total
         else args.lr
     )
+    model.build((None, args.image_size, args.image_size, 3))
     model.compile(
         optimizer=ScaledAdamW(
             learning_rate=schedule,
             weight_decay=args.weight_decay,
             global_clipnorm=args.clipnorm,
-            learning_rate_scales={r"^backbone/": args.backbone_lr_scale},
+            # Matched against variable paths, which start with the model's name.
+            learning_rate_scales={model.backbone_path_pattern(): args.backbone_lr_scale},
         )
     )
-    model.build((None, args.image_size, args.image_size, 3))
     return model
 
 
