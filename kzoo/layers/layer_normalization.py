@@ -1,5 +1,7 @@
 """``LayerNormalization``: keras's layer, right on every axis and backend, with fused GPU kernels."""
 
+import math
+
 import keras
 from keras import constraints, initializers, regularizers
 
@@ -64,8 +66,15 @@ class LayerNormalization(keras.layers.Layer):
             if len(set(axis)) != len(axis):
                 raise ValueError(f"`axis`={axis!r} names the same axis more than once.")
             axis = list(axis)
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon < 0:
-            raise ValueError(f"`epsilon` must be a non-negative float; received {epsilon!r}.")
+        if (
+            isinstance(epsilon, bool)
+            or not isinstance(epsilon, (int, float))
+            or not math.isfinite(epsilon)
+            or epsilon < 0
+        ):
+            raise ValueError(
+                f"`epsilon` must be a finite non-negative float; received {epsilon!r}."
+            )
         for name, value in (("center", center), ("scale", scale), ("rms_scaling", rms_scaling)):
             if not isinstance(value, bool):
                 raise ValueError(f"`{name}` must be True or False; received {value!r}.")

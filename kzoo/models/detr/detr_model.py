@@ -69,6 +69,7 @@ from keras import ops
 
 from kzoo.models.detr.backbone import RESNET_BLOCKS, ResNetBackbone
 from kzoo.models.detr.initializers import glorot_uniform, standard_normal
+from kzoo.models.detr.pixel_mask import DETRInputChecks, check_batch, check_pixel_mask
 from kzoo.models.detr.position_embedding import SinePositionEmbedding
 from kzoo.models.detr.transformer import DETRTransformer
 from kzoo.presets import PresetMixin
@@ -89,7 +90,7 @@ def nearest_indices(in_size, out_size):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class DETR(PresetMixin, keras.Model):
+class DETR(DETRInputChecks, PresetMixin, keras.Model):
     """DETR: a ResNet backbone, a transformer encoder–decoder and set-prediction heads.
 
     Args:
@@ -268,6 +269,9 @@ class DETR(PresetMixin, keras.Model):
                     f"pixel_mask must be shaped (batch, height, width) like the images "
                     f"{shape[:3]}; got {mask_shape}."
                 )
+        check_batch(images)
+        if pixel_mask is not None:
+            pixel_mask = check_pixel_mask(pixel_mask)
         return images, pixel_mask
 
     @staticmethod
