@@ -32,6 +32,18 @@ def kzoo(*args, cwd=None, prefix=(), timeout=180, env=None):
     )
 
 
+def kzoo_parallel(*calls):
+    """Run several ``kzoo(...)`` calls at once (each ``(args, kwargs)``); results in order.
+
+    The processes are independent, and most of each one's time is importing the frameworks.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(kzoo, *args, **kwargs) for args, kwargs in calls]
+        return [f.result() for f in futures]
+
+
 def assert_cli_error(result, *fragments):
     """Exit status 2, no traceback, and one ``kzoo: error:`` line holding every fragment."""
     assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-3000:])

@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.robustness.support import ROOT, assert_cli_error, kzoo, tiny_detr, tree
+from tests.robustness.support import (
+    ROOT,
+    assert_cli_error,
+    kzoo,
+    kzoo_parallel,
+    tiny_detr,
+    tree,
+)
 
 
 def _checkpoints():
@@ -45,10 +52,20 @@ def checkpoint(tmp_path_factory):
     return _checkpoints().reference(tmp_path_factory, "coco_tiny") / "detr-tiny.pth"
 
 
-def _predict(work, *extra, image=None, out=None, prefix=()):
+def _predict_call(work, image=None, out=None, prefix=()):
     args = ["predict", "detr", "--preset", work / "preset", "--image", image or work / "photo.jpg"]
     args += ["--threshold", "0", "--shortest-edge", "32", "--longest-edge", "64"]
-    return kzoo(*args, *(["--out", out] if out is not None else []), *extra, prefix=prefix)
+    return [*args, *(["--out", out] if out is not None else [])], {"prefix": prefix}
+
+
+def _predict(work, image=None, out=None, prefix=()):
+    args, kwargs = _predict_call(work, image, out, prefix)
+    return kzoo(*args, **kwargs)
+
+
+def _predicts(work, *calls):
+    """Several predictions at once, each given as a dict of ``_predict`` arguments."""
+    return kzoo_parallel(*(_predict_call(work, **call) for call in calls))
 
 
 # ----------------------------------------------------------------------------- item 1
@@ -87,22 +104,26 @@ def test_predict_never_overwrites_its_input_image(tmp_path, work):
     photo = tmp_path / "photo.jpg"
     shutil.copy(work / "photo.jpg", photo)
     before = photo.read_bytes()
-    result = _predict(work, image=photo, out=photo)
-    assert_cli_error(result, "--out", "is the --image file")
-    assert "detection" not in result.stdout  # refused before the model ran
+    os.link(photo, tmp_path / "alias.jpg")  # the same file under another name
+    same, alias = _predicts(
+        work, dict(image=photo, out=photo), dict(image=photo, out=tmp_path / "alias.jpg")
+    )
+    assert_cli_error(same, "--out", "is the --image file")
+    assert "detection" not in same.stdout  # refused before the model ran
+    assert_cli_error(alias, "--out", "is the --image file")
     assert photo.read_bytes() == before
-    # The same file under another name (a hard link) is caught too.
-    os.link(photo, tmp_path / "alias.jpg")
-    assert_cli_error(_predict(work, image=photo, out=tmp_path / "alias.jpg"), "is the --image")
 
 
 def test_predict_writes_the_format_its_extension_names(tmp_path, work):
-    for name, magic in (("boxes.jpg", b"\xff\xd8\xff"), ("boxes.png", b"\x89PNG")):
-        result = _predict(work, out=tmp_path / name)
+    kinds = (("boxes.jpg", b"\xff\xd8\xff"), ("boxes.png", b"\x89PNG"))
+    *written, text = _predicts(
+        work, *(dict(out=tmp_path / name) for name, _ in kinds), dict(out=tmp_path / "boxes.txt")
+    )
+    for (name, magic), result in zip(kinds, written):
         assert result.returncode == 0, result.stderr[-3000:]
         assert (tmp_path / name).read_bytes()[: len(magic)] == magic, name
         assert Image.open(tmp_path / name).size == (56, 40)
-    assert_cli_error(_predict(work, out=tmp_path / "boxes.txt"), "--out", "image extension")
+    assert_cli_error(text, "--out", "image extension")
 
 
 # ----------------------------------------------------------------------------- item 8
@@ -112,14 +133,14 @@ def test_unwritable_out_is_refused_before_inference(tmp_path, work):
     readonly = tmp_path / "old.png"
     readonly.write_bytes(b"keep me")
     readonly.chmod(0o444)
-    result = _predict(work, out=readonly)
+    (tmp_path / "afile").write_text("x")
+    result, under_file = _predicts(
+        work, dict(out=readonly), dict(out=tmp_path / "afile" / "boxes.png")
+    )
     assert_cli_error(result, "--out", "read-only")
     assert "detection" not in result.stdout
     assert readonly.read_bytes() == b"keep me"
-    (tmp_path / "afile").write_text("x")
-    assert_cli_error(
-        _predict(work, out=tmp_path / "afile" / "boxes.png"), "--out", "not a directory"
-    )
+    assert_cli_error(under_file, "--out", "not a directory")
 
 
 def _read_only(directory):
@@ -149,23 +170,31 @@ def test_out_on_a_read_only_filesystem_or_directory(tmp_path, work):
 
 
 def test_paths_that_are_not_image_files(tmp_path, work):
-    assert_cli_error(_predict(work, image=tmp_path), "--image", "is a directory")
     os.mkfifo(tmp_path / "pipe.jpg")
-    assert_cli_error(_predict(work, image=tmp_path / "pipe.jpg"), "--image", "FIFO")
     side = int(np.sqrt(2 * Image.MAX_IMAGE_PIXELS)) + 16
     Image.new("1", (side, side)).save(tmp_path / "bomb.png")
-    assert_cli_error(_predict(work, image=tmp_path / "bomb.png"), "--image", "too large")
+    folder, fifo, bomb = _predicts(
+        work,
+        dict(image=tmp_path),
+        dict(image=tmp_path / "pipe.jpg"),
+        dict(image=tmp_path / "bomb.png"),
+    )
+    assert_cli_error(folder, "--image", "is a directory")
+    assert_cli_error(fifo, "--image", "FIFO")
+    assert_cli_error(bomb, "--image", "too large")
 
 
 def test_convert_mistakes(tmp_path, work, checkpoint):
-    result = kzoo("convert", "detr", work / "photo.jpg", tmp_path / "p")
-    assert_cli_error(result, "photo.jpg", "PyTorch checkpoint")
-    # Bytes torch's legacy reader chokes on differently (it raised KeyError: 101).
+    # Bytes torch's legacy reader chokes on differently from a JPEG's (it raised KeyError: 101).
     (tmp_path / "image.jpg").write_text("hello, not an image at all")
-    result = kzoo("convert", "detr", tmp_path / "image.jpg", tmp_path / "p")
-    assert_cli_error(result, "image.jpg", "not a PyTorch checkpoint")
-    result = kzoo("convert", "detr", checkpoint, tmp_path / "p", "--num-heads", "0")
-    assert_cli_error(result, "--num-heads must be >= 1")
+    photo, text, heads = kzoo_parallel(
+        (("convert", "detr", work / "photo.jpg", tmp_path / "p"), {}),
+        (("convert", "detr", tmp_path / "image.jpg", tmp_path / "p"), {}),
+        (("convert", "detr", checkpoint, tmp_path / "p", "--num-heads", "0"), {}),
+    )
+    assert_cli_error(photo, "photo.jpg", "PyTorch checkpoint")
+    assert_cli_error(text, "image.jpg", "not a PyTorch checkpoint")
+    assert_cli_error(heads, "--num-heads must be >= 1")
     assert not os.path.exists(tmp_path / "p")
 
 

@@ -129,3 +129,27 @@ def test_device_and_host_summaries_agree():
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(mask_summary(bool_mask)), mask_summary_numpy(bool_mask)
     )
+
+
+@pytest.mark.backends("tensorflow")
+def test_host_check_steps_aside_under_xla():
+    # XLA has no host callbacks: a model compiled with jit_compile=True must still compile, so
+    # the in-graph check is skipped there (the host-side checks above still run).
+    import tensorflow as tf
+
+    from kzoo.ops.host_call import host_check
+
+    def refuse(summary):
+        raise ValueError("checked")
+
+    @tf.function(jit_compile=True)
+    def compiled(x):
+        return x * host_check(refuse, [x])
+
+    @tf.function
+    def graph(x):
+        return x * host_check(refuse, [x])
+
+    np.testing.assert_array_equal(compiled(tf.ones(3)).numpy(), np.ones(3))
+    with pytest.raises(Exception, match="checked"):
+        graph(tf.ones(3))
