@@ -100,7 +100,8 @@ def _remove_tree(path):
 
 
 def recover_directory(target):
-    """Finish or undo what an interrupted :func:`atomic_directory` left beside ``target``.
+    """Finish or undo what an interrupted :func:`atomic_directory` (or :func:`atomic_file`) left
+    beside ``target``.
 
     If ``target`` is missing but a replaced copy survives (a crash between the two renames of
     the fallback path), that copy is renamed back. Temporaries of processes that no longer run
@@ -129,6 +130,9 @@ def recover_directory(target):
         except OSError:
             return now
 
+    # Names in the old mkdtemp pattern are only touched when they hold what those kzoo versions
+    # wrote there (a preset); anything else might be a user's.
+    found = [(e, m) for e, m in found if not m["legacy"] or _legacy_preset(os.path.join(parent, e))]
     if not os.path.lexists(target):
         olds = [e for e, m in found if m["tag"] == OLD_TAG or m["legacy"] == "old"]
         if olds:
@@ -148,6 +152,21 @@ def recover_directory(target):
             if not os.path.lexists(path):
                 removed.append(path)
     return removed
+
+
+_LEGACY_PRESET_FILES = {"config.json", "model.weights.h5", "metadata.json"}
+
+
+def _legacy_preset(path):
+    """Whether ``path`` is a directory holding nothing but (part of) a kzoo preset."""
+    try:
+        return (
+            os.path.isdir(path)
+            and not os.path.islink(path)
+            and set(os.listdir(path)) <= _LEGACY_PRESET_FILES
+        )
+    except OSError:
+        return False
 
 
 def _exchange(a, b):
@@ -271,11 +290,13 @@ def _replace_directory(new, target):
 def atomic_file(target, mode="wb"):
     """Yield a file object whose contents replace ``target`` only when the block succeeds.
 
-    The file is created with ``open()``'s permissions under the umask.
+    The file is created with ``open()``'s permissions under the umask. Temporaries that killed
+    writes of the same target left behind are deleted first.
     """
     target = os.path.abspath(os.fspath(target))
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
+    recover_directory(target)
     tmp = _temp_path(target, TMP_TAG)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:

@@ -143,6 +143,14 @@ def test_atomic_file_follows_the_umask(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "f.txt").st_mode) == 0o660
 
 
+def test_next_file_write_removes_temporaries_of_killed_writes(tmp_path):
+    stale = tmp_path / f".f.txt.{files.TMP_TAG}.{_dead_pid()}.0123abcd"
+    stale.write_text("half")
+    with files.atomic_file(tmp_path / "f.txt", "w") as f:
+        f.write("whole")
+    assert os.listdir(tmp_path) == ["f.txt"]
+
+
 def test_replacing_swaps_in_one_step_when_the_os_can(tmp_path):
     # renameat2(RENAME_EXCHANGE) is what makes the name never empty; make sure it is really used
     # on this machine (Linux) rather than the two-rename fallback.
@@ -189,8 +197,13 @@ def test_next_save_removes_temporaries_of_dead_saves(tmp_path):
         (tmp_path / name / "model.weights.h5").write_bytes(b"partial")
     alive = tmp_path / f".p.{files.TMP_TAG}.{os.getppid()}.0badcafe"  # a live process's save
     alive.mkdir()
+    # A user's own directory that happens to fit the old naming is not kzoo's to delete.
+    mine = tmp_path / ".p.mynotes1.tmp"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
     build(seed=2).save_to_preset(tmp_path / "p")
-    assert sorted(os.listdir(tmp_path)) == sorted(["p", alive.name])
+    assert sorted(os.listdir(tmp_path)) == sorted(["p", alive.name, mine.name])
+    assert (mine / "notes.txt").read_text() == "mine"
 
 
 SAVE_LOOP = """
