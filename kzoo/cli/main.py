@@ -107,6 +107,16 @@ def cmd_list(args):
     from kzoo.presets import list_presets
 
     presets = list_presets(model_class=args.model)
+    if args.model is not None and not presets:
+        import difflib
+
+        classes = sorted({p.model_class for p in list_presets()})
+        close = difflib.get_close_matches(args.model, classes, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UserError(
+            f"--model {args.model!r}: no registered preset is of that model class.{hint} "
+            f"Classes with presets: {', '.join(classes) or 'none'}."
+        )
     rows = [("name", "model", "license", "description", "location")]
     rows += [(p.name, p.model_class, p.license, p.description, p.location) for p in presets]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -161,17 +171,47 @@ def cmd_bench(args):
     return 0
 
 
+# Output options every command may have, checked before the command does any work.
+OUTPUT_OPTIONS = {"out": "--out", "output_dir": "--output-dir", "dst": "DST"}
+
+
+def check_outputs(args):
+    from kzoo.cli.paths import check_output_location
+
+    for attr, option in OUTPUT_OPTIONS.items():
+        value = getattr(args, attr, None)
+        if isinstance(value, str):
+            check_output_location(value, option)
+
+
+def os_error_message(e):
+    """One line for an OSError: what failed, on which path, without a traceback."""
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    reason = e.strerror or str(e)
+    return f"{paths}: {reason}" if paths else reason
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_outputs(args)
         return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, NotADirectoryError) as e:
-        print(f"kzoo: error: {e}", file=sys.stderr)
+    except (UserError, ValueError) as e:
+        print(f"kzoo: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # Files that vanish, permissions, full or read-only disks: the user's environment, not a
+        # bug in kzoo.
+        print(f"kzoo: error: {_one_line(os_error_message(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kzoo: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(message):
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 if __name__ == "__main__":

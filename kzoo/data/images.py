@@ -8,9 +8,13 @@ Accepted images:
   three channels). Strided views (an OpenCV ROI, ``img[::2, ::2]``, a channel-reversed
   ``img[..., ::-1]``) are fine: they are copied into a contiguous array first.
 - ``PIL.Image.Image`` in any mode (``L``, ``P``, ``RGBA``, ``CMYK``, ``I;16``...): converted
-  to RGB by PIL (alpha dropped, not composited). ``channel_order`` does not apply: PIL images
-  are RGB by definition.
-- a path (``str`` or ``os.PathLike``) to an image file PIL can read.
+  to RGB (alpha dropped, not composited). ``channel_order`` does not apply: PIL images are RGB
+  by definition. Deeper images keep their brightness: 16-bit images (``I;16`` modes, and ``I``
+  with values in 0..65535, as 16-bit PNGs and TIFFs load) are scaled by 255/65535, and 32-bit
+  float images (``F``, as float TIFFs load) must hold values in [0, 1], scaled by 255; other
+  value ranges are refused rather than clipped.
+- a path (``str`` or ``os.PathLike``) to an image file PIL can read. Images larger than PIL's
+  decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) are refused with a ``ValueError``.
 
 Resizing follows DETR's evaluation transform (``RandomResize([800], max_size=1333)`` in
 facebookresearch/detr): the shorter side becomes ``shortest_edge`` unless that would make the
@@ -109,26 +113,79 @@ def _is_pil(obj):
 
 
 def _open(path):
+    import stat
+
     from PIL import Image, UnidentifiedImageError
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Image file {path!r} does not exist.")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Image file {path!r} does not exist.") from None
+    except OSError as e:
+        raise ValueError(f"Image file {path!r} cannot be read: {e.strerror}.") from None
+    if stat.S_ISDIR(mode):
+        raise ValueError(f"Image path {path!r} is a directory, not an image file.")
+    if not stat.S_ISREG(mode):
+        # Opening a FIFO would block until something writes to it.
+        raise ValueError(f"Image path {path!r} is not a regular file (a FIFO, socket or device).")
     try:
         with Image.open(path) as im:
             im.load()
             return im.copy()
-    except (UnidentifiedImageError, OSError) as e:
+    except Image.DecompressionBombError as e:
+        raise ValueError(
+            f"{path!r} is too large to decode safely ({e}). Raise PIL.Image.MAX_IMAGE_PIXELS "
+            "if the image is trusted."
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        # PIL reports damaged files with OSError, ValueError or SyntaxError depending on format.
         raise ValueError(f"{path!r} is not an image PIL can read: {e}") from None
+
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def _pil_to_rgb(im):
     if im.width == 0 or im.height == 0:
         raise ValueError(f"The image is empty ({im.width}x{im.height}).")
+    if im.mode in _SIXTEEN_BIT_MODES or im.mode in ("I", "F"):
+        return _deep_gray_to_rgb(im)
     if im.mode != "RGB":
-        # PIL's conversion handles palettes, 16-bit grayscale, CMYK and drops alpha.
+        # PIL's conversion handles palettes, CMYK and drops alpha.
         im = im.convert("RGB")
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+
+
+def _deep_gray_to_rgb(im):
+    """16-bit, 32-bit integer and float grayscale to uint8 RGB, keeping the brightness.
+
+    PIL's own ``convert("RGB")`` clips these modes to 0..255 (a 16-bit mid-gray becomes white)
+    and truncates floats in [0, 1] to 0 (black).
+    """
+    values = np.asarray(im)
+    if im.mode == "F":
+        values = values.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError("The float image holds NaN or infinite values.")
+        lo, hi = float(values.min()), float(values.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"A float image must hold values in [0, 1]; this one spans [{lo:g}, {hi:g}]. "
+                "Scale it to [0, 1], or convert it to 8-bit yourself."
+            )
+        scaled = values * 255.0
+    else:
+        values = values.astype(np.int64)
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi > 65535:
+            raise ValueError(
+                f"A {im.mode} integer image must hold 16-bit values (0..65535); this one spans "
+                f"[{lo}, {hi}]. Convert it to 8-bit yourself."
+            )
+        scaled = values * (255.0 / 65535.0)
+    gray = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
 
 
 def _array_to_rgb(array, order):

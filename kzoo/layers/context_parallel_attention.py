@@ -6,6 +6,10 @@ from keras import layers, ops
 from kzoo.ops.ring_attention import ring_attention
 
 
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 @keras.saving.register_keras_serializable(package="kzoo")
 class ContextParallelAttention(layers.Layer):
     """Multi-head attention that runs as ring attention under context parallelism.
@@ -71,25 +75,23 @@ class ContextParallelAttention(layers.Layer):
     ):
         super().__init__(**kwargs)
         for name, val in (("num_heads", num_heads), ("key_dim", key_dim)):
-            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+            if not _positive_int(val):
                 raise ValueError(f"{name} must be a positive integer; got {val!r}.")
-        if value_dim is not None and (not isinstance(value_dim, int) or value_dim < 1):
+        if value_dim is not None and not _positive_int(value_dim):
             raise ValueError(f"value_dim must be a positive integer or None; got {value_dim!r}.")
         if num_key_value_heads is None:
             num_key_value_heads = num_heads
-        if (
-            not isinstance(num_key_value_heads, int)
-            or num_key_value_heads < 1
-            or num_heads % num_key_value_heads
-        ):
+        if not _positive_int(num_key_value_heads) or num_heads % num_key_value_heads:
             raise ValueError(
                 "num_key_value_heads must be a positive divisor of num_heads="
                 f"{num_heads}; got {num_key_value_heads!r}."
             )
-        if output_shape is not None and (not isinstance(output_shape, int) or output_shape < 1):
+        if output_shape is not None and not _positive_int(output_shape):
             raise ValueError(
                 f"output_shape must be a positive integer or None; got {output_shape!r}."
             )
+        if not isinstance(causal, bool):
+            raise ValueError(f"causal must be True or False; got {causal!r}.")
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.value_dim = value_dim or key_dim
@@ -118,7 +120,67 @@ class ContextParallelAttention(layers.Layer):
             name=name,
         )
 
+    def _check_shapes(self, query_shape, value_shape, key_shape=None, mask_shape=None):
+        """The same ValueError on every backend, before any projection or einsum runs."""
+        query_shape, value_shape = tuple(query_shape), tuple(value_shape)
+        key_given = key_shape is not None
+        key_shape = tuple(key_shape) if key_given else value_shape
+        for name, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
+            if len(shape) != 3:
+                raise ValueError(
+                    f"`{name}` must have shape (batch, seq_len, dim); got shape {shape} "
+                    f"(rank {len(shape)})."
+                )
+
+        def differ(a, b):
+            return a is not None and b is not None and a != b
+
+        for name, shape in (("value", value_shape), ("key", key_shape)):
+            if differ(shape[0], query_shape[0]):
+                raise ValueError(
+                    f"`{name}` has batch size {shape[0]} but `query` has {query_shape[0]}; "
+                    f"got shapes query={query_shape}, {name}={shape}."
+                )
+        if differ(key_shape[1], value_shape[1]):
+            raise ValueError(
+                f"`key` and `value` must have the same length; got key length {key_shape[1]} "
+                f"and value length {value_shape[1]}."
+            )
+        if self.causal and differ(query_shape[1], key_shape[1]):
+            raise ValueError(
+                f"causal=True needs equal query and key/value lengths; got query length "
+                f"{query_shape[1]} and key/value length {key_shape[1]}."
+            )
+        if self.built:
+            checks = [("query", query_shape, self.query_dense)]
+            checks.append(("value", value_shape, self.value_dense))
+            if key_given:
+                checks.append(("key", key_shape, self.key_dense))
+            for name, shape, dense in checks:
+                expected = dense.kernel.shape[0]
+                if differ(shape[-1], expected):
+                    raise ValueError(
+                        f"`{name}` has last dimension {shape[-1]} but the layer was built for "
+                        f"{expected}; got shape {shape}."
+                    )
+        if mask_shape is not None:
+            mask_shape = tuple(mask_shape)
+            batch, q_len, kv_len = query_shape[0], query_shape[1], key_shape[1]
+            if len(mask_shape) == 2:
+                expected = (batch, kv_len)
+            elif len(mask_shape) == 3:
+                expected = (batch, q_len, kv_len)
+            else:
+                expected = None
+            if expected is None or any(differ(a, b) for a, b in zip(mask_shape, expected)):
+                raise ValueError(
+                    "`attention_mask` must be a key padding mask (batch, kv_len) = "
+                    f"{(batch, kv_len)} or a full mask (batch, q_len, kv_len) = "
+                    f"{(batch, q_len, kv_len)}; got shape {mask_shape}."
+                )
+
     def build(self, query_shape, value_shape, key_shape=None):
+        self._check_shapes(query_shape, value_shape, key_shape)
         key_shape = value_shape if key_shape is None else key_shape
         out_dim = self.output_shape_ or query_shape[-1]
         h, hk = self.num_heads, self.num_key_value_heads
@@ -133,6 +195,12 @@ class ContextParallelAttention(layers.Layer):
         self.built = True
 
     def call(self, query, value, key=None, attention_mask=None):
+        self._check_shapes(
+            query.shape,
+            value.shape,
+            None if key is None else key.shape,
+            None if attention_mask is None else attention_mask.shape,
+        )
         key = value if key is None else key
         q = self.query_dense(query)
         k = self.key_dense(key)

@@ -280,6 +280,11 @@ class ConvLSTM(keras.layers.Layer):
                 f"`inputs` of {type(self).__name__} must have rank {expected} {layout}{dims}"
                 f"{tail}; got shape {tuple(shape)}."
             )
+        if shape[0] is not None and shape[0] == 0:
+            raise ValueError(
+                f"`inputs` is an empty batch (shape {tuple(shape)}); a ConvLSTM needs at least "
+                "one sequence."
+            )
         if shape[1] is not None and shape[1] == 0:
             raise ValueError(
                 f"`inputs` has zero timesteps (shape {tuple(shape)}); a ConvLSTM needs at least "
@@ -382,6 +387,12 @@ class ConvLSTM(keras.layers.Layer):
 
     def call(self, inputs, initial_state=None, mask=None, training=False):
         self._check_input_shape(tuple(inputs.shape))
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        if not (dtype.startswith("float") or dtype == "bfloat16"):
+            raise ValueError(
+                f"`inputs` of {type(self).__name__} must be floating point; got dtype {dtype}. "
+                "Cast it first (e.g. images scaled to [0, 1] as float32)."
+            )
         if initial_state is None:
             if self.stateful:
                 # Copies: on torch, assigning the new state in place would otherwise corrupt
@@ -414,9 +425,13 @@ class ConvLSTM(keras.layers.Layer):
         if mask is not None:
             if isinstance(mask, (list, tuple)):
                 mask = mask[0]
-            if len(mask.shape) != 2:
+            expected = tuple(inputs.shape[:2])
+            if len(mask.shape) != 2 or any(
+                a is not None and b is not None and a != b for a, b in zip(mask.shape, expected)
+            ):
                 raise ValueError(
-                    f"`mask` must have shape (batch, time); got shape {tuple(mask.shape)}."
+                    f"`mask` must have shape (batch, time) = {expected} to match `inputs`; got "
+                    f"shape {tuple(mask.shape)}."
                 )
             mask = ops.cast(mask, "bool")
         forward = dispatch.select(OP, dtype=self.compute_dtype, shape=tuple(inputs.shape)).load()

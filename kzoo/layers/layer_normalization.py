@@ -4,6 +4,8 @@
 optional ``residual`` call argument (fused residual add) and the checks of loaded weights.
 """
 
+import math
+
 import keras
 from keras import constraints, initializers, regularizers
 
@@ -29,8 +31,13 @@ def _check_axis(axis):
 
 
 def _check_epsilon(epsilon):
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon < 0:
-        raise ValueError(f"`epsilon` must be a non-negative float; received {epsilon!r}.")
+    if (
+        isinstance(epsilon, bool)
+        or not isinstance(epsilon, (int, float))
+        or not math.isfinite(epsilon)
+        or epsilon < 0
+    ):
+        raise ValueError(f"`epsilon` must be a finite non-negative float; received {epsilon!r}.")
     return float(epsilon)
 
 

@@ -13,8 +13,17 @@ are concrete, and through the backend's host-callback mechanism when they are tr
 The function's outputs carry no gradient; callers pass inputs through ``ops.stop_gradient``.
 An exception the function raises reaches the caller unchanged when it ran eagerly; under
 ``jax.jit`` / ``tf.function`` the framework re-raises it as its own runtime error whose message
-holds the original ``ValueError: ...`` text.
+holds the original ``ValueError: ...`` text. Code that runs compiled steps (``fit``,
+``predict``...) inside :func:`original_host_errors` (or a model using :class:`HostErrorsMixin`)
+gets the function's own exception back instead.
+
+:func:`host_check` runs a check that raises on bad input; inside code compiled for a device
+that cannot call the host (TensorFlow under XLA) the check is skipped, so compiled models keep
+working there.
 """
+
+import contextlib
+import threading
 
 import keras
 import numpy as np
@@ -22,6 +31,7 @@ import numpy as np
 from kzoo.backends import dispatch
 
 OP = "host_call"
+CAN_CALL_OP = "host_callable"
 
 
 def host_call_eager(fn, args, out_shapes, out_dtypes):
@@ -30,6 +40,10 @@ def host_call_eager(fn, args, out_shapes, out_dtypes):
     return tuple(
         keras.ops.convert_to_tensor(np.asarray(o, dtype=d)) for o, d in zip(outs, out_dtypes)
     )
+
+
+def always_callable():
+    return True
 
 
 dispatch.register(
@@ -41,6 +55,153 @@ dispatch.register(
     ),
     fallback=True,
 )
+dispatch.register(
+    CAN_CALL_OP,
+    dispatch.Implementation(
+        name="always",
+        target="kzoo.ops.host_call:always_callable",
+        description="the host can always be called",
+    ),
+    fallback=True,
+)
+
+
+# Exceptions raised by host functions, kept until original_host_errors() hands them back. The
+# frameworks run callbacks on their own threads, hence a lock rather than thread-local state.
+_raised = []
+_raised_lock = threading.Lock()
+
+
+def _recording(fn):
+    def wrapped(*arrays):
+        try:
+            return fn(*arrays)
+        except Exception as e:
+            with _raised_lock:
+                del _raised[:-7]  # a few are enough; keep memory bounded
+                _raised.append(e)
+            raise
+
+    return wrapped
+
+
+@contextlib.contextmanager
+def original_host_errors():
+    """Re-raise an exception a host function raised inside compiled code as itself.
+
+    Under ``jax.jit`` or ``tf.function`` a ``ValueError`` raised on the host reaches Python as
+    the framework's runtime error wrapping a traceback. Inside this context, when a compiled
+    call fails and a host function raised just before, that exception is raised instead.
+    """
+    with _raised_lock:
+        _raised.clear()
+    try:
+        yield
+    except Exception as e:
+        with _raised_lock:
+            original = _raised[-1] if _raised else None
+            _raised.clear()
+        if original is not None and original is not e and str(original) in str(e):
+            raise original.with_traceback(None) from None
+        raise
+
+
+class HostErrorsMixin:
+    """Model mixin: ``fit``, ``evaluate``, ``predict`` and the ``*_on_batch`` methods raise the
+    exception a host function (:func:`host_call`, :func:`host_check`) raised, not the
+    framework's wrapper around it, and leave the model usable after an exception.
+
+    keras's JAX trainer detaches the variables' values while it loops (they travel as the
+    compiled step's state) and reattaches them only when the loop ends; an exception in between
+    (a bad batch, an interrupt) would leave every variable without a value. The values are
+    reattached here: the state after the last finished step, else the values from before the
+    call. (A step that failed after the device took its state cannot give it back; then the
+    variables stay detached and the model must be reloaded.)
+
+    Example:
+
+    ```python
+    class MyModel(HostErrorsMixin, keras.Model):
+        ...
+    ```
+    """
+
+    def _guarded(self, method, *args, **kwargs):
+        snapshot = [(v, v._value) for v in _state_variables(self)]
+        try:
+            with original_host_errors():
+                return method(*args, **kwargs)
+        except BaseException:
+            _reattach(self, snapshot)
+            raise
+
+    def fit(self, *args, **kwargs):
+        return self._guarded(super().fit, *args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        return self._guarded(super().evaluate, *args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        return self._guarded(super().predict, *args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        return self._guarded(super().train_on_batch, *args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        return self._guarded(super().test_on_batch, *args, **kwargs)
+
+    def predict_on_batch(self, *args, **kwargs):
+        return self._guarded(super().predict_on_batch, *args, **kwargs)
+
+
+def _state_variables(model):
+    found, seen = [], set()
+    groups = [model.variables, getattr(model, "metrics_variables", [])]
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and getattr(optimizer, "built", False):
+        groups.append(optimizer.variables)
+    for group in groups:
+        for v in group:
+            if id(v) not in seen:
+                seen.add(id(v))
+                found.append(v)
+    return found
+
+
+def _usable(value):
+    deleted = getattr(value, "is_deleted", None)
+    return value is not None and not (callable(deleted) and deleted())
+
+
+def _reattach(model, snapshot):
+    # Only keras's JAX trainer has a detached state to give back (duck-typed, not by backend).
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None and getattr(model, "_jax_state", None):
+        try:
+            sync()
+        except Exception:
+            pass  # its arrays went to the failed step; the snapshot below is the fallback
+    for variable, value in snapshot:
+        if not _usable(variable._value) and _usable(value):
+            variable._value = value
+
+
+def host_check(fn, args):
+    """Run ``fn(*numpy_args)``, which raises on bad input, on the host; return a scalar token.
+
+    The token is a float32 ``1.0``; multiply something the computation needs by it, or
+    compilers that see an unused result (``jax.jit``) drop the check. Where compiled code cannot
+    call the host (TensorFlow under XLA) the check is skipped and the token is a constant.
+    """
+    if not dispatch.select(CAN_CALL_OP, platform="any").load()():
+        return keras.ops.ones((), dtype="float32")
+
+    def check(*arrays):
+        fn(*arrays)
+        return (np.ones((), np.float32),)
+
+    (token,) = host_call(check, args, [()], ["float32"])
+    return token
 
 
 def host_call(fn, args, out_shapes, out_dtypes):
@@ -53,4 +214,5 @@ def host_call(fn, args, out_shapes, out_dtypes):
             traces with unknown dimensions (TensorFlow).
         out_dtypes: The dtype name of each output (``"int32"``, ``"float32"``).
     """
-    return dispatch.select(OP, platform="any").load()(fn, args, out_shapes, out_dtypes)
+    impl = dispatch.select(OP, platform="any").load()
+    return impl(_recording(fn), args, out_shapes, out_dtypes)

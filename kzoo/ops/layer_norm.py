@@ -227,8 +227,13 @@ def _check_params(name, shape, expected):
 def _epsilon(epsilon):
     if epsilon.__class__ is float and epsilon >= 0:
         return epsilon
-    if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or epsilon < 0:
-        raise ValueError(f"`epsilon` must be a non-negative float; received {epsilon!r}.")
+    if (
+        not isinstance(epsilon, (int, float))
+        or isinstance(epsilon, bool)
+        or not epsilon >= 0  # also refuses NaN
+        or epsilon == float("inf")
+    ):
+        raise ValueError(f"`epsilon` must be a finite non-negative float; received {epsilon!r}.")
     return float(epsilon)
 
 

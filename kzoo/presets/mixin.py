@@ -30,6 +30,18 @@ class PresetMixin:
             preset, expected_class=cls, sha256=sha256, load_weights=load_weights, **kwargs
         )
 
-    def save_to_preset(self, preset_dir, overwrite=True):
-        """Write this model as a preset directory, atomically."""
-        return preset_io.save_preset(self, preset_dir, overwrite=overwrite)
+    def save_to_preset(self, preset_dir, overwrite=True, force=False):
+        """Write this model as a preset directory, atomically.
+
+        Args:
+            preset_dir: The directory to write. It may be new, empty, or an existing kzoo
+                preset; a directory holding anything else is refused (kzoo never deletes
+                files it did not write) unless ``force=True``.
+            overwrite: Whether an existing kzoo preset at ``preset_dir`` may be replaced.
+            force: Replace ``preset_dir`` even though it holds files that are not part of a
+                kzoo preset; they are deleted.
+
+        A crash at any moment leaves ``preset_dir`` holding the old preset or the new one.
+        Returns the absolute path written.
+        """
+        return preset_io.save_preset(self, preset_dir, overwrite=overwrite, force=force)

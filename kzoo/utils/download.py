@@ -1,6 +1,7 @@
 """Downloads into the keras cache through ``keras.utils.get_file``, verified by sha256."""
 
 import os
+import re
 import shutil
 import urllib.parse
 
@@ -22,6 +23,17 @@ def keras_home():
     return os.path.expanduser(keras_config.keras_home())
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def normalize_sha256(sha256):
+    """``sha256`` as 64 lower-case hex digits (upper case is accepted), else a ``ValueError``."""
+    value = sha256.strip().lower() if isinstance(sha256, str) else sha256
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise ValueError(f"sha256 must be 64 hexadecimal digits; got {sha256!r}.")
+    return value
+
+
 def remove(path):
     if os.path.isdir(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -40,6 +52,9 @@ def download_verified(url, sha256, cache_subdir, fname=None):
         raise ValueError(
             f"Refusing to download {url} without a sha256 to check it against; pass sha256=..."
         )
+    # Checked before anything is downloaded; keras compares hex digests as strings, so an
+    # upper-case digest would otherwise fail and the good download be deleted.
+    sha256 = normalize_sha256(sha256)
     base = os.path.basename(urllib.parse.urlparse(url).path) or "download"
     fname = fname or f"{sha256[:12]}-{base}"
     target = os.path.join(keras_home(), cache_subdir, fname)

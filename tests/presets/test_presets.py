@@ -109,11 +109,21 @@ def test_corrupt_weights_are_refused(tmp_path, damage):
         TinyPresetModel.from_preset(str(tmp_path / "p"))
 
 
-def test_truncated_weights_without_metadata_still_clear(tmp_path):
+def test_preset_without_metadata_is_refused(tmp_path):
+    # Without metadata.json there is no sha256 to verify the weights against.
     build().save_to_preset(tmp_path / "p")
     os.remove(tmp_path / "p" / "metadata.json")
+    with pytest.raises(ValueError, match="no metadata.json"):
+        TinyPresetModel.from_preset(str(tmp_path / "p"))
+
+
+def test_unreadable_weights_matching_their_sha256_are_clear(tmp_path):
+    build().save_to_preset(tmp_path / "p")
     weights = tmp_path / "p" / "model.weights.h5"
     weights.write_bytes(weights.read_bytes()[:200])
+    meta = json.loads((tmp_path / "p" / "metadata.json").read_text())
+    meta["weights_sha256"] = preset_io.sha256_file(weights)
+    (tmp_path / "p" / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="Could not read weights"):
         TinyPresetModel.from_preset(str(tmp_path / "p"))
 

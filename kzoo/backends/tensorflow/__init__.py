@@ -35,6 +35,16 @@ register(
     ),
 )
 register(
+    "host_callable",
+    Implementation(
+        name="tensorflow",
+        target="kzoo.backends.tensorflow.host_call:can_call_host",
+        backends=BACKEND,
+        optional=False,
+        description="False inside functions XLA compiles (jit_compile=True)",
+    ),
+)
+register(
     "conv_lstm_forward",
     Implementation(
         name="tensorflow-custom-gradient",

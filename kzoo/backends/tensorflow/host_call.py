@@ -4,6 +4,16 @@ import numpy as np
 import tensorflow as tf
 
 
+def can_call_host():
+    """False inside a function XLA compiles (``jit_compile=True``): it has no host callbacks."""
+    if tf.executing_eagerly():
+        return True
+    from tensorflow.python.framework import ops as tf_ops
+    from tensorflow.python.ops import control_flow_util
+
+    return not control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
+
+
 def host_call(fn, args, out_shapes, out_dtypes):
     args = [tf.convert_to_tensor(a) for a in args]
     if tf.executing_eagerly():

@@ -18,7 +18,15 @@ def register(commands):
     p.add_argument("src", help="checkpoint file (or a directory holding model.safetensors)")
     p.add_argument("dst", help="preset directory to write")
     p.add_argument("--num-heads", type=int, default=None, help="attention heads (default 8)")
-    p.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing DST")
+    p.add_argument(
+        "--no-overwrite", action="store_true", help="refuse to replace a preset already at DST"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace DST even if it holds files that are not a kzoo preset (they are deleted); "
+        "without it such a DST is refused",
+    )
     p.set_defaults(func=cmd_convert)
 
     p = commands["predict"].add_parser(
@@ -32,7 +40,12 @@ def register(commands):
     )
     p.add_argument("--preset", required=True, help="preset name or directory")
     p.add_argument("--image", required=True, help="image file (any format PIL reads)")
-    p.add_argument("--out", default="boxes.png", help="PNG to write (default boxes.png)")
+    p.add_argument(
+        "--out",
+        default="boxes.png",
+        help="picture to write (default boxes.png); its extension chooses the format "
+        "(.png, .jpg, .webp, ...). The input image is never overwritten.",
+    )
     p.add_argument(
         "--threshold",
         type=float,
@@ -44,12 +57,29 @@ def register(commands):
     p.set_defaults(func=cmd_predict)
 
 
+CLI_OPTIONS = {"overwrite": "drop --no-overwrite", "force": "pass --force"}
+
+
 def cmd_convert(args):
+    from kzoo.cli.paths import check_input_file
     from kzoo.models.detr.convert import convert_detr
     from kzoo.presets import preset_io
 
+    if args.num_heads is not None and args.num_heads < 1:
+        raise ValueError(f"--num-heads must be >= 1; got {args.num_heads}.")
+    if args.force and args.no_overwrite:
+        raise ValueError("--force and --no-overwrite contradict each other; pass one of them.")
+    check_input_file(args.src, "SRC", allow_directory=True)
+    # With the CLI's flags in the message, and before the conversion's work.
+    preset_io.check_destination(
+        args.dst, overwrite=not args.no_overwrite, force=args.force, options=CLI_OPTIONS
+    )
     dst = convert_detr(
-        args.src, args.dst, num_heads=args.num_heads, overwrite=not args.no_overwrite
+        args.src,
+        args.dst,
+        num_heads=args.num_heads,
+        overwrite=not args.no_overwrite,
+        force=args.force,
     )
     meta = preset_io.read_metadata(dst)
     config = preset_io._read_config(dst)["config"]
@@ -78,13 +108,40 @@ def class_names_for(preset_dir, num_classes):
     return [f"class {i}" for i in range(num_classes)]
 
 
+def output_formats():
+    """``{extension: PIL format}`` for every format PIL can write."""
+    from PIL import Image
+
+    Image.init()
+    return {ext: fmt for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+
+
 def cmd_predict(args):
     if not 0 <= args.threshold < 1:
         raise ValueError(f"--threshold must be in [0, 1); got {args.threshold}.")
+    for option, value in (
+        ("--shortest-edge", args.shortest_edge),
+        ("--longest-edge", args.longest_edge),
+    ):
+        if value < 1:
+            raise ValueError(f"{option} must be >= 1; got {value}.")
+    if args.longest_edge < args.shortest_edge:
+        raise ValueError(
+            f"--longest-edge ({args.longest_edge}) must be >= --shortest-edge "
+            f"({args.shortest_edge})."
+        )
+    from kzoo.cli.paths import check_input_file, check_output_file
     from kzoo.data import images as images_lib
 
-    # Read the image before loading the model: a wrong path fails fast.
-    image = images_lib.load_image(args.image)
+    # Every path is checked before the model loads and runs: a mistake costs no inference.
+    check_input_file(args.image, "--image")
+    check_output_file(
+        args.out, "--out", extensions=output_formats(), not_same_as=[("--image", args.image)]
+    )
+    try:
+        image = images_lib.load_image(args.image)
+    except ValueError as e:
+        raise ValueError(f"--image: {e}") from None
     from kzoo.models.detr import DETR
     from kzoo.presets import preset_io
 
@@ -130,7 +187,11 @@ PALETTE = [
 
 
 def draw_detections(image, detections, names, out):
-    """Draw labelled boxes on a copy of the uint8 RGB ``image`` and write it as a PNG."""
+    """Draw labelled boxes on a copy of the uint8 RGB ``image`` and write it to ``out``.
+
+    The format follows ``out``'s extension (PNG for ``.png``, JPEG for ``.jpg``...), so the
+    bytes written are what the name says.
+    """
     from PIL import Image, ImageDraw
 
     from kzoo.utils.files import atomic_file
@@ -149,6 +210,12 @@ def draw_detections(image, detections, names, out):
         draw.rectangle([x0, ty, x0 + (right - left) + 4, ty + (bottom - top) + 2], fill=color)
         draw.text((x0 + 2, ty), text, fill=(255, 255, 255))
     out = os.fspath(out)
+    formats = output_formats()
+    ext = os.path.splitext(out)[1].lower()
+    if ext not in formats:
+        raise ValueError(
+            f"{out!r} must end in an image extension PIL can write ({', '.join(sorted(formats))})."
+        )
     with atomic_file(out) as f:
-        canvas.save(f, format="PNG")
+        canvas.save(f, format=formats[ext])
     return out

@@ -86,7 +86,7 @@ def _build(model):
         model.build((None, None, None, 3))
 
 
-def convert_detr(src, dst, num_heads=None, overwrite=True):
+def convert_detr(src, dst, num_heads=None, overwrite=True, force=False):
     """Convert a DETR checkpoint into a kzoo preset directory (written atomically).
 
     Args:
@@ -96,7 +96,9 @@ def convert_detr(src, dst, num_heads=None, overwrite=True):
         dst: The preset directory to write (``config.json``, ``model.weights.h5``,
             ``metadata.json``).
         num_heads: Attention heads (not recorded in the tensors); DETR's 8 by default.
-        overwrite: Whether an existing ``dst`` may be replaced.
+        overwrite: Whether an existing kzoo preset at ``dst`` may be replaced.
+        force: Whether a ``dst`` holding files that are not a kzoo preset may be replaced (they
+            are deleted); see ``kzoo.presets.preset_io.check_destination``.
 
     Returns the absolute path of ``dst``.
 
@@ -110,10 +112,16 @@ def convert_detr(src, dst, num_heads=None, overwrite=True):
     """
     from kzoo.presets import preset_io
 
+    if num_heads is not None and (
+        isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1
+    ):
+        raise ValueError(f"num_heads must be a positive integer or None; got {num_heads!r}.")
+    # Refuse a destination before the (slow) conversion, not after it.
+    preset_io.check_destination(dst, overwrite=overwrite, force=force)
     model, info = load_detr_checkpoint(src, num_heads=num_heads)
     extra = {
         "converted_from": os.path.basename(os.fspath(src)),
         "source_format": info["format"],
         "label_space": "coco91" if info["config"]["num_classes"] == 91 else "ids",
     }
-    return preset_io.save_preset(model, dst, overwrite=overwrite, extra_metadata=extra)
+    return preset_io.save_preset(model, dst, overwrite=overwrite, extra_metadata=extra, force=force)

@@ -114,6 +114,13 @@ def _read_torch(path):
         raise ValueError(f"{path} is not a readable PyTorch checkpoint: {detail}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint: {e}") from None
+    except (KeyError, ValueError, IndexError, TypeError):
+        # A file that is not a checkpoint at all (an image) falls through to torch's legacy
+        # pickle reader, which fails with whatever its first bytes decode to (KeyError: 101).
+        raise ValueError(
+            f"{path} is not a PyTorch checkpoint (torch.load cannot parse it); expected a .pth "
+            "or .bin state dict, or a .safetensors file."
+        ) from None
     if isinstance(obj, dict):
         for wrapper in ("model", "state_dict"):
             if isinstance(obj.get(wrapper), dict):

@@ -56,6 +56,7 @@ from keras import ops
 
 from kzoo.layers.detr_head import DETRHead
 from kzoo.models.detr.backbone import RESNET_BLOCKS, ResNetBackbone
+from kzoo.models.detr.pixel_mask import DETRInputChecks, check_batch, check_pixel_mask
 from kzoo.presets import PresetMixin
 
 DEFAULT_TRAINABLE_STAGES = {"resnet50": 3, "resnet101": 3, "small": 5}
@@ -119,7 +120,7 @@ def migrate_legacy_weights(src, dst):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class DETR(PresetMixin, keras.Model):
+class DETR(DETRInputChecks, PresetMixin, keras.Model):
     """DETR: a backbone, then a ``DETRHead`` (transformer encoder–decoder and set prediction).
 
     Args:
@@ -336,6 +337,9 @@ class DETR(PresetMixin, keras.Model):
                     f"pixel_mask must be shaped (batch, height, width) like the images "
                     f"{shape[:3]}; got {mask_shape}."
                 )
+        check_batch(images)
+        if pixel_mask is not None:
+            pixel_mask = check_pixel_mask(pixel_mask)
         return images, pixel_mask
 
     @staticmethod

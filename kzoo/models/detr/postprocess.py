@@ -110,6 +110,10 @@ def predict_detections(
                 f"pixel_mask must be (batch, height, width) = {images.shape[:3]}; got "
                 f"{pixel_mask.shape}."
             )
+        from kzoo.models.detr.pixel_mask import mask_summary_numpy, raise_for_summary
+
+        # Before target_sizes are derived from it: a bad mask is reported as the mask's fault.
+        raise_for_summary(mask_summary_numpy(pixel_mask))
         inputs["pixel_mask"] = pixel_mask.astype(images.dtype)
     if target_sizes is None:
         if pixel_mask is None:

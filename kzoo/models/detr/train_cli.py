@@ -194,10 +194,13 @@ def train(args):
     keras.utils.set_random_seed(args.seed)
     out = os.path.abspath(args.out)
     backup = os.path.join(out, "backup")
+    # Refuse a --out/preset that holds a user's files now, not after the training.
+    preset_io.check_destination(os.path.join(out, "preset"))
     if args.fresh and os.path.isdir(backup):
         import shutil
 
         shutil.rmtree(backup)
+    check_resumable(out, args)
     train_data, held_out = build_datasets(args)
     model = build_model(args)
     time_limit = TimeLimit(args.time_limit * 60 if args.time_limit else None)
@@ -212,13 +215,24 @@ def train(args):
         f"images: {args.epochs} epochs x {len(train_data)} steps, batch {args.batch_size}",
         flush=True,
     )
+    resuming = os.path.isdir(backup) and bool(os.listdir(backup))
     start = time.time()
-    history = model.fit(
-        train_data,
-        epochs=args.epochs,
-        callbacks=callbacks,
-        verbose=args.verbose,
-    )
+    try:
+        history = model.fit(
+            train_data,
+            epochs=args.epochs,
+            callbacks=callbacks,
+            verbose=args.verbose,
+        )
+    except ValueError as e:
+        if not (resuming and "could not be loaded" in str(e)):
+            raise
+        # keras's list of every object that failed to load: say what it means instead.
+        raise ValueError(
+            f"The backup in {backup} was written by a run with a different architecture than "
+            "these arguments build, so it cannot be resumed. Pass --fresh to start over, or "
+            f"rerun with the interrupted run's arguments. ({_first_line(e)})"
+        ) from None
     train_seconds = time.time() - start
     steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     preset_dir = os.path.join(out, "preset")
@@ -253,6 +267,57 @@ def train(args):
         flush=True,
     )
     return result
+
+
+ARCHITECTURE_FILE = "architecture.json"
+ARCHITECTURE_KEYS = (
+    "num_classes",
+    "num_queries",
+    "d_model",
+    "num_heads",
+    "num_encoder_layers",
+    "num_decoder_layers",
+    "ffn_dim",
+)
+
+
+def _first_line(error):
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+
+
+def check_resumable(out, args):
+    """Refuse to resume a backup made for another architecture; record this run's.
+
+    A backup is only resumable by the model it was saved from. Comparing the recorded arguments
+    names the one that differs, where keras would list every weight that failed to load.
+    """
+    from kzoo.utils.files import atomic_file
+
+    current = {key: getattr(args, key) for key in ARCHITECTURE_KEYS}
+    record = os.path.join(out, ARCHITECTURE_FILE)
+    backup = os.path.join(out, "backup")
+    has_backup = os.path.isdir(backup) and bool(os.listdir(backup))
+    if has_backup and os.path.isfile(record):
+        try:
+            with open(record) as f:
+                recorded = json.load(f)
+        except (OSError, ValueError):
+            recorded = None
+        if isinstance(recorded, dict):
+            changed = [
+                f"--{key.replace('_', '-')} {recorded[key]} (now {current[key]})"
+                for key in ARCHITECTURE_KEYS
+                if key in recorded and recorded[key] != current[key]
+            ]
+            if changed:
+                raise ValueError(
+                    f"{out} holds a backup of an interrupted run with {', '.join(changed)}; it "
+                    "cannot resume with a different architecture. Pass --fresh to start over, or "
+                    "rerun with the interrupted run's arguments."
+                )
+    os.makedirs(out, exist_ok=True)
+    with atomic_file(record, "w") as f:
+        json.dump(current, f, indent=2)
 
 
 def cmd_train(args):
