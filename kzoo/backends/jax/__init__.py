@@ -46,6 +46,16 @@ register(
     ),
 )
 register(
+    "context_parallel_all_to_all",
+    Implementation(
+        name="jax-shard-map",
+        target="kzoo.backends.jax.ring_attention:all_to_all_attention",
+        backends=BACKEND,
+        optional=False,
+        description="shard_map + two all_to_alls (sequence <-> heads), custom_vjp backward",
+    ),
+)
+register(
     "layer_norm",
     Implementation(
         name="pallas",
