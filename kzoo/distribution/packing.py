@@ -15,7 +15,7 @@ tokens and targets, and weight the loss with ``segment_ids > 0`` to ignore the p
 
 import numpy as np
 
-from kzoo.ops.ring_attention import segment_ranges, step_pairs
+from kzoo.ops.ring_attention import packed_device_work
 
 
 def _rows(document_lengths, seq_len):
@@ -181,28 +181,17 @@ def check_packed_layout(segment_ids, positions=None, distribution=None, max_posi
 
 
 class _WorkModel:
-    """The ring's per-device block count for one packed row, from its document lengths."""
+    """The ring's per-device work for one packed row, from its document lengths."""
 
     def __init__(self, distribution, seq_len):
         self.n = distribution.context_size
         self.seq_len = int(seq_len)
         self.perm = distribution.layout_permutation(seq_len)
-        lb = distribution.load_balance
-        device, query, key = [], [], []
-        for rank in range(self.n):
-            for step in range(self.n):
-                source = (rank - step) % self.n
-                for qs, ks in step_pairs(step, rank, self.n, True, lb):
-                    device.append(rank)
-                    query.append(2 * rank + qs)
-                    key.append(2 * source + ks)
-        self.device, self.query, self.key = (np.array(a) for a in (device, query, key))
+        self.load_balance = distribution.load_balance
 
     def work(self, lengths):
         ids = _natural_row(lengths, self.seq_len)[0][self.perm]
-        low, high = (a[0] for a in segment_ranges(ids[None], 2 * self.n))
-        meet = (low[self.query] <= high[self.key]) & (low[self.key] <= high[self.query])
-        return np.bincount(self.device[meet], minlength=self.n)
+        return np.array(packed_device_work(ids[None], self.n, True, self.load_balance))
 
 
 def _exact_subset(lengths, candidates, target):
@@ -305,7 +294,7 @@ def balance_documents(document_lengths, seq_len, distribution, seed=0, evaluatio
 
         def score(order, lengths=lengths):
             w = model.work(lengths[order])
-            return (int(w.max()), float(w.max() / max(w.mean(), 1e-9)))
+            return (float(w.max()), float(w.max() / max(w.mean(), 1e-9)))
 
         starts = [np.arange(len(row)), _aligned_order(lengths, int(seq_len), 2 * model.n)]
         scored = [(score(o), i) for i, o in enumerate(starts)]

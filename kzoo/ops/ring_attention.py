@@ -28,6 +28,7 @@ Causal and window masks therefore compare the global positions of the slots, nev
 indices.
 """
 
+import functools
 import logging
 
 import numpy as np
@@ -57,11 +58,17 @@ ALL_TO_ALL_OP = "context_parallel_all_to_all"
 STRATEGY_OPS = {"ring": RING_OP, "all_to_all": ALL_TO_ALL_OP}
 
 # strategy="auto" takes all-to-all only up to this many tokens per device. Below it a ring step's
-# compute is too short to hide the step's key/value transfer on an H200 with NVLink (the
-# crossover that scripts/bench_cp.py derives from the compiled FLOPs and collective bytes of a
-# ring step; see docs/context_parallel.md), so the ring's sends are exposed and the two
+# compute is too short to hide the step's key/value transfer on an H200 with NVLink:
+# scripts/bench_cp.py measures the crossover from the compiled FLOPs and collective bytes of a
+# ring step at 2160-2541 tokens (2 query heads per key/value head; docs/context_parallel.md),
+# and this is the power of two below it. There the ring's sends are exposed and the two
 # all-to-alls, which send fewer bytes, are the cheaper strategy.
 AUTO_ALL_TO_ALL_MAX_TOKENS = 2048
+
+# Scores are computed in blocks of at most this many query and key tokens: a block's scores
+# (its square, per head, in float32) are what attention holds in memory at a time. The ring
+# splits each chunk pair into such blocks; all-to-all splits the whole sequence.
+ATTENTION_BLOCK = 2048
 
 logger = logging.getLogger("kzoo.context_parallel")
 _LOGGED_CHOICES = set()
@@ -167,6 +174,26 @@ def per_device_work(num_shards, causal, load_balance="zigzag", window_size=None,
     ]
 
 
+def block_split(length, block=None):
+    """Into how many equal blocks (a power of two) ``length`` tokens are cut, so that each
+    holds at most ``block`` tokens (``ATTENTION_BLOCK``; as far as halving divides ``length``)."""
+    block = ATTENTION_BLOCK if block is None else block
+    parts = 1
+    while length // parts > block and length % (2 * parts) == 0:
+        parts *= 2
+    return parts
+
+
+def block_reaches(offset, q_len, k_len, causal, window_size):
+    """Whether a block of ``q_len`` queries whose first query is ``offset`` positions after its
+    first key (of ``k_len`` keys) holds any pair a causal / windowed mask lets through."""
+    if not causal:
+        return True
+    if offset + q_len - 1 < 0:
+        return False
+    return window_size is None or offset - (k_len - 1) <= window_size - 1
+
+
 def segment_ranges(segment_ids, num_chunks):
     """Per chunk, the ``(lowest, highest)`` document id (> 0) of each batch row.
 
@@ -183,34 +210,68 @@ def segment_ranges(segment_ids, num_chunks):
 def blocks_meet(q_range, k_range):
     """Whether a query block and a key block share a document in any batch row.
 
-    This is the test the JAX code runs (``lax.cond``) before computing a block of packed
-    documents: ids are compared by range, so it never skips a block two documents meet in,
-    and with ids increasing along the sequence (as ``pack_documents`` numbers them) it skips
-    every block they do not.
+    This is the test the JAX code runs (``lax.cond``) before computing a block: ids are
+    compared by range, so it never skips a block two tokens of one document meet in, and with
+    ids increasing along the sequence (as ``pack_documents`` numbers them) it skips every block
+    they do not. Padding (id 0) and masked keys are in no range.
     """
     (q_low, q_high), (k_low, k_high) = q_range, k_range
-    return bool(np.any((q_low <= k_high) & (k_low <= q_high)))
+    return np.any((q_low <= k_high) & (k_low <= q_high), axis=0)
 
 
-def packed_device_work(segment_ids, num_shards, causal=True, load_balance="zigzag"):
-    """Chunk-pair blocks each device of the ring computes for packed documents.
+def ring_blocks(num_shards, seq_len, causal=True, load_balance="zigzag", window_size=None):
+    """Every block the ring may compute: ``(device, query block, key block, blocks per chunk)``.
 
-    ``segment_ids`` is a ``(batch, seq)`` numpy array in layout order, the batch one device
-    holds. A block is computed when the schedule (``step_pairs``) needs it and a document
-    meets in it (``blocks_meet``), exactly as the JAX ring decides.
+    The sequence (layout order) is cut into ``2 * CP * m`` blocks of ``S / (2 CP m)`` tokens,
+    ``m = block_split(S / (2 CP))``; the arrays list, for each device, the (query, key) block
+    indices of the chunk pairs its schedule computes (``step_pairs``) whose positions the
+    causal / window mask lets through. The JAX ring computes exactly these, each under a
+    ``lax.cond`` on the documents (``blocks_meet``).
     """
-    low, high = segment_ranges(segment_ids, 2 * num_shards)
-    work = []
+    chunk = seq_len // (2 * num_shards)
+    m = block_split(chunk)
+    return _ring_blocks(num_shards, chunk, m, causal, load_balance, window_size)
+
+
+@functools.cache
+def _ring_blocks(num_shards, chunk, m, causal, load_balance, window_size):
+    size = chunk // m
+    device, query, key = [], [], []
     for rank in range(num_shards):
-        count = 0
+        own = chunk_ids(rank, num_shards, load_balance)
         for step in range(num_shards):
             source = (rank - step) % num_shards
-            for qs, ks in step_pairs(step, rank, num_shards, causal, load_balance):
-                qi, ki = 2 * rank + qs, 2 * source + ks  # slot indices in layout order
-                if blocks_meet((low[:, qi], high[:, qi]), (low[:, ki], high[:, ki])):
-                    count += 1
-        work.append(count)
-    return work
+            theirs = chunk_ids(source, num_shards, load_balance)
+            pairs = step_pairs(step, rank, num_shards, causal, load_balance, window_size, chunk)
+            for qs, ks in pairs:
+                for a in range(m):
+                    for b in range(m):
+                        offset = (own[qs] - theirs[ks]) * chunk + (a - b) * size
+                        if block_reaches(offset, size, size, causal, window_size):
+                            device.append(rank)
+                            query.append((2 * rank + qs) * m + a)
+                            key.append((2 * source + ks) * m + b)
+    return tuple(np.array(x, np.int64) for x in (device, query, key)) + (m,)
+
+
+def packed_device_work(
+    segment_ids, num_shards, causal=True, load_balance="zigzag", window_size=None
+):
+    """Work each device of the ring does for packed documents, in chunk-pair blocks.
+
+    ``segment_ids`` is a ``(batch, seq)`` numpy array in layout order, the batch one device
+    holds. A block is computed when the schedule needs it (``ring_blocks``) and a document
+    meets in it (``blocks_meet``), exactly as the JAX ring decides; blocks smaller than a chunk
+    pair (long chunks are split into ``ATTENTION_BLOCK``-token blocks) count as their share.
+    """
+    segment_ids = np.asarray(segment_ids)
+    device, query, key, m = ring_blocks(
+        num_shards, segment_ids.shape[1], causal, load_balance, window_size
+    )
+    low, high = segment_ranges(segment_ids, 2 * num_shards * m)
+    meet = blocks_meet((low[:, query], high[:, query]), (low[:, key], high[:, key]))
+    work = np.bincount(device[meet], minlength=num_shards) / m**2
+    return [float(w) if m > 1 else int(w) for w in work]
 
 
 def active_context_parallel():

@@ -206,13 +206,19 @@ def test_zigzag_balances_causal_work_and_contiguous_does_not():
         assert max(contiguous) / np.mean(contiguous) > 1.3
 
 
-def test_packed_work_counts_exactly_the_blocks_documents_meet_in():
+@pytest.mark.parametrize("block", [None, 2])
+def test_packed_work_counts_exactly_the_blocks_documents_meet_in(block, monkeypatch):
     # The ring computes a block of packed documents iff some token of a document attends to
-    # a key of the same document in it: checked against token-level visibility.
+    # a key of the same document in it: checked against token-level visibility. With blocks
+    # of 2 tokens each 4-token chunk pair is 2 x 2 blocks, each a quarter of the work.
     from kzoo.distribution import zigzag_permutation
 
+    if block is not None:
+        monkeypatch.setattr(ra, "ATTENTION_BLOCK", block)
     rng = np.random.default_rng(0)
     n, chunk = 4, 4
+    m = 1 if block is None else chunk // block
+    size = chunk // m
     length = 2 * n * chunk
     for _ in range(20):
         lengths = []
@@ -222,14 +228,22 @@ def test_packed_work_counts_exactly_the_blocks_documents_meet_in():
         natural = pack_documents([lengths], length)[0]
         perm = zigzag_permutation(length, n)
         work = ra.packed_device_work(natural[:, perm], n, True, "zigzag")
-        wanted = _visible_chunk_pairs(n, chunk, True, None, natural[0])
-        expected = [
-            len(
-                {p for p in wanted if p[0] in ra.chunk_ids(r, n)}
-                & set(ra.computed_chunk_pairs(r, n, True))
-            )
-            for r in range(n)
-        ]
+        ids = natural[0]
+        expected = []
+        for r in range(n):
+            count = 0
+            for qc, kc in ra.computed_chunk_pairs(r, n, True):
+                for a in range(m):
+                    for b in range(m):
+                        q = np.arange(qc * chunk + a * size, qc * chunk + (a + 1) * size)
+                        k = np.arange(kc * chunk + b * size, kc * chunk + (b + 1) * size)
+                        visible = (
+                            (q[:, None] >= k[None, :])
+                            & (ids[q][:, None] == ids[k][None, :])
+                            & (ids[k][None, :] > 0)
+                        )
+                        count += bool(visible.any())
+            expected.append(count / m**2)
         assert work == expected
 
 
@@ -325,22 +339,26 @@ def _out_and_grads(cp, causal, dtype, q, k, v, mask, cotangent, segments=None, w
 
 
 CONFIGS = [
-    # strategy, mesh, causal, load balance, packed documents, window, query heads
-    ("ring", (1, 8), True, "zigzag", False, None, 4),
-    ("ring", (2, 4), False, "zigzag", True, None, 4),
-    ("ring", (4, 2), True, "contiguous", False, None, 4),
-    ("ring", (2, 4), True, "zigzag", True, 3, 4),
-    ("all_to_all", (2, 4), True, "zigzag", True, None, 4),  # 2 kv heads copied twice
-    ("all_to_all", (1, 8), True, "zigzag", False, 6, 8),  # 2 kv heads copied 4 times
-    ("auto", (4, 2), False, "zigzag", False, None, 2),  # picks all-to-all: 2 kv heads, CP 2
+    # strategy, mesh, causal, load balance, packed documents, window, query heads, block:
+    # with blocks of 4 tokens the ring cuts its 8-token chunks (CP 2) into 2 x 2 blocks and
+    # all-to-all the sequence into 8 blocks.
+    ("ring", (1, 8), True, "zigzag", False, None, 4, None),
+    ("ring", (2, 4), False, "zigzag", True, None, 4, None),
+    ("ring", (4, 2), True, "contiguous", True, 5, 4, 4),
+    ("ring", (2, 4), True, "zigzag", True, 3, 4, None),
+    ("all_to_all", (2, 4), True, "zigzag", True, None, 4, None),  # 2 kv heads copied twice
+    ("all_to_all", (1, 8), True, "zigzag", False, 6, 8, None),  # 2 kv heads copied 4 times
+    ("auto", (4, 2), True, "zigzag", True, None, 2, 4),  # picks all-to-all: 2 kv heads, CP 2
 ]
 
 
 @pytest.mark.backends("jax")
-@pytest.mark.parametrize("strategy,mesh,causal,load_balance,packed,window,heads", CONFIGS)
+@pytest.mark.parametrize("strategy,mesh,causal,load_balance,packed,window,heads,block", CONFIGS)
 def test_strategies_match_single_device_output_and_gradients(
-    strategy, mesh, causal, load_balance, packed, window, heads
+    strategy, mesh, causal, load_balance, packed, window, heads, block, monkeypatch
 ):
+    if block is not None:
+        monkeypatch.setattr(ra, "ATTENTION_BLOCK", block)
     # Grouped-query attention and key padding; 4 rows so that a 4-way batch axis divides them.
     q, k, v, mask = _inputs(b=4, s=32, h=heads, hk=2)
     cot = np.random.default_rng(5).normal(size=q.shape).astype("float32")
@@ -447,24 +465,26 @@ def test_window_shorter_than_a_chunk_sends_two_blocks_and_computes_less():
 @pytest.mark.backends("jax")
 @pytest.mark.parametrize("strategy", ["ring", "all_to_all"])
 def test_blocks_no_document_spans_are_not_computed(strategy):
-    # Keys that no query may see hold NaN. A computed block multiplies them by a zero
-    # probability, which gives NaN; a skipped block never reads them. One row, 32 tokens on 4
-    # devices, the second half padding: every block of padding keys must be skipped. The same
-    # keys hidden by the key mask alone (no documents) are computed, and give NaN.
+    # The first document's keys and values are NaN. A computed block multiplies them by zero
+    # probabilities, which gives NaN; a skipped block never reads them. One row of 32 tokens
+    # on 4 devices, documents of 16, 10 and 6 tokens: the blocks where the later documents'
+    # queries meet the first one's keys (causally visible, so only the documents can skip
+    # them) must be skipped, so their outputs stay exactly what they are with finite values
+    # there, while the first document's own outputs are NaN.
     import jax.numpy as jnp
 
     cp = _cp((1, 4), strategy=strategy)
     q, k, v, _ = _inputs(b=1, s=32, h=4, hk=4)
-    segments = pack_documents([[10, 6]], 32, cp)[0]
-    padding = segments == 0
+    segments = pack_documents([[16, 10, 6]], 32, cp)[0]
     q, k, v = (a[:, cp.layout_permutation(32)] for a in (q, k, v))
-    k[padding], v[padding] = np.nan, np.nan
-    _, compiled = _forward_hlo(cp, q, k, v, ~padding, segments=jnp.asarray(segments))
-    out = np.asarray(compiled(q, k, v, ~padding, segments))
-    assert np.all(np.isfinite(out))
-    assert np.all(out[~padding] != 0) and np.all(out[padding] == 0)
-    _, unsegmented = _forward_hlo(cp, q, k, v, ~padding)
-    assert np.isnan(np.asarray(unsegmented(q, k, v, ~padding, None))).any()
+    mask = np.ones((1, 32), bool)
+    _, compiled = _forward_hlo(cp, q, k, v, mask, segments=jnp.asarray(segments))
+    finite = np.asarray(compiled(q, k, v, mask, segments))
+    first = segments == 1
+    k[first], v[first] = np.nan, np.nan
+    out = np.asarray(compiled(q, k, v, mask, segments))
+    assert np.all(np.isnan(out[first]))
+    np.testing.assert_array_equal(out[~first], finite[~first])
 
 
 @pytest.mark.backends("jax")
