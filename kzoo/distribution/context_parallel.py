@@ -3,7 +3,9 @@
 Context parallelism (CP) splits every activation along the sequence across the devices of one
 mesh axis. Per-token layers (embeddings, MLPs, normalisations) need nothing more; attention
 needs other devices' keys, which :class:`kzoo.layers.ContextParallelAttention` passes round a
-ring. Keras 3.15's distribution API exists on JAX only, so this distribution does too.
+ring (or re-shards from the sequence to the heads with two all-to-alls). Keras 3.15's
+distribution API exists on JAX only, so this distribution does too. ``kzoo.distribution.packing``
+lays out packed documents for it.
 """
 
 import numpy as np
@@ -11,6 +13,7 @@ from keras import distribution as kd
 from keras import saving
 
 LOAD_BALANCES = ("zigzag", "contiguous")
+STRATEGIES = ("ring", "all_to_all", "auto")
 
 # keras exports its distributions but not their base class; reach it through DataParallel
 # rather than through keras's private modules.
@@ -73,6 +76,13 @@ class ContextParallel(_Distribution):
         load_balance: ``"zigzag"`` or ``"contiguous"``.
         auto_shard_dataset: As for keras's distributions (``tf.data`` inputs in multi-process
             runs).
+        strategy: How attention crosses the devices: ``"ring"`` (key/value blocks travel
+            round the devices; any number of heads), ``"all_to_all"`` (two all-to-alls
+            re-shard from the sequence to the heads and back; needs the key/value heads, or
+            the query heads with key/value heads copied, to divide by CP) or ``"auto"``
+            (all-to-all when the key/value heads divide by CP, it sends fewer bytes and each
+            device holds at most ``kzoo.ops.ring_attention.AUTO_ALL_TO_ALL_MAX_TOKENS`` tokens;
+            else the ring). The choice is logged once (logger ``kzoo.context_parallel``).
 
     Example:
 
@@ -95,6 +105,7 @@ class ContextParallel(_Distribution):
         layout_map=None,
         load_balance="zigzag",
         auto_shard_dataset=True,
+        strategy="ring",
     ):
         if not isinstance(device_mesh, kd.DeviceMesh):
             raise ValueError(
@@ -116,6 +127,8 @@ class ContextParallel(_Distribution):
             raise ValueError("batch_dim_name and sequence_axis must be different mesh axes.")
         if load_balance not in LOAD_BALANCES:
             raise ValueError(f"load_balance must be one of {LOAD_BALANCES}; got {load_balance!r}.")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}.")
         if layout_map is not None:
             if not isinstance(layout_map, kd.LayoutMap):
                 raise ValueError(
@@ -128,6 +141,7 @@ class ContextParallel(_Distribution):
         self._sequence_axis = sequence_axis
         self._layout_map = layout_map
         self._load_balance = load_balance
+        self._strategy = strategy
 
     @property
     def sequence_axis(self):
@@ -141,6 +155,11 @@ class ContextParallel(_Distribution):
     @property
     def load_balance(self):
         return self._load_balance
+
+    @property
+    def strategy(self):
+        """``"ring"``, ``"all_to_all"`` or ``"auto"``."""
+        return self._strategy
 
     @property
     def layout_map(self):
@@ -219,6 +238,7 @@ class ContextParallel(_Distribution):
             "sequence_axis": self._sequence_axis,
             "batch_dim_name": self.batch_dim_name,
             "load_balance": self._load_balance,
+            "strategy": self._strategy,
         }
 
     @classmethod
@@ -231,5 +251,5 @@ class ContextParallel(_Distribution):
         return (
             f"<ContextParallel device_mesh={self.device_mesh} sequence_axis="
             f"{self._sequence_axis!r} batch_dim_name={self.batch_dim_name!r} "
-            f"load_balance={self._load_balance!r}>"
+            f"load_balance={self._load_balance!r} strategy={self._strategy!r}>"
         )

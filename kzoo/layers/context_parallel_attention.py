@@ -3,7 +3,12 @@
 import keras
 from keras import layers, ops
 
-from kzoo.ops.ring_attention import ring_attention
+from kzoo.ops.ring_attention import (
+    check_segment_layout,
+    ring_attention,
+    validate_segment_ids,
+    validate_window_size,
+)
 
 
 def _positive_int(value):
@@ -17,14 +22,16 @@ class ContextParallelAttention(layers.Layer):
     Called like ``keras.layers.MultiHeadAttention``: ``layer(query, value, key=None,
     attention_mask=None)``, with the same weights (``query_dense``, ``key_dense``,
     ``value_dense``, ``output_dense`` einsum kernels and biases), plus grouped-query attention
-    (``num_key_value_heads``) and ``causal``.
+    (``num_key_value_heads``), ``causal``, a sliding window (``window_size``) and packed
+    documents (``segment_ids``).
 
     When the active distribution is a :class:`kzoo.distribution.ContextParallel` whose sequence
     axis has more than one device, each device keeps its queries and the keys/values travel
     round a ring of devices (``shard_map`` + ``ppermute``, exact log-sum-exp merging, zigzag
-    causal load balance; see ``kzoo.ops.ring_attention_jax``); the sequence axis is then in the
-    distribution's layout order. Otherwise it computes exact attention on one device. The two
-    modes have the same weights and give the same outputs.
+    causal load balance), or two all-to-alls re-shard from the sequence to the heads and back,
+    as the distribution's ``strategy`` says (see ``kzoo.backends.jax.ring_attention``); the
+    sequence axis is then in the distribution's layout order. Otherwise it computes exact
+    attention on one device. All modes have the same weights and give the same outputs.
 
     On torch and TensorFlow the layer always computes exact single-device attention: keras
     3.15's distribution API (meshes, layouts, ``set_distribution``) works on JAX only - on torch
@@ -40,6 +47,9 @@ class ContextParallelAttention(layers.Layer):
         use_bias: Whether the projections have biases.
         output_shape: Size of the output's last axis; the query's by default.
         causal: Mask keys after each query's position.
+        window_size: Sliding-window attention (needs ``causal``): each query sees itself and
+            the ``window_size - 1`` keys before it. Under context parallelism, ring steps no
+            query can reach are skipped.
         kernel_initializer, bias_initializer: For the projections.
 
     Call arguments:
@@ -49,6 +59,10 @@ class ContextParallelAttention(layers.Layer):
         attention_mask: Optional key padding mask ``(batch, kv_len)`` (``True`` = attend), or
             on one device a full ``(batch, q_len, kv_len)`` mask. A query that sees no key
             outputs the output projection's bias.
+        segment_ids: Optional ``(batch, seq_len)`` integer document ids for packed sequences
+            (query and key/value of the same length): a token attends only within its own
+            document; id 0 is padding. Under context parallelism they are in the layout
+            order, like the tokens (``kzoo.distribution.pack_documents``).
 
     Example:
 
@@ -69,6 +83,7 @@ class ContextParallelAttention(layers.Layer):
         use_bias=True,
         output_shape=None,
         causal=False,
+        window_size=None,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         **kwargs,
@@ -92,6 +107,7 @@ class ContextParallelAttention(layers.Layer):
             )
         if not isinstance(causal, bool):
             raise ValueError(f"causal must be True or False; got {causal!r}.")
+        validate_window_size(window_size, causal)
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.value_dim = value_dim or key_dim
@@ -99,6 +115,7 @@ class ContextParallelAttention(layers.Layer):
         self.use_bias = bool(use_bias)
         self.output_shape_ = output_shape
         self.causal = bool(causal)
+        self.window_size = None if window_size is None else int(window_size)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
@@ -194,26 +211,38 @@ class ContextParallelAttention(layers.Layer):
         self.output_dense.build(tuple(query_shape[:-1]) + (h, self.value_dim))
         self.built = True
 
-    def call(self, query, value, key=None, attention_mask=None):
+    def call(self, query, value, key=None, attention_mask=None, segment_ids=None):
         self._check_shapes(
             query.shape,
             value.shape,
             None if key is None else key.shape,
             None if attention_mask is None else attention_mask.shape,
         )
+        if segment_ids is not None:
+            kv_len = (value if key is None else key).shape[1]
+            validate_segment_ids(segment_ids, query.shape[0], query.shape[1], kv_len)
+            check_segment_layout(segment_ids)
         key = value if key is None else key
         q = self.query_dense(query)
         k = self.key_dense(key)
         v = self.value_dense(value)
         if attention_mask is not None:
             attention_mask = ops.cast(attention_mask, "bool")
-        out = ring_attention(q, k, v, key_mask=attention_mask, causal=self.causal)
+        out = ring_attention(
+            q,
+            k,
+            v,
+            key_mask=attention_mask,
+            causal=self.causal,
+            segment_ids=segment_ids,
+            window_size=self.window_size,
+        )
         return self.output_dense(out)
 
     def compute_output_shape(self, query_shape, value_shape, key_shape=None):
         return tuple(query_shape[:-1]) + (self.output_shape_ or query_shape[-1],)
 
-    def compute_output_spec(self, query, value, key=None, attention_mask=None):
+    def compute_output_spec(self, query, value, key=None, attention_mask=None, segment_ids=None):
         shape = self.compute_output_shape(query.shape, value.shape)
         return keras.KerasTensor(shape, dtype=self.compute_dtype)
 
@@ -228,6 +257,7 @@ class ContextParallelAttention(layers.Layer):
                 "use_bias": self.use_bias,
                 "output_shape": self.output_shape_,
                 "causal": self.causal,
+                "window_size": self.window_size,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
             }

@@ -6,7 +6,7 @@ from keras import layers, ops
 
 from kzoo.layers.context_parallel_attention import ContextParallelAttention
 from kzoo.layers.layer_normalization import LayerNormalization
-from kzoo.ops.ring_attention import active_context_parallel
+from kzoo.ops.ring_attention import active_context_parallel, validate_segment_ids
 from kzoo.presets import PresetMixin
 
 
@@ -81,10 +81,10 @@ class CausalLMBlock(layers.Layer):
         self.mlp_out.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
         self.built = True
 
-    def call(self, x):
+    def call(self, x, segment_ids=None):
         h = self.attention_norm(x)
         # The residual add and the MLP's norm in one pass: (norm(x + attn), x + attn).
-        h, x = self.mlp_norm(self.attention(h, h), residual=x)
+        h, x = self.mlp_norm(self.attention(h, h, segment_ids=segment_ids), residual=x)
         return x + self.mlp_out(self.mlp_in(h))
 
     def compute_output_shape(self, input_shape):
@@ -117,6 +117,14 @@ class CausalLM(PresetMixin, keras.Model):
     targets); the model embeds each slot's *global* position (``cp.layout_positions``), so it
     computes exactly what it computes on one device, only permuted.
 
+    Packed documents: call the model on a dict ``{"token_ids", "segment_ids", "positions"}``
+    (all ``(batch, seq_len)`` integers, in layout order under context parallelism), as built by
+    :func:`kzoo.distribution.pack_documents`. Attention then stays inside each document and
+    positions restart at each, so every document gets the logits it would get alone. ``fit``,
+    ``evaluate`` and ``predict`` check numpy packed inputs before anything runs
+    (:func:`kzoo.distribution.check_packed_layout`); weight the loss with
+    ``segment_ids > 0`` to ignore padding.
+
     Args:
         vocabulary_size: Number of tokens.
         num_layers: Number of transformer blocks.
@@ -132,6 +140,9 @@ class CausalLM(PresetMixin, keras.Model):
     ```python
     model = kzoo.models.CausalLM(vocabulary_size=64, num_layers=2, hidden_dim=32, num_heads=4)
     logits = model(np.zeros((2, 16), "int32"))  # (2, 16, 64)
+    segment_ids, positions = kzoo.distribution.pack_documents([[5, 11], [16]], 16)
+    logits = model({"token_ids": np.zeros((2, 16), "int32"), "segment_ids": segment_ids,
+                    "positions": positions})
     ```
     """
 
@@ -187,6 +198,8 @@ class CausalLM(PresetMixin, keras.Model):
         self.logits = layers.Dense(vocabulary_size, dtype=self.dtype_policy, name="logits")
 
     def build(self, input_shape):
+        if isinstance(input_shape, dict):
+            input_shape = input_shape["token_ids"]
         self._check_length(input_shape[1])
         self.token_embedding.build(input_shape)
         self.position_embedding.build((input_shape[1],))
@@ -197,16 +210,79 @@ class CausalLM(PresetMixin, keras.Model):
         self.logits.build(hidden_shape)
         self.built = True
 
-    def call(self, token_ids):
+    def call(self, inputs):
+        token_ids, segment_ids, positions = self._unpack_inputs(inputs)
         seq_len = ops.shape(token_ids)[1]
         self._check_length(seq_len)
-        dist, _ = active_context_parallel()
-        positions = np.arange(seq_len) if dist is None else dist.layout_positions(seq_len)
         x = self.token_embedding(token_ids)
-        x = x + self.position_embedding(ops.convert_to_tensor(positions.astype("int32")))[None]
+        if positions is None:
+            dist, _ = active_context_parallel()
+            positions = np.arange(seq_len) if dist is None else dist.layout_positions(seq_len)
+            positions = ops.convert_to_tensor(positions.astype("int32"))[None]
+        x = x + self.position_embedding(positions)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, segment_ids=segment_ids)
         return self.logits(self.final_norm(x))
+
+    def _unpack_inputs(self, inputs):
+        """``(token_ids, segment_ids, positions)`` of a token array or a packed-input dict."""
+        if not isinstance(inputs, dict):
+            return inputs, None, None
+        unknown = set(inputs) - {"token_ids", "segment_ids", "positions"}
+        if "token_ids" not in inputs or unknown:
+            raise ValueError(
+                "CausalLM takes token ids, or a dict with 'token_ids' and optionally "
+                f"'segment_ids' and 'positions'; got keys {sorted(inputs)}."
+            )
+        token_ids = inputs["token_ids"]
+        segment_ids, positions = inputs.get("segment_ids"), inputs.get("positions")
+        batch, seq_len = tuple(token_ids.shape)[:2]
+        if segment_ids is not None:
+            validate_segment_ids(segment_ids, batch, seq_len, seq_len)
+            if positions is None:
+                raise ValueError(
+                    "Packed inputs with 'segment_ids' need 'positions' that restart at every "
+                    "document; build both with kzoo.distribution.pack_documents."
+                )
+        if positions is not None:
+            shape = tuple(positions.shape)
+            dtype = keras.backend.standardize_dtype(positions.dtype)
+            if "int" not in dtype or len(shape) != 2 or shape[1] != seq_len:
+                raise ValueError(
+                    f"positions must be integers of shape (batch, seq_len) = {(batch, seq_len)}; "
+                    f"got dtype {dtype} and shape {shape}."
+                )
+        return token_ids, segment_ids, positions
+
+    def _check_packed(self, x):
+        """Refuse numpy packed inputs whose layout was not converted, before anything runs."""
+        if not isinstance(x, dict):
+            return
+        self._unpack_inputs(x)
+        segment_ids = x.get("segment_ids")
+        if isinstance(segment_ids, np.ndarray):
+            from kzoo.distribution.packing import check_packed_layout
+
+            dist, _ = active_context_parallel()
+            positions = x.get("positions")
+            check_packed_layout(
+                segment_ids,
+                positions if isinstance(positions, np.ndarray) else None,
+                distribution=dist,
+                max_position=self.max_sequence_length,
+            )
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        self._check_packed(x)
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        self._check_packed(x)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        self._check_packed(x)
+        return super().predict(x, *args, **kwargs)
 
     def _check_length(self, seq_len):
         if seq_len is not None and seq_len > self.max_sequence_length:
@@ -216,6 +292,8 @@ class CausalLM(PresetMixin, keras.Model):
             )
 
     def compute_output_shape(self, input_shape):
+        if isinstance(input_shape, dict):
+            input_shape = input_shape["token_ids"]
         return tuple(input_shape) + (self.vocabulary_size,)
 
     def get_config(self):

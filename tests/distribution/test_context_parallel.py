@@ -52,6 +52,9 @@ def test_layouts_and_layout_order():
     np.testing.assert_array_equal(contiguous.to_layout_order(x), x)
     clone = ContextParallel.from_config(cp.get_config())
     assert clone.get_config() == cp.get_config()
+    assert cp.strategy == "ring"
+    auto = ContextParallel(_mesh(), strategy="auto")
+    assert ContextParallel.from_config(auto.get_config()).strategy == "auto"
 
 
 @pytest.mark.backends("jax")
@@ -87,6 +90,7 @@ def test_variables_replicated_or_laid_out_by_layout_map_and_data_sharded():
         ({"sequence_axis": "seq"}, "sequence_axis='seq'"),
         ({"batch_dim_name": "data"}, "batch_dim_name='data'"),
         ({"load_balance": "random"}, "load_balance"),
+        ({"strategy": "tree"}, "strategy must be one of"),
         ({"layout_map": {"a": None}}, "layout_map"),
         ({"batch_dim_name": "context"}, "different"),
     ],

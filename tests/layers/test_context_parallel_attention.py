@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+from kzoo.distribution import pack_documents
 from kzoo.layers import ContextParallelAttention
 
 
@@ -41,6 +42,43 @@ def _check_against_keras_mha(x, y, mask, causal):
     assert got.shape == (2, 16, 7)
 
 
+def test_documents_and_window_match_keras_multi_head_attention_with_the_full_mask():
+    # keras's layer takes the whole (batch, q, k) mask: same document, causal, in the window.
+    x = _x()
+    segments, _ = pack_documents([[5, 8, 3], [16]], 16)
+    ref = keras.layers.MultiHeadAttention(num_heads=3, key_dim=4)
+    layer = ContextParallelAttention(num_heads=3, key_dim=4, causal=True, window_size=4)
+    distance = np.arange(16)[:, None] - np.arange(16)[None, :]
+    full_mask = (segments[:, :, None] == segments[:, None, :]) & (distance >= 0) & (distance < 4)
+    expected = ref(x, x, attention_mask=full_mask)
+    layer.build(x.shape, x.shape)
+    layer.set_weights(ref.get_weights())
+    got = layer(x, x, segment_ids=segments)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected), atol=2e-5
+    )
+    # Without the documents and window the outputs differ: the masks matter here.
+    plain = ContextParallelAttention(num_heads=3, key_dim=4, causal=True)
+    plain.build(x.shape, x.shape)
+    plain.set_weights(ref.get_weights())
+    assert np.max(np.abs(keras.ops.convert_to_numpy(plain(x, x) - got))) > 1e-3
+
+
+def test_bad_segment_ids_are_value_errors_before_any_projection():
+    layer = ContextParallelAttention(num_heads=2, key_dim=4, causal=True)
+    x = _x()
+    for segments, match in (
+        (np.zeros((2, 16), "float32"), "integer document ids"),
+        (np.zeros((2, 15), "int32"), "shape \\(batch, seq_len\\)"),
+        (np.zeros((1, 16), "int32"), "shape \\(batch, seq_len\\)"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            layer(x, x, segment_ids=segments)
+    cross = ContextParallelAttention(num_heads=2, key_dim=4)
+    with pytest.raises(ValueError, match="same length"):
+        cross(x, _x(s=8), segment_ids=np.zeros((2, 16), "int32"))
+
+
 def test_grouped_query_value_dim_and_key_match_float64_numpy():
     q_in, k_in, v_in, mask = _x(seed=3), _x(seed=4), _x(seed=5), _mask()
     layer = ContextParallelAttention(num_heads=4, key_dim=3, value_dim=5, num_key_value_heads=2)
@@ -60,7 +98,7 @@ def test_grouped_query_value_dim_and_key_match_float64_numpy():
 def test_config_round_trip_and_serialization():
     # The same configuration and shapes as the float64 test, so eager JAX reuses its compiles.
     layer = ContextParallelAttention(
-        num_heads=4, key_dim=3, value_dim=5, num_key_value_heads=2, causal=True
+        num_heads=4, key_dim=3, value_dim=5, num_key_value_heads=2, causal=True, window_size=6
     )
     q, k, v = _x(seed=3), _x(seed=4), _x(seed=5)
     out = layer(q, v, key=k)
@@ -68,6 +106,7 @@ def test_config_round_trip_and_serialization():
     clone.build(q.shape, v.shape, k.shape)
     clone.set_weights(layer.get_weights())
     assert clone.causal and clone.num_key_value_heads == 2 and clone.value_dim == 5
+    assert clone.window_size == 6
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(clone(q, v, key=k)), keras.ops.convert_to_numpy(out), atol=1e-6
     )
@@ -85,6 +124,9 @@ def test_config_round_trip_and_serialization():
         ({"num_heads": 4, "key_dim": 4, "num_key_value_heads": 3}, "num_key_value_heads"),
         ({"num_heads": 4, "key_dim": -1}, "key_dim"),
         ({"num_heads": 4, "key_dim": 4, "output_shape": 0}, "output_shape"),
+        ({"num_heads": 4, "key_dim": 4, "causal": True, "window_size": 0}, "at least 1"),
+        ({"num_heads": 4, "key_dim": 4, "causal": True, "window_size": "8"}, "positive integer"),
+        ({"num_heads": 4, "key_dim": 4, "window_size": 8}, "needs causal=True"),
     ],
 )
 def test_rejects_bad_arguments(kwargs, match):
@@ -94,8 +136,8 @@ def test_rejects_bad_arguments(kwargs, match):
 
 @pytest.mark.backends("jax")
 def test_context_parallel_matches_single_device_outputs_and_all_gradients():
-    # One configuration: the weight gradients only differ between the modes through the
-    # attention op, whose meshes (1x8, 2x4) and causal/non-causal variants
+    # One configuration (packed documents, ring): the weight gradients only differ between the
+    # modes through the attention op, whose meshes, strategies and masks
     # tests/ops/test_ring_attention.py covers.
     mesh, causal = (2, 4), True
     import jax
@@ -104,6 +146,7 @@ def test_context_parallel_matches_single_device_outputs_and_all_gradients():
 
     b, s, d = 2, 32, 12
     x, mask = _x(b, s, d), _mask(b, s)
+    segments = pack_documents([[7, 20, 5], [30]], s)[0]
     cot = np.random.default_rng(9).normal(size=(b, s, d)).astype("float32")
     layer = ContextParallelAttention(num_heads=4, key_dim=4, num_key_value_heads=2, causal=causal)
     layer.build(x.shape, x.shape)
@@ -112,18 +155,23 @@ def test_context_parallel_matches_single_device_outputs_and_all_gradients():
     def make_grad_fn():
         # A fresh function per mode: jax.jit caches traces by function, and the distribution
         # is read while tracing.
-        def loss(trainable, x, mask, cot):
-            out, _ = layer.stateless_call(trainable, [], x, x, attention_mask=mask)
+        def loss(trainable, x, mask, segments, cot):
+            out, _ = layer.stateless_call(
+                trainable, [], x, x, attention_mask=mask, segment_ids=segments
+            )
             return jax.numpy.sum(out * cot), out
 
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
 
-    (_, out_ref), (dw_ref, dx_ref) = make_grad_fn()(weights, x, mask, cot)
+    (_, out_ref), (dw_ref, dx_ref) = make_grad_fn()(weights, x, mask, segments, cot)
 
     cp = ContextParallel(keras.distribution.DeviceMesh(mesh, ["batch", "context"]))
-    order = [cp.to_layout_order(a) for a in (x, mask, cot)]
+    order = [cp.to_layout_order(a) for a in (x, mask, segments, cot)]
     with cp.scope():
         (_, out_cp), (dw_cp, dx_cp) = make_grad_fn()(weights, *order)
+        # Packed documents still in natural order are refused before anything is computed.
+        with pytest.raises(ValueError, match="not in the layout order"):
+            layer(order[0], order[0], segment_ids=segments)
     np.testing.assert_array_less(
         np.max(np.abs(cp.from_layout_order(np.asarray(out_cp)) - np.asarray(out_ref))), 1e-4
     )

@@ -1,7 +1,9 @@
-"""CausalLM: causality, serialisation, and training under ContextParallel (JAX) giving the same
-losses as one device - on 8 virtual devices in one process, and (slow) as 2 processes x 4 CPU
-devices started with keras.distribution.initialize on a loopback coordinator."""
+"""CausalLM: causality, packed documents, serialisation, and training on packed documents under
+ContextParallel (JAX, ring and all-to-all) giving the same losses as one device - on 2 x 4
+virtual devices in one process, and (slow) as 2 processes x 4 CPU devices started with
+keras.distribution.initialize on a loopback coordinator."""
 
+import functools
 import json
 import os
 import socket
@@ -12,16 +14,20 @@ import keras
 import numpy as np
 import pytest
 
+from kzoo.distribution import pack_documents
 from kzoo.models import CausalLM
 
 VOCAB, SEQ, STEPS = 32, 32, 5
+# Two packed rows: three documents and padding, and one document filling the row.
+DOCUMENTS = [[9, 14, 6], [32]]
+STRATEGIES = ("ring", "all_to_all")
 
 
-def _model(seed=7):
+def _model(seed=7, num_layers=2):
     keras.utils.set_random_seed(seed)
     model = CausalLM(
         vocabulary_size=VOCAB,
-        num_layers=2,
+        num_layers=num_layers,
         hidden_dim=16,
         num_heads=4,
         num_key_value_heads=2,
@@ -40,9 +46,36 @@ def _data(batch=2):
     return tokens[:, :-1], tokens[:, 1:]
 
 
-def _fit(model, x, y, batch_size):
-    history = model.fit(x, y, batch_size=batch_size, epochs=STEPS, shuffle=False, verbose=0)
+def _fit(model, x, y, batch_size, sample_weight=None):
+    history = model.fit(
+        x,
+        y,
+        batch_size=batch_size,
+        epochs=STEPS,
+        shuffle=False,
+        verbose=0,
+        sample_weight=sample_weight,
+    )
     return np.array(history.history["loss"])
+
+
+def _packed(distribution=None):
+    """Packed inputs, targets and loss weights; each document's targets are its own next
+    tokens. In ``distribution``'s layout order."""
+    rng = np.random.default_rng(1)
+    x = np.zeros((len(DOCUMENTS), SEQ), "int32")
+    y = np.zeros_like(x)
+    for row, lengths in enumerate(DOCUMENTS):
+        start = 0
+        for n in lengths:
+            tokens = rng.integers(1, VOCAB, size=n + 1)
+            x[row, start : start + n], y[row, start : start + n] = tokens[:-1], tokens[1:]
+            start += n
+    segment_ids, positions = pack_documents(DOCUMENTS, SEQ, distribution)
+    if distribution is not None:
+        x, y = distribution.to_layout_order(x), distribution.to_layout_order(y)
+    inputs = {"token_ids": x, "segment_ids": segment_ids, "positions": positions}
+    return inputs, y, (segment_ids > 0).astype("float32")
 
 
 def test_logits_are_causal_and_preset_round_trips(tmp_path):
@@ -90,23 +123,68 @@ def test_rejects_bad_arguments():
         ).build((1, 8))
 
 
+def test_packed_documents_get_the_logits_each_document_gets_alone():
+    model = _model()
+    inputs, _, _ = _packed()
+    logits = keras.ops.convert_to_numpy(model(inputs))
+    # The reference: each document alone at the start of a row of the plain (unpacked) model;
+    # whatever follows it cannot change its logits, since the model is causal.
+    alone, where = [], []
+    for row, lengths in enumerate(DOCUMENTS):
+        start = 0
+        for n in lengths:
+            tokens = np.zeros(SEQ, "int32")
+            tokens[:n] = inputs["token_ids"][row, start : start + n]
+            alone.append(tokens)
+            where.append((row, start, n))
+            start += n
+    reference = keras.ops.convert_to_numpy(model(np.stack(alone)))
+    for i, (row, start, n) in enumerate(where):
+        np.testing.assert_allclose(logits[row, start : start + n], reference[i, :n], atol=1e-5)
+    # The same tokens unpacked (one sequence, positions running on) give other logits.
+    plain = keras.ops.convert_to_numpy(model(inputs["token_ids"]))
+    assert np.max(np.abs(plain[0, 9:29] - logits[0, 9:29])) > 1e-3
+
+
+def test_packed_inputs_are_checked():
+    model = _model()
+    inputs, y, _ = _packed()
+    with pytest.raises(ValueError, match="need 'positions'"):
+        model({"token_ids": inputs["token_ids"], "segment_ids": inputs["segment_ids"]})
+    with pytest.raises(ValueError, match="segment_ids must have shape"):
+        model({**inputs, "segment_ids": inputs["segment_ids"][:, :16]})
+    with pytest.raises(ValueError, match="'tokens'"):
+        model({"tokens": inputs["token_ids"]})
+    broken = {**inputs, "positions": np.zeros_like(inputs["positions"])}
+    with pytest.raises(ValueError, match="positions must count up by one along each document"):
+        model.fit(broken, y, epochs=1, verbose=0)
+
+
+@functools.lru_cache
+def _one_device_packed_losses():
+    inputs, y, weights = _packed()
+    return _fit(_model(num_layers=1), inputs, y, batch_size=2, sample_weight=weights)
+
+
 @pytest.mark.backends("jax")
-def test_fit_under_context_parallel_matches_one_device():
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_packed_fit_under_context_parallel_matches_one_device(strategy):
     from kzoo.distribution import ContextParallel
 
-    x, y = _data()
-    reference = _model()
-    weights = reference.get_weights()
-    expected = _fit(reference, x, y, batch_size=2)
-
-    cp = ContextParallel(keras.distribution.DeviceMesh((1, 8), ["batch", "context"]))
+    expected = _one_device_packed_losses()
+    cp = ContextParallel(
+        keras.distribution.DeviceMesh((2, 4), ["batch", "context"]), strategy=strategy
+    )
+    inputs, y, weights = _packed(cp)
     with cp.scope():
-        model = _model()  # the same seed gives the same initial weights under the distribution
-        for a, b in zip(model.get_weights(), weights):
-            np.testing.assert_array_equal(a, b)
-        losses = _fit(model, cp.to_layout_order(x), cp.to_layout_order(y), batch_size=2)
+        # The same seed gives the same initial weights under the distribution.
+        model = _model(num_layers=1)
+        natural, _, _ = _packed()
+        with pytest.raises(ValueError, match="not in the layout order"):
+            model.fit(natural, y, batch_size=2, verbose=0)
+        losses = _fit(model, inputs, y, batch_size=2, sample_weight=weights)
         # The step really ran sharded over the sequence.
-        assert model.trainable_variables[0].value.sharding.mesh.shape["context"] == 8
+        assert model.trainable_variables[0].value.sharding.mesh.shape["context"] == 4
     assert expected[-1] < expected[0]
     np.testing.assert_array_less(np.abs(losses - expected) / expected, 1e-4)
 
@@ -129,21 +207,24 @@ def _worker(port, process_id, preset_dir, out_path):
     mesh = keras.distribution.DeviceMesh(
         (2, 4), ["batch", "context"], devices=np.array(devices).reshape(2, 4)
     )
-    # Each process feeds its own rows (numpy arrays are not auto-sharded across processes).
-    cp = ContextParallel(mesh, auto_shard_dataset=False)
-    keras.distribution.set_distribution(cp)
-    # The reference model's preset: same weights in every process, no random initialisation.
-    model = CausalLM.from_preset(preset_dir)
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-2),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    x, y = _data()
-    # This process's devices form batch row `process_id`: it feeds that row, whole sequence.
-    rows = slice(process_id, process_id + 1)
-    losses = _fit(model, cp.to_layout_order(x)[rows], cp.to_layout_order(y)[rows], batch_size=1)
+    losses = {}
+    for strategy in STRATEGIES:
+        # Each process feeds its own rows (numpy arrays are not auto-sharded across processes).
+        cp = ContextParallel(mesh, auto_shard_dataset=False, strategy=strategy)
+        keras.distribution.set_distribution(cp)
+        # The reference model's preset: same weights in every process, no random initialisation.
+        model = CausalLM.from_preset(preset_dir)
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-2),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        inputs, y, weights = _packed(cp)
+        # This process's devices form batch row `process_id`: it feeds that row, whole sequence.
+        rows = slice(process_id, process_id + 1)
+        mine = {name: value[rows] for name, value in inputs.items()}
+        losses[strategy] = _fit(model, mine, y[rows], 1, weights[rows]).tolist()
     with open(out_path, "w") as f:
-        json.dump({"losses": losses.tolist(), "processes": cp.num_processes}, f)
+        json.dump({"losses": losses, "processes": cp.num_processes}, f)
 
 
 def _free_port():
@@ -154,9 +235,9 @@ def _free_port():
 
 @pytest.mark.slow
 @pytest.mark.backends("jax")
-def test_fit_two_processes_four_devices_each_matches_one_device(tmp_path):
-    x, y = _data()
-    reference = _model()
+def test_packed_fit_two_processes_four_devices_each_matches_one_device(tmp_path):
+    inputs, y, weights = _packed()
+    reference = _model(num_layers=1)
     preset_dir = str(tmp_path / "preset")
     reference.save_to_preset(preset_dir)
 
@@ -185,7 +266,7 @@ def test_fit_two_processes_four_devices_each_matches_one_device(tmp_path):
         for i in range(2)
     ]
     # The one-device reference trains while the workers start up.
-    expected = _fit(reference, x, y, batch_size=2)
+    expected = _fit(reference, inputs, y, 2, weights)
     logs = []
     for p in procs:
         try:
@@ -200,7 +281,9 @@ def test_fit_two_processes_four_devices_each_matches_one_device(tmp_path):
         with open(tmp_path / f"{i}") as f:
             result = json.load(f)
         assert result["processes"] == 2
-        np.testing.assert_array_less(np.abs(np.array(result["losses"]) - expected) / expected, 1e-4)
+        for strategy in STRATEGIES:
+            losses = np.array(result["losses"][strategy])
+            np.testing.assert_array_less(np.abs(losses - expected) / expected, 1e-4)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,16 @@ register(
         description="shard_map + ppermute ring, zigzag schedule, custom_vjp backward",
     ),
 )
+register(
+    "context_parallel_all_to_all",
+    Implementation(
+        name="jax-shard-map",
+        target="kzoo.backends.jax.ring_attention:all_to_all_attention",
+        backends=BACKEND,
+        optional=False,
+        description="shard_map + two all_to_alls (sequence <-> heads), custom_vjp backward",
+    ),
+)
 # One set of Pallas kernels (kzoo/backends/jax/layer_norm_pallas.py) serves the four norm ops.
 for _op, _what in (
     ("layer_norm", "layer norm"),
