@@ -1,12 +1,11 @@
 """``CausalLM``: a small decoder-only transformer language model built for context parallelism."""
 
 import keras
-import numpy as np
 from keras import layers, ops
 
 from kzoo.layers.context_parallel_attention import ContextParallelAttention
 from kzoo.layers.layer_normalization import LayerNormalization
-from kzoo.ops.ring_attention import active_context_parallel
+from kzoo.ops.ring_attention import active_context_parallel, positions_along
 from kzoo.presets import PresetMixin
 
 
@@ -197,15 +196,20 @@ class CausalLM(PresetMixin, keras.Model):
         seq_len = ops.shape(token_ids)[1]
         self._check_length(seq_len)
         dist, _ = active_context_parallel()
-        positions = np.arange(seq_len) if dist is None else dist.layout_positions(seq_len)
+        if dist is None:
+            # A tensor, not numpy: an exported graph's sequence length is symbolic.
+            positions = positions_along(token_ids, 1)
+        else:
+            positions = ops.convert_to_tensor(dist.layout_positions(seq_len).astype("int32"))
         x = self.token_embedding(token_ids)
-        x = x + self.position_embedding(ops.convert_to_tensor(positions.astype("int32")))[None]
+        x = x + ops.expand_dims(self.position_embedding(positions), 0)
         for block in self.blocks:
             x = block(x)
         return self.logits(self.final_norm(x))
 
     def _check_length(self, seq_len):
-        if seq_len is not None and seq_len > self.max_sequence_length:
+        # A symbolic length (a traced graph) is checked by the embedding's gather instead.
+        if isinstance(seq_len, int) and seq_len > self.max_sequence_length:
             raise ValueError(
                 f"The sequence length {seq_len} exceeds max_sequence_length="
                 f"{self.max_sequence_length}."

@@ -101,6 +101,28 @@ def active_context_parallel():
     return dist, dist.context_size
 
 
+def positions_along(x, axis):
+    """``arange(x.shape[axis])`` as int32, also when that size is symbolic (an exported graph).
+
+    A symbolic size goes through a cumulative sum of ones shaped like that axis of ``x``:
+    jax2onnx cannot tie ``arange`` of a symbolic size to the input's dimension, and a numpy
+    ``arange`` would freeze the traced size into the graph.
+    """
+    size = x.shape[axis]
+    if isinstance(size, int):
+        return ops.arange(size, dtype="int32")
+    index = [0] * len(x.shape)
+    index[axis] = slice(None)
+    ones = ops.ones_like(x[tuple(index)], dtype="int32")
+    return ops.cumsum(ones) - 1
+
+
+def _positions(positions, like):
+    if positions is None:
+        return positions_along(like, 1)
+    return ops.convert_to_tensor(np.asarray(positions).astype("int32"))
+
+
 def exact_attention(
     query,
     key,
@@ -131,7 +153,7 @@ def exact_attention(
     outputs zeros. Returns ``(batch, q_len, num_heads, value_dim)`` in the query's dtype.
     """
     b, tq, h, d = ops.shape(query)
-    tk, hk = ops.shape(key)[1], ops.shape(key)[2]
+    hk = ops.shape(key)[2]
     g = h // hk
     scale = float(scale if scale is not None else 1.0 / np.sqrt(d))
     q = ops.reshape(ops.cast(query, "float32"), (b, tq, hk, g, d))
@@ -145,9 +167,10 @@ def exact_attention(
         else:
             valid = key_mask[:, None, None, :, :]
     if causal:
-        qp = np.arange(tq) if query_positions is None else np.asarray(query_positions)
-        kp = np.arange(tk) if key_positions is None else np.asarray(key_positions)
-        allowed = ops.convert_to_tensor(qp[:, None] >= kp[None, :])
+        # Positions as tensors: an exported graph's sequence length is symbolic.
+        qp = _positions(query_positions, query)
+        kp = _positions(key_positions, key)
+        allowed = ops.greater_equal(ops.expand_dims(qp, 1), ops.expand_dims(kp, 0))
         valid = allowed if valid is None else ops.logical_and(valid, allowed)
     if valid is not None:
         valid = ops.broadcast_to(valid, ops.shape(scores))

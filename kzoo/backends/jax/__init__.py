@@ -76,3 +76,26 @@ register(
         description="maximum of nine strided slices (XLA's CPU reduce_window is ~8x slower)",
     ),
 )
+register(
+    "conv_lstm_forward",
+    Implementation(
+        name="jax-per-step-input-conv",
+        target="kzoo.layers.conv_lstm_portable:conv_lstm_forward_per_step",
+        backends=BACKEND,
+        supports="kzoo.backends.jax.conv_lstm:supports_symbolic_batch_or_time",
+        priority=10,
+        # Exporting to ONNX needs it whatever KZOO_KERNELS says.
+        optional=False,
+        description="input conv inside the scan, for shape-polymorphic export (jax2onnx)",
+    ),
+)
+register(
+    "export_artifact",
+    Implementation(
+        name="jax",
+        target="kzoo.backends.jax.export:export_artifact",
+        backends=BACKEND,
+        optional=False,
+        description="shared symbolic dimensions (jax2tf), ONNX through jax2onnx",
+    ),
+)

@@ -98,3 +98,13 @@ register(
         description="F.conv2d with the frozen-BN shift as bias; folded kernel reused at inference",
     ),
 )
+register(
+    "export_artifact",
+    Implementation(
+        name="torch",
+        target="kzoo.backends.torch.export:export_artifact",
+        backends=BACKEND,
+        optional=False,
+        description="keras's torch.onnx export, traced loops fixed in size",
+    ),
+)

@@ -2,9 +2,13 @@
 
 keras hands torch tensors to ``F.layer_norm`` for trailing axes, which is both right and
 fastest there; other axes (where keras's torch path is wrong) take the portable composition.
+The normalised shape is passed as plain ints (it is the weights' shape, fixed when the layer
+is built): keras passes the input's sizes, which ``torch.onnx``'s tracer records as values it
+cannot export.
 """
 
-from keras import ops
+import torch
+import torch.nn.functional as tnn
 
 
 def supports(shape, dtype, axes=(), rms_scaling=False, params_match=False, **kwargs):
@@ -14,4 +18,11 @@ def supports(shape, dtype, axes=(), rms_scaling=False, params_match=False, **kwa
 
 
 def layer_norm(x, gamma, beta, axes, epsilon, rms_scaling=False):
-    return ops.layer_normalization(x, gamma, beta, axis=list(axes), epsilon=epsilon)
+    # As keras: statistics in at least float32, the result in the input's dtype.
+    original = x.dtype
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    normalized_shape = [int(x.shape[a]) for a in axes]
+    gamma = None if gamma is None else gamma.to(x.dtype)
+    beta = None if beta is None else beta.to(x.dtype)
+    return tnn.layer_norm(x, normalized_shape, gamma, beta, epsilon).to(original)
