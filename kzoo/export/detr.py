@@ -19,6 +19,7 @@ def unpadded_sizes(pixel_mask, dtype):
     return rows, cols
 
 
+@keras.saving.register_keras_serializable(package="kzoo")
 class DETRDetections(keras.Model):
     """A DETR followed by its post-processing (softmax, no-object dropped, boxes in pixels).
 
@@ -68,8 +69,11 @@ class DETRDetections(keras.Model):
         outputs = self.detr(inputs, training=False)
         logits, boxes = outputs["logits"], outputs["boxes"]
         probs = ops.softmax(logits, axis=-1)[..., :-1]
-        scores = ops.max(probs, axis=-1)
-        labels = ops.cast(ops.argmax(probs, axis=-1), "int32")
+        # top_k rather than max + argmax: keras's float argmax tests the sign bit (a bitcast),
+        # which neither ONNX nor TF Lite has; top_k's ties go to the lower index, as argmax's.
+        best, index = ops.top_k(probs, k=1)
+        scores = best[..., 0]
+        labels = ops.cast(index[..., 0], "int32")
         cx, cy, w, h = (boxes[..., i] for i in range(4))
         rows, cols = unpadded_sizes(inputs["pixel_mask"], boxes.dtype)
         width, height = cols[:, None], rows[:, None]
@@ -83,3 +87,16 @@ class DETRDetections(keras.Model):
             axis=-1,
         )
         return {"scores": scores, "labels": labels, "boxes": xyxy}
+
+    def get_config(self):
+        config = super().get_config()
+        config["detr"] = keras.saving.serialize_keras_object(self.detr)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        detr = keras.saving.deserialize_keras_object(config.pop("detr"))
+        if not detr.built:
+            detr.build()
+        return cls(detr, **config)

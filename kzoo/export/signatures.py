@@ -43,10 +43,13 @@ class Signature:
 
     ``traced_loops``: dimension names an eager Python loop runs over (the time axis of a
     ConvLSTM on torch); an exporter that traces one run unrolls it and must fix their size.
+    ``merged``: free dimensions the model reshapes into one axis (DETR's height x width
+    feature map into tokens); jax2onnx cannot express that reshape, so its export fixes them.
     """
 
     inputs: object
     traced_loops: tuple = ()
+    merged: tuple = ()
 
     @property
     def specs(self):
@@ -171,7 +174,8 @@ def _detr_signature():
         {
             "images": InputSpec("images", ("batch", "height", "width", 3)),
             "pixel_mask": InputSpec("pixel_mask", ("batch", "height", "width")),
-        }
+        },
+        merged=("height", "width"),
     )
 
 

@@ -5,7 +5,8 @@ from keras import layers, ops
 
 from kzoo.layers.context_parallel_attention import ContextParallelAttention
 from kzoo.layers.layer_normalization import LayerNormalization
-from kzoo.ops.ring_attention import active_context_parallel, positions_along
+from kzoo.ops.ring_attention import active_context_parallel
+from kzoo.ops.shapes import positions_along
 from kzoo.presets import PresetMixin
 
 

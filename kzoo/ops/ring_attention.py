@@ -21,6 +21,8 @@ Causal masks therefore compare the global positions of the slots, never slot ind
 import numpy as np
 from keras import ops
 
+from kzoo.ops.shapes import positions_along
+
 # What one device computes at one ring step. Each device's local sequence is two chunk slots
 # (front, back); these name which (query slot, key slot) pairs are computed.
 FULL = 0  # both query slots against both key slots, no causal mask
@@ -99,22 +101,6 @@ def active_context_parallel():
     if not isinstance(dist, ContextParallel):
         return None, 1
     return dist, dist.context_size
-
-
-def positions_along(x, axis):
-    """``arange(x.shape[axis])`` as int32, also when that size is symbolic (an exported graph).
-
-    A symbolic size goes through a cumulative sum of ones shaped like that axis of ``x``:
-    jax2onnx cannot tie ``arange`` of a symbolic size to the input's dimension, and a numpy
-    ``arange`` would freeze the traced size into the graph.
-    """
-    size = x.shape[axis]
-    if isinstance(size, int):
-        return ops.arange(size, dtype="int32")
-    index = [0] * len(x.shape)
-    index[axis] = slice(None)
-    ones = ops.ones_like(x[tuple(index)], dtype="int32")
-    return ops.cumsum(ones) - 1
 
 
 def _positions(positions, like):

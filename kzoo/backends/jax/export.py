@@ -1,5 +1,9 @@
 """Export from JAX: shared symbolic dimensions, and ONNX through jax2onnx.
 
+jax2onnx 0.17 maps every dimension of a reshape's result to a constant or to one dimension of
+its input; a reshape merging two free dimensions (DETR's height x width tokens) has neither,
+so those dimensions (``Signature.merged``) are fixed for the ONNX export.
+
 keras names every input's free dimensions apart (``a``, ``b``, ... for jax2tf; ``dim_0_1``,
 ``dim_1_1``, ... for jax2onnx), so two inputs of the same height get unrelated symbols and a
 model that checks they match (DETR's ``images`` and ``pixel_mask``) cannot be traced. Here the
@@ -17,6 +21,15 @@ def _dims(spec, fixed):
 
 def export_artifact(serving, path, format, signature, fixed, verbose=False):
     if format == "onnx":
+        missing = [d for d in signature.merged if d not in fixed]
+        if missing:
+            sizes = ", ".join(f"{d!r}: N" for d in missing)
+            raise ValueError(
+                f"jax2onnx cannot export a reshape that merges free dimensions "
+                f"({', '.join(map(repr, signature.merged))}; the model flattens them into one "
+                f"axis): fix them with `fixed_sizes={{{sizes}}}`, or export from TensorFlow or "
+                "torch, whose ONNX keeps them free."
+            )
         return _export_onnx(serving, path, signature, fixed)
     polymorphic = signature.map(lambda s: "(" + ", ".join(str(d) for d in _dims(s, fixed)) + ")")
     return export_with_keras(
@@ -26,7 +39,9 @@ def export_artifact(serving, path, format, signature, fixed, verbose=False):
         signature,
         fixed,
         verbose=verbose,
-        jax2tf_kwargs={"polymorphic_shapes": [polymorphic]},
+        # An inference artifact: no gradient functions (tracing them fails for strided
+        # slices of symbolic sizes, and doubles the export time).
+        jax2tf_kwargs={"polymorphic_shapes": [polymorphic], "with_gradient": False},
     )
 
 

@@ -1,10 +1,18 @@
-"""Export from TensorFlow: keras's writers, with an ONNX conversion tf2onnx lacks.
+"""Export from TensorFlow: keras's writers, with two tf2onnx 1.17 problems worked around.
 
-tf2onnx 1.17 has no handler for TensorFlow's ``Erfc``, which ``tf.nn.gelu`` (keras's exact
-GELU on TensorFlow) computes with: the op is copied into the ONNX graph unconverted and ONNX
-Runtime refuses the file. ``erfc(x) = 1 - erf(x)`` with ONNX's ``Erf`` (opset 9+) fills the
-gap; in float32 the two differ by at most about 6e-8 in absolute value.
+- tf2onnx has no handler for TensorFlow's ``Erfc``, which ``tf.nn.gelu`` (keras's exact GELU
+  on TensorFlow) computes with: the op is copied into the ONNX graph unconverted and ONNX
+  Runtime refuses the file. ``erfc(x) = 1 - erf(x)`` with ONNX's ``Erf`` (opset 9+) fills the
+  gap; in float32 the two differ by at most about 6e-8 in absolute value.
+- Its ``reshape_optimizer`` rewrites a reshape whose shape is computed from its input's shape
+  into one that copies dimensions from the input (``0`` entries); ``remove_back_to_back`` then
+  merges it with the reshape before it, so the copied dimensions come from the wrong tensor.
+  keras's ``Dense`` on 3D inputs (``tf.tensordot``: reshape, matmul, reshape) followed by a
+  heads reshape hits this: ONNX Runtime fails with "cannot reshape {12,32} to {12,32,4,8}".
+  The conversion runs without ``reshape_optimizer`` (its only gain is constant shapes).
 """
+
+import contextlib
 
 import numpy as np
 
@@ -36,7 +44,24 @@ def _register_erfc():
     _registered = True
 
 
+@contextlib.contextmanager
+def _without_optimizers(*names):
+    from tf2onnx import optimizer
+
+    table = optimizer._get_optimizers()
+    saved = list(table.items())
+    for name in names:
+        table.pop(name, None)
+    try:
+        yield
+    finally:
+        table.clear()
+        table.update(saved)
+
+
 def export_artifact(serving, path, format, signature, fixed, verbose=False):
-    if format == "onnx":
-        _register_erfc()
-    return export_with_keras(serving, path, format, signature, fixed, verbose=verbose)
+    if format != "onnx":
+        return export_with_keras(serving, path, format, signature, fixed, verbose=verbose)
+    _register_erfc()
+    with _without_optimizers("reshape_optimizer"):
+        return export_with_keras(serving, path, format, signature, fixed, verbose=verbose)

@@ -71,6 +71,7 @@ from kzoo.models.detr.backbone import RESNET_BLOCKS, ResNetBackbone
 from kzoo.models.detr.initializers import glorot_uniform, standard_normal
 from kzoo.models.detr.position_embedding import SinePositionEmbedding
 from kzoo.models.detr.transformer import DETRTransformer
+from kzoo.ops.shapes import arange, ceil_divide
 from kzoo.presets import PresetMixin
 
 DEFAULT_TRAINABLE_STAGES = {"resnet50": 3, "resnet101": 3, "small": 5}
@@ -84,7 +85,7 @@ def _positive_int(name, value, minimum=1):
 def nearest_indices(in_size, out_size):
     """torch's ``interpolate(mode="nearest")`` source index per output index (float32 math)."""
     scale = ops.cast(in_size, "float32") / ops.cast(out_size, "float32")
-    idx = ops.floor(ops.cast(ops.arange(out_size), "float32") * scale)
+    idx = ops.floor(ops.cast(arange(out_size), "float32") * scale)
     return ops.minimum(ops.cast(idx, "int32"), in_size - 1)
 
 
@@ -301,10 +302,12 @@ class DETR(PresetMixin, keras.Model):
             pos_mask = ops.ones((batch, height, width), dtype=self.compute_dtype)
         else:
             if self.padding_invariant:
-                extent = (valid_sizes + 31) // 32
-                rows = ops.arange(height, dtype="int32")[None, :] < extent[:, 0:1]
-                cols = ops.arange(width, dtype="int32")[None, :] < extent[:, 1:2]
-                mask = ops.logical_and(rows[:, :, None], cols[:, None, :])
+                extent = ceil_divide(valid_sizes, 32)
+                rows = arange(height)[None, :] < extent[:, 0:1]
+                cols = arange(width)[None, :] < extent[:, 1:2]
+                # expand_dims, not [:, None]: TF Lite has no builtin for new-axis slices of
+                # tensors of unknown size.
+                mask = ops.logical_and(ops.expand_dims(rows, 2), ops.expand_dims(cols, 1))
             else:
                 mask = self._resized_mask(pixel_mask, height, width)
             pos_mask = mask
