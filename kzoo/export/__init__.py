@@ -35,7 +35,7 @@ from kzoo.export import runtimes, signatures, writers
 from kzoo.export.detr import DETRDetections
 from kzoo.export.runtimes import load
 from kzoo.export.signatures import InputSpec, Signature, signature_for
-from kzoo.export.writers import KERAS_FORMATS
+from kzoo.export.writers import KERAS_FORMATS, fixed_dims
 
 FORMATS = ("saved_model", "onnx", "litert")
 BACKEND_FORMATS = {
@@ -297,6 +297,7 @@ __all__ = [
     "TOLERANCES",
     "check_format",
     "export_model",
+    "fixed_dims",
     "keras_outputs",
     "load",
     "max_differences",

@@ -10,6 +10,8 @@ threshold and sort (a fixed-shape output; a client keeps the queries whose score
 import keras
 from keras import ops
 
+from kzoo.ops.shapes import arange
+
 
 def unpadded_sizes(pixel_mask, dtype):
     """(B, 2) (height, width) of each image's real pixels: rows and columns holding any."""
@@ -69,11 +71,14 @@ class DETRDetections(keras.Model):
         outputs = self.detr(inputs, training=False)
         logits, boxes = outputs["logits"], outputs["boxes"]
         probs = ops.softmax(logits, axis=-1)[..., :-1]
-        # top_k rather than max + argmax: keras's float argmax tests the sign bit (a bitcast),
-        # which neither ONNX nor TF Lite has; top_k's ties go to the lower index, as argmax's.
-        best, index = ops.top_k(probs, k=1)
-        scores = best[..., 0]
-        labels = ops.cast(index[..., 0], "int32")
+        scores = ops.max(probs, axis=-1)
+        # argmax as the lowest index holding the maximum: keras's float argmax tests the sign
+        # bit (a bitcast, which neither ONNX nor TF Lite has) and JAX's top_k lowers to a
+        # StableHLO op newer than TensorFlow 2.21 can load from a JAX SavedModel.
+        classes = ops.shape(probs)[-1]
+        index = ops.cast(arange(classes), "int32")
+        is_best = ops.equal(probs, ops.expand_dims(scores, -1))
+        labels = ops.min(ops.where(is_best, index, classes), axis=-1)
         cx, cy, w, h = (boxes[..., i] for i in range(4))
         rows, cols = unpadded_sizes(inputs["pixel_mask"], boxes.dtype)
         width, height = cols[:, None], rows[:, None]

@@ -41,14 +41,15 @@ class InputSpec:
 class Signature:
     """The inputs of one call: ``inputs`` is an ``InputSpec`` or a dict of them.
 
-    ``traced_loops``: dimension names an eager Python loop runs over (the time axis of a
-    ConvLSTM on torch); an exporter that traces one run unrolls it and must fix their size.
+    ``eager_dims``: dimensions that eager Python code turns into constants when one run is
+    traced (torch): a ConvLSTM's loop over time is unrolled, and a strided ``"same"``
+    ConvLSTM's padding is computed from the frame size; such an exporter fixes them.
     ``merged``: free dimensions the model reshapes into one axis (DETR's height x width
     feature map into tokens); jax2onnx cannot express that reshape, so its export fixes them.
     """
 
     inputs: object
-    traced_loops: tuple = ()
+    eager_dims: tuple = ()
     merged: tuple = ()
 
     @property
@@ -123,14 +124,30 @@ class Signature:
         return sizes
 
 
-def _has_time_loop(model):
-    """Whether ``model`` holds a recurrent layer, whose loop over time torch tracing unrolls."""
+SPATIAL_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
+
+
+def _recurrent_layers(model):
+    """The recurrent layers of ``model`` (kzoo's ConvLSTMs and keras's RNNs)."""
     from kzoo.layers.conv_lstm import ConvLSTM
 
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, (ConvLSTM, keras.layers.RNN)):
-            return True
-    return False
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, (ConvLSTM, keras.layers.RNN))
+    ]
+
+
+def _has_time_loop(model):
+    return bool(_recurrent_layers(model))
+
+
+def _size_dependent_padding(model):
+    """Whether a ConvLSTM pads by the frame size (``"same"`` with strides > 1)."""
+    return any(
+        getattr(layer, "padding", None) == "same" and max(getattr(layer, "strides", (1,))) > 1
+        for layer in _recurrent_layers(model)
+    )
 
 
 def _functional_signature(model):
@@ -144,6 +161,8 @@ def _functional_signature(model):
         if name in used:
             name = f"{name}_{index}"
         used.add(name)
+        # Videos (batch, time, spatial..., channels): the free spatial axes by name.
+        spatial = list(SPATIAL_NAMES.get(len(tensor.shape) - 3, ())) if loops else []
         dims = []
         for axis, size in enumerate(tensor.shape):
             if axis == 0:
@@ -152,6 +171,8 @@ def _functional_signature(model):
                 dims.append(int(size))
             elif loops and axis == 1:
                 dims.append("time")
+            elif spatial:
+                dims.append(spatial.pop(0))
             else:
                 dims.append(f"{name}_{axis}")
         return InputSpec(name, tuple(dims), keras.backend.standardize_dtype(tensor.dtype))
@@ -166,7 +187,11 @@ def _functional_signature(model):
     else:
         sig_inputs = {f"input_{i}": spec_for(t, i) for i, t in enumerate(flat)}
         sig_inputs = {k: dataclasses.replace(s, name=k) for k, s in sig_inputs.items()}
-    return Signature(sig_inputs, traced_loops=("time",) if loops else ())
+    eager = ("time",) if loops else ()
+    signature = Signature(sig_inputs)
+    if loops and _size_dependent_padding(model):
+        eager += tuple(d for d in signature.free_dims() if d not in ("batch", "time"))
+    return Signature(sig_inputs, eager_dims=eager)
 
 
 def _detr_signature():
@@ -264,4 +289,7 @@ def from_keras(input_signature, model=None):
     else:
         inputs = convert(input_signature, getattr(input_signature, "name", None) or "inputs")
     signature = Signature(inputs)
-    return Signature(inputs, traced_loops=tuple(d for d in loop_dims if d in signature.free_dims()))
+    eager = tuple(d for d in loop_dims if d in signature.free_dims())
+    if loops and _size_dependent_padding(model):
+        eager += tuple(d for d in signature.free_dims() if d not in ("batch", "time"))
+    return Signature(inputs, eager_dims=eager)

@@ -1,7 +1,8 @@
 """How an artifact is written: keras's ``model.export``, per backend through the dispatch.
 
 The dispatch op ``export_artifact`` maps ``(serving model, path, format, signature, fixed
-sizes, verbose)`` to a written artifact. The portable writer below hands keras the signature's
+sizes, verbose)`` to a written artifact; ``export_fixed_dims`` maps ``(signature, format)`` to
+the free dimensions that backend's converter cannot leave free. The portable writer below hands keras the signature's
 specs; each backend package registers what its converter needs on top
 (``kzoo/backends/{jax,tensorflow,torch}/export.py``).
 """
@@ -9,6 +10,7 @@ specs; each backend package registers what its converter needs on top
 from kzoo.backends import dispatch
 
 OP = "export_artifact"
+FIXED_OP = "export_fixed_dims"
 KERAS_FORMATS = {"saved_model": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
 
 
@@ -34,6 +36,26 @@ dispatch.register(
 )
 
 
+def no_fixed_dims(signature, format):
+    return ()
+
+
+dispatch.register(
+    FIXED_OP,
+    dispatch.Implementation(
+        name="none",
+        target="kzoo.export.writers:no_fixed_dims",
+        description="every free dimension stays free",
+    ),
+    fallback=True,
+)
+
+
 def writer():
     """The writer for this backend."""
     return dispatch.select(OP).load()
+
+
+def fixed_dims(signature, format):
+    """The signature's free dimensions this backend must fix to export ``format``."""
+    return tuple(dispatch.select(FIXED_OP).load()(signature, format))

@@ -428,6 +428,46 @@ def test_tensorflow_fast_path_in_graph_mode_matches_keras(rank, data_format, kwa
     _assert_close(grads_ours, grads_theirs)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(return_sequences=True, go_backwards=True),
+        dict(data_format="channels_first", strides=2, padding="valid"),
+        dict(dropout=0.5, training=True),
+    ],
+)
+def test_per_step_input_conv_equals_the_hoisted_one(kwargs):
+    """The export path for symbolic batch/time sizes (input convolution inside the loop)
+    computes what the hoisted convolution computes."""
+    from kzoo.layers import conv_lstm_portable as portable
+
+    kwargs = dict(kwargs)
+    training = kwargs.pop("training", False)
+    data_format = kwargs.get("data_format", "channels_last")
+    layer = ConvLSTM2D(3, 3, seed=4, **kwargs)
+    x = keras.ops.convert_to_tensor(_inputs(2, data_format, steps=4))
+    layer.build(x.shape)
+    masks = None
+    if training:
+        masks = [keras.random.dropout(keras.ops.ones_like(x[:, 0]), 0.5, seed=i) for i in range(4)]
+    args = (x, layer.cell.kernel, layer.cell.recurrent_kernel, layer.cell.bias)
+    config = layer._forward_config()
+    hoisted = portable.conv_lstm_forward(*args, input_masks=masks, config=config)
+    per_step = portable.conv_lstm_forward_per_step(*args, input_masks=masks, config=config)
+    _assert_close(per_step, hoisted, tol=1e-6)
+
+
+@pytest.mark.backends("jax")
+def test_jax_selects_the_per_step_path_only_for_symbolic_batch_or_time():
+    from jax import export as jax_export
+
+    b, t = jax_export.symbolic_shape("b, t")
+    symbolic = dispatch.select(conv_lstm_module.OP, dtype="float32", shape=(b, t, 6, 5, 2))
+    concrete = dispatch.select(conv_lstm_module.OP, dtype="float32", shape=(2, 3, 6, 5, 2))
+    assert symbolic.name == "jax-per-step-input-conv"
+    assert concrete.name == "portable"
+
+
 @pytest.mark.backends("tensorflow")
 @pytest.mark.parametrize("return_sequences", [False, True])
 def test_tensorflow_inference_path_has_no_custom_gradient_and_same_numbers(return_sequences):

@@ -99,3 +99,13 @@ register(
         description="shared symbolic dimensions (jax2tf), ONNX through jax2onnx",
     ),
 )
+register(
+    "export_fixed_dims",
+    Implementation(
+        name="jax",
+        target="kzoo.backends.jax.export:fixed_dims",
+        backends=BACKEND,
+        optional=False,
+        description="ONNX: dimensions the model merges in a reshape (jax2onnx)",
+    ),
+)

@@ -19,9 +19,13 @@ def _dims(spec, fixed):
     return tuple(d if isinstance(d, int) else fixed.get(d, d) for d in spec.dims)
 
 
+def fixed_dims(signature, format):
+    return signature.merged if format == "onnx" else ()
+
+
 def export_artifact(serving, path, format, signature, fixed, verbose=False):
     if format == "onnx":
-        missing = [d for d in signature.merged if d not in fixed]
+        missing = [d for d in fixed_dims(signature, format) if d not in fixed]
         if missing:
             sizes = ", ".join(f"{d!r}: N" for d in missing)
             raise ValueError(

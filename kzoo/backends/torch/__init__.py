@@ -105,6 +105,16 @@ register(
         target="kzoo.backends.torch.export:export_artifact",
         backends=BACKEND,
         optional=False,
-        description="keras's torch.onnx export, traced loops fixed in size",
+        description="keras's torch.onnx export, eager dimensions fixed in size",
+    ),
+)
+register(
+    "export_fixed_dims",
+    Implementation(
+        name="torch",
+        target="kzoo.backends.torch.export:fixed_dims",
+        backends=BACKEND,
+        optional=False,
+        description="dimensions eager Python code depends on (a traced run fixes them)",
     ),
 )
