@@ -29,13 +29,14 @@ except ValueError as _error:
 
 import keras  # noqa: E402,F401
 
-from kzoo import backends, data, distribution, layers, models, ops, presets  # noqa: E402,F401
+from kzoo import backends, data, distribution, export, layers, models, ops, presets  # noqa: E402,F401
 
 __all__ = [
     "__version__",
     "backends",
     "data",
     "distribution",
+    "export",
     "layers",
     "models",
     "ops",

@@ -247,3 +247,21 @@ def test_strided_same_conv_lstm_makes_the_frame_size_an_eager_dimension(tmp_path
     if BACKEND == "torch":
         with pytest.raises(ValueError, match=r"fixed_sizes=\{'height': N, 'width': N\}"):
             export.export_model(model, _path(tmp_path), "onnx", fixed_sizes={"time": 3})
+
+
+# On JAX keras's own export also traces gradient functions (about 30 s here): the slow step.
+@pytest.mark.backends("tensorflow", "jax")
+@pytest.mark.parametrize(
+    "_", [pytest.param(0, marks=[pytest.mark.slow] if BACKEND == "jax" else [])]
+)
+def test_keras_own_export_of_a_conv_lstm_model_serves(_, tmp_path):
+    """The issue's report: ``model.export(path, format="tf_saved_model")`` on a model built
+    with kzoo's ConvLSTM2D failed on TensorFlow (the training path's tf.custom_gradient)."""
+    import tensorflow as tf
+
+    model = _video_model()
+    x = np.random.default_rng(2).random((2, 4, 6, 5, 2), dtype=np.float32)
+    expected = keras.ops.convert_to_numpy(model(x))
+    model.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    np.testing.assert_allclose(loaded.serve(tf.constant(x)).numpy(), expected, atol=1e-5)
