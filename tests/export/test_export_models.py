@@ -57,3 +57,35 @@ def test_documented_limitations_still_fail(name, format, error, tmp_path):
         run_case(name, format, tmp_path)
     # A failed export leaves nothing behind.
     assert os.listdir(tmp_path) == []
+
+
+def test_docs_table_has_a_test_or_a_reason_for_every_cell():
+    """docs/export.md's table: a "works" cell for every case this file runs, a "does not
+    work" cell for every documented limitation, and nothing else."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "docs", "export.md")) as f:
+        text = f.read().splitlines()
+    start = next(i for i, line in enumerate(text) if line.startswith("| model | TF SavedModel"))
+    lines = []
+    for line in text[start:]:
+        if not line.startswith("| "):
+            break
+        lines.append(line)
+    header = [c.strip() for c in lines[0].strip().strip("|").split("|")]
+    assert header[0] == "model"
+    names = {"TF": "tensorflow", "JAX": "jax", "torch": "torch"}
+    formats = {"SavedModel": "saved_model", "ONNX": "onnx", "LiteRT": "litert"}
+    columns = [(names[h.split()[0]], formats[h.split()[1]]) for h in header[1:]]
+    assert sorted(columns) == sorted((b, f) for b, fs in export.BACKEND_FORMATS.items() for f in fs)
+    rows = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0].split(" (")[0] in CASES:
+            rows[cells[0].split(" (")[0]] = dict(zip(columns, cells[1:]))
+    assert set(rows) == set(CASES)
+    for name, cells in rows.items():
+        for (backend, format), cell in cells.items():
+            if (name, backend, format) in UNSUPPORTED:
+                assert cell.startswith("does not work: "), (name, backend, format, cell)
+            else:
+                assert cell.startswith("works ("), (name, backend, format, cell)
