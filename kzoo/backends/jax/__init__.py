@@ -86,7 +86,7 @@ register(
         priority=10,
         # Exporting to ONNX needs it whatever KZOO_KERNELS says.
         optional=False,
-        description="input conv inside the scan, for shape-polymorphic export (jax2onnx)",
+        description="symbolic batch/time only (jax2tf, jax2onnx exports): input conv in the scan",
     ),
 )
 register(

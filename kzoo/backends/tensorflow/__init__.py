@@ -42,7 +42,7 @@ register(
         backends=BACKEND,
         supports="kzoo.backends.tensorflow.conv_lstm:supports_training",
         priority=10,
-        description="hoisted input conv, while_loop with a hand-written backward pass",
+        description="training=True: hoisted input conv, while_loop, hand-written backward pass",
     ),
 )
 register(
@@ -53,7 +53,7 @@ register(
         backends=BACKEND,
         supports="kzoo.backends.tensorflow.conv_lstm:supports_inference",
         priority=9,
-        description="the same forward loop without tf.custom_gradient (exportable graphs)",
+        description="training=False: the same loop without tf.custom_gradient (exportable)",
     ),
 )
 register(
