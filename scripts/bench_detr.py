@@ -1,4 +1,5 @@
-"""Time DETR-R50 inference on one 480×640 image: kzoo on each backend against HuggingFace.
+"""Time DETR-R50 inference on one 480×640 image: kzoo on each backend, its exported artifacts
+(ONNX Runtime, SavedModel) and HuggingFace.
 
 Each backend runs in its own subprocess (keras picks its backend at import). Inside it, kzoo's
 ``DETR()`` (ResNet-50, d_model 256, 6+6 layers, 100 queries, random weights) and transformers'
@@ -11,9 +12,18 @@ median and the median of the per-round ratios kzoo / HF.
 kzoo runs through ``model.predict_on_batch`` (jit-compiled on JAX, a ``tf.function`` on
 TensorFlow, eager under ``no_grad`` on torch), which is how ``predict_detections`` runs it.
 
+Exported rows: the same model is exported with ``kzoo.export`` in each format the backend
+writes (``--formats``; ONNX from every backend, SavedModel from TensorFlow and JAX, LiteRT on
+request) and the artifact is timed in its runtime (``onnxruntime.InferenceSession`` on the CPU,
+``tf.saved_model.load`` + its serving signature, the LiteRT interpreter), also alternating with
+HF, after checking it against the keras model on the image. The artifact takes the image and
+its pixel mask (all ones); JAX's ONNX is exported for the image's size (jax2onnx cannot leave
+DETR's height and width free).
+
 Usage:
-    python scripts/bench_detr.py                       # all three backends
-    python scripts/bench_detr.py --backends jax torch --rounds 7
+    python scripts/bench_detr.py                       # all three backends and their exports
+    python scripts/bench_detr.py --backends jax torch --rounds 7 --formats onnx
+    python scripts/bench_detr.py --small --rounds 1 --warmup 0 --height 64 --width 96  # smoke
 """
 
 import argparse
@@ -27,7 +37,71 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def child(rounds, warmup, height, width):
+def _time_pair(run_a, run_b, rounds, warmup):
+    """Alternate two callables; returns their times."""
+    for _ in range(warmup):
+        run_a()
+        run_b()
+    a_times, b_times = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        run_a()
+        a_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        run_b()
+        b_times.append(time.perf_counter() - start)
+    return a_times, b_times
+
+
+def _exported_rows(model, image, run_hf, formats, rounds, warmup):
+    """Export ``model`` in each of ``formats`` this backend writes; time each artifact."""
+    import tempfile
+
+    import keras
+    import numpy as np
+
+    from kzoo import export
+
+    backend = keras.backend.backend()
+    inputs = {"images": image, "pixel_mask": np.ones(image.shape[:3], "float32")}
+    signature = export.signature_for(model)
+    rows = []
+    for format in formats:
+        if format not in export.supported_formats(backend):
+            continue
+        with tempfile.TemporaryDirectory() as directory:
+            suffix = {"saved_model": "", "onnx": ".onnx", "litert": ".tflite"}[format]
+            sizes = signature.sizes(signature.check(inputs))
+            fixed = {d: sizes[d] for d in export.fixed_dims(signature, format)}
+            start = time.perf_counter()
+            path = export.export_model(
+                model, f"{directory}/detr{suffix}", format, fixed_sizes=fixed
+            )
+            export_s = time.perf_counter() - start
+            artifact = export.load(path, format)
+            diff = max(export.max_differences(model, artifact, inputs, signature).values())
+
+            def run_artifact(artifact=artifact):
+                return artifact(inputs)["logits"]
+
+            art_times, hf_times = _time_pair(run_artifact, run_hf, rounds, warmup)
+        rows.append(
+            {
+                "backend": backend,
+                "runtime": export.runtimes.RUNTIMES[format].split(",")[0],
+                "format": format,
+                "median_s": statistics.median(art_times),
+                "hf_median_s": statistics.median(hf_times),
+                "ratio_median": statistics.median(a / h for a, h in zip(art_times, hf_times)),
+                "export_s": export_s,
+                "max_diff": diff,
+                "fixed": fixed,
+            }
+        )
+    return rows
+
+
+def child(rounds, warmup, height, width, formats=(), small=False):
     # transformers pulls in triton, whose LLVM clashes with TensorFlow's when loaded after it:
     # import it before keras (the noqa keeps the import sorter from moving it).
     from transformers import DetrConfig, DetrForObjectDetection  # noqa: I001
@@ -50,7 +124,14 @@ def child(rounds, warmup, height, width):
     )
     pixels = torch.tensor(image).permute(0, 3, 1, 2).contiguous().to(device)
     # Same configuration: transformers' default DetrConfig has num_labels=2.
-    model = DETR(num_classes=hf.config.num_labels)
+    if small:
+        # A smoke-test size: checks the script runs, times nothing worth reporting.
+        model = DETR(
+            num_classes=hf.config.num_labels, num_queries=5, d_model=32, num_heads=4,
+            num_encoder_layers=1, num_decoder_layers=1, ffn_dim=64, backbone="small",
+        )  # fmt: skip
+    else:
+        model = DETR(num_classes=hf.config.num_labels)
     model.build()
     kzoo_params = sum(int(np.prod(v.shape)) for v in model.weights if "moving" not in v.name)
     hf_params = sum(p.numel() for p in hf.parameters())
@@ -66,18 +147,9 @@ def child(rounds, warmup, height, width):
     start = time.perf_counter()
     run_kzoo()
     first_call = time.perf_counter() - start
-    for _ in range(warmup):
-        run_hf()
-        run_kzoo()
-    hf_times, kzoo_times = [], []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        run_hf()
-        hf_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        run_kzoo()
-        kzoo_times.append(time.perf_counter() - start)
+    hf_times, kzoo_times = _time_pair(run_hf, run_kzoo, rounds, warmup)
     ratios = [k / h for k, h in zip(kzoo_times, hf_times)]
+    exported = _exported_rows(model, image, run_hf, formats, rounds, warmup)
     print(
         "RESULT "
         + json.dumps(
@@ -92,6 +164,7 @@ def child(rounds, warmup, height, width):
                 "torch_threads": torch.get_num_threads(),
                 "hf_device": device,
                 "rounds": rounds,
+                "exported": exported,
             }
         ),
         flush=True,
@@ -105,12 +178,20 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
+    parser.add_argument(
+        "--formats",
+        nargs="*",
+        default=["onnx", "saved_model"],
+        choices=["onnx", "saved_model", "litert"],
+        help="exported artifacts to time (default: onnx saved_model; none: only kzoo and HF)",
+    )
+    parser.add_argument("--small", action="store_true", help="a tiny DETR: checks the script runs")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0:
         parser.error("--rounds must be >= 1 and --warmup >= 0")
     if args.child:
-        child(args.rounds, args.warmup, args.height, args.width)
+        child(args.rounds, args.warmup, args.height, args.width, args.formats, args.small)
         return 0
     results = []
     for backend in args.backends:
@@ -120,6 +201,7 @@ def main(argv=None):
         cmd = [sys.executable, os.path.abspath(__file__), "--child"]
         cmd += ["--rounds", str(args.rounds), "--warmup", str(args.warmup)]
         cmd += ["--height", str(args.height), "--width", str(args.width)]
+        cmd += ["--formats", *args.formats] + (["--small"] if args.small else [])
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not lines:
@@ -133,6 +215,15 @@ def main(argv=None):
             f"(first call {result['kzoo_first_call_s']:.1f} s)",
             flush=True,
         )
+        for row in result["exported"]:
+            fixed = f", {row['fixed']} fixed" if row["fixed"] else ""
+            print(
+                f"{'':>10}  {row['format']} from {backend} in {row['runtime']}: "
+                f"{row['median_s']:.3f} s, HF torch {row['hf_median_s']:.3f} s, ratio "
+                f"{row['ratio_median']:.2f}x (export {row['export_s']:.0f} s, max diff "
+                f"{row['max_diff']:.1e}{fixed})",
+                flush=True,
+            )
     print(json.dumps(results, indent=2))
     return 0
 

@@ -1,4 +1,4 @@
-"""``kzoo``: info, list, train, predict, convert, bench.
+"""``kzoo``: info, list, train, predict, convert, export, bench.
 
 User mistakes (bad arguments, missing files, unknown presets) end with one ``kzoo: error:`` line
 and exit status 2; only bugs print a traceback.
@@ -11,7 +11,7 @@ import sys
 
 from kzoo.cli.targets import TARGET_MODULES
 
-COMMANDS = ("train", "predict", "convert")
+COMMANDS = ("train", "predict", "convert", "export")
 DEMO_OUT = os.path.join("demo", "grid.png")
 
 
@@ -38,6 +38,7 @@ def build_parser():
         "train": "train a model on built-in synthetic data",
         "predict": "run a model and write a picture of its predictions",
         "convert": "convert a checkpoint from another framework into a kzoo preset",
+        "export": "export a preset to SavedModel, ONNX or LiteRT and check it in its runtime",
     }
     for name in COMMANDS:
         p = sub.add_parser(name, help=helps[name])

@@ -434,7 +434,11 @@ class ConvLSTM(keras.layers.Layer):
                     f"shape {tuple(mask.shape)}."
                 )
             mask = ops.cast(mask, "bool")
-        forward = dispatch.select(OP, dtype=self.compute_dtype, shape=tuple(inputs.shape)).load()
+        # ``training`` lets a backend keep a training-only construct (TensorFlow's hand-written
+        # gradient) out of inference graphs, which must stay exportable.
+        forward = dispatch.select(
+            OP, dtype=self.compute_dtype, shape=tuple(inputs.shape), training=bool(training)
+        ).load()
         output, h, c = forward(
             inputs,
             self.cell.kernel,

@@ -50,6 +50,34 @@ def input_projection(inputs, kernel, bias, input_masks, config):
     return ops.reshape(z, (batch, steps) + tuple(ops.shape(z)[1:]))
 
 
+def step_projection(kernel, bias, input_masks, config):
+    """The input convolution of ONE timestep, ``(batch, ...)`` -> ``(batch, ...)`` with
+    ``4 * filters`` channels: ``input_projection`` without merging batch and time."""
+    rank, filters = config["rank"], config["filters"]
+    channel_axis = 1 if config["data_format"] == "channels_first" else -1
+    bias_shape = _bias_shape(rank, 4 * filters, config["data_format"], 1)
+
+    def conv(x, w):
+        return ops.conv(
+            x,
+            w,
+            strides=config["strides"],
+            padding=config["padding"],
+            data_format=config["data_format"],
+            dilation_rate=config["dilation_rate"],
+        )
+
+    def project(x_t):
+        if input_masks is None:
+            z = conv(x_t, kernel)
+        else:
+            parts = [conv(x_t * m, k) for m, k in zip(input_masks, _gate_slices(kernel))]
+            z = ops.concatenate(parts, axis=channel_axis)
+        return z if bias is None else z + ops.reshape(bias, bias_shape)
+
+    return project
+
+
 def initial_state_like(z, filters, channels_first):
     """Zero ``h`` and ``c`` for a time-major ``z`` (the input projection)."""
     first = z[0]
@@ -78,6 +106,41 @@ def conv_lstm_forward(
     """
     z = input_projection(inputs, kernel, bias, input_masks, config)
     z = ops.moveaxis(z, 1, 0)  # time-major for the scan
+    return _time_major_forward(
+        z, recurrent_kernel, initial_state, mask, recurrent_mask_fn, config, scan=scan
+    )
+
+
+def conv_lstm_forward_per_step(
+    inputs,
+    kernel,
+    recurrent_kernel,
+    bias,
+    initial_state=None,
+    mask=None,
+    input_masks=None,
+    recurrent_mask_fn=None,
+    config=None,
+):
+    """``conv_lstm_forward`` with the input convolution inside the loop, one step at a time.
+
+    For graphs traced with symbolic batch and time sizes (shape-polymorphic export), where
+    merging the two axes for one big convolution is a reshape some converters cannot map
+    (jax2onnx). Same arguments and results, up to float rounding (the convolutions see
+    other batch sizes).
+    """
+    project = step_projection(kernel, bias, input_masks, config)
+    x = ops.moveaxis(inputs, 1, 0)
+    return _time_major_forward(
+        x, recurrent_kernel, initial_state, mask, recurrent_mask_fn, config, project=project
+    )
+
+
+def _time_major_forward(
+    z, recurrent_kernel, initial_state, mask, recurrent_mask_fn, config, project=None, scan=ops.scan
+):
+    """The loop of ``conv_lstm_forward`` over time-major ``z`` (the input projection, or the
+    inputs when ``project`` computes each step's projection)."""
     if mask is not None:
         mask = ops.moveaxis(mask, 1, 0)
     if config["go_backwards"]:
@@ -85,18 +148,25 @@ def conv_lstm_forward(
         if mask is not None:
             mask = ops.flip(mask, axis=0)
     if initial_state is None:
-        h0, c0 = initial_state_like(z, config["filters"], config["data_format"] == "channels_first")
+        first = z if project is None else project(z[0])[None]
+        h0, c0 = initial_state_like(
+            first, config["filters"], config["data_format"] == "channels_first"
+        )
     else:
         h0, c0 = initial_state
     rec_masks = None if recurrent_mask_fn is None else recurrent_mask_fn(h0)
-    return recurrence(z, recurrent_kernel, h0, c0, mask, rec_masks, config, scan=scan)
+    return recurrence(
+        z, recurrent_kernel, h0, c0, mask, rec_masks, config, project=project, scan=scan
+    )
 
 
-def recurrence(z, recurrent_kernel, h0, c0, mask, rec_masks, config, scan=ops.scan):
+def recurrence(z, recurrent_kernel, h0, c0, mask, rec_masks, config, project=None, scan=ops.scan):
     """The loop over time of a time-major input projection ``z``; returns ``(output, h, c)``.
 
     ``mask`` is time-major ``(time, batch)`` or None; ``rec_masks`` are the four recurrent
-    dropout masks (one per gate) or None.
+    dropout masks (one per gate) or None. With ``project``, ``z`` holds the inputs and
+    ``project(z[t])`` is step ``t``'s input projection. ``scan`` runs the loop
+    (``keras.ops.scan``'s signature).
     """
     rank = config["rank"]
     c_axis = 1 if config["data_format"] == "channels_first" else -1
@@ -113,6 +183,8 @@ def recurrence(z, recurrent_kernel, h0, c0, mask, rec_masks, config, scan=ops.sc
         else:
             h, c, prev = carry
             z_t, m_t = xs
+        if project is not None:
+            z_t = project(z_t)
         if rec_masks is None:
             gates = z_t + recurrent_conv(h, recurrent_kernel)
         else:

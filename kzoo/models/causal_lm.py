@@ -7,6 +7,7 @@ from keras import layers, ops
 from kzoo.layers.context_parallel_attention import ContextParallelAttention
 from kzoo.layers.layer_normalization import LayerNormalization
 from kzoo.ops.ring_attention import active_context_parallel, validate_segment_ids
+from kzoo.ops.shapes import positions_along
 from kzoo.presets import PresetMixin
 
 
@@ -217,8 +218,12 @@ class CausalLM(PresetMixin, keras.Model):
         x = self.token_embedding(token_ids)
         if positions is None:
             dist, _ = active_context_parallel()
-            positions = np.arange(seq_len) if dist is None else dist.layout_positions(seq_len)
-            positions = ops.convert_to_tensor(positions.astype("int32"))[None]
+            if dist is None:
+                # A tensor, not numpy: an exported graph's sequence length is symbolic.
+                positions = positions_along(token_ids, 1)
+            else:
+                positions = ops.convert_to_tensor(dist.layout_positions(seq_len).astype("int32"))
+            positions = ops.expand_dims(positions, 0)
         x = x + self.position_embedding(positions)
         for block in self.blocks:
             x = block(x, segment_ids=segment_ids)
@@ -285,7 +290,8 @@ class CausalLM(PresetMixin, keras.Model):
         return super().predict(x, *args, **kwargs)
 
     def _check_length(self, seq_len):
-        if seq_len is not None and seq_len > self.max_sequence_length:
+        # A symbolic length (a traced graph) is checked by the embedding's gather instead.
+        if isinstance(seq_len, int) and seq_len > self.max_sequence_length:
             raise ValueError(
                 f"The sequence length {seq_len} exceeds max_sequence_length="
                 f"{self.max_sequence_length}."

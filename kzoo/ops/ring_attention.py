@@ -35,6 +35,8 @@ import numpy as np
 from keras import backend as keras_backend
 from keras import ops
 
+from kzoo.ops.shapes import positions_along
+
 # What one device computes at one ring step. Each device's local sequence is two chunk slots
 # (front, back); these name which (query slot, key slot) pairs are computed.
 FULL = 0  # both query slots against both key slots, no causal mask
@@ -289,6 +291,12 @@ def active_context_parallel():
     return dist, dist.context_size
 
 
+def _positions(positions, like):
+    if positions is None:
+        return positions_along(like, 1)
+    return ops.convert_to_tensor(np.asarray(positions).astype("int32"))
+
+
 def exact_attention(
     query,
     key,
@@ -327,7 +335,7 @@ def exact_attention(
     outputs zeros. Returns ``(batch, q_len, num_heads, value_dim)`` in the query's dtype.
     """
     b, tq, h, d = ops.shape(query)
-    tk, hk = ops.shape(key)[1], ops.shape(key)[2]
+    hk = ops.shape(key)[2]
     g = h // hk
     scale = float(scale if scale is not None else 1.0 / np.sqrt(d))
     q = ops.reshape(ops.cast(query, "float32"), (b, tq, hk, g, d))
@@ -352,13 +360,14 @@ def exact_attention(
         )
         valid = both(valid, same[:, None, None, :, :])
     if causal or window_size is not None:
-        qp = np.arange(tq) if query_positions is None else np.asarray(query_positions)
-        kp = np.arange(tk) if key_positions is None else np.asarray(key_positions)
-        distance = qp[:, None] - kp[None, :]
-        allowed = distance >= 0
+        # Positions as tensors: an exported graph's sequence length is symbolic.
+        qp = _positions(query_positions, query)
+        kp = _positions(key_positions, key)
+        distance = ops.expand_dims(qp, 1) - ops.expand_dims(kp, 0)
+        allowed = ops.greater_equal(distance, 0)
         if window_size is not None:
-            allowed &= distance < window_size
-        valid = both(valid, ops.convert_to_tensor(allowed))
+            allowed = ops.logical_and(allowed, ops.less(distance, window_size))
+        valid = both(valid, allowed)
     if valid is not None:
         valid = ops.broadcast_to(valid, ops.shape(scores))
         scores = ops.where(valid, scores, ops.full_like(scores, -3.0e38))

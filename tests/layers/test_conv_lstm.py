@@ -407,7 +407,8 @@ def test_tensorflow_fast_path_in_graph_mode_matches_keras(rank, data_format, kwa
         def fn(xt, h0, c0):
             with tf.GradientTape() as tape:
                 tape.watch([xt, h0, c0])
-                outs = layer(xt, initial_state=None if zero_state else [h0, c0])
+                # training=True: the hand-written backward pass (inference has none).
+                outs = layer(xt, initial_state=None if zero_state else [h0, c0], training=True)
                 outs = outs if isinstance(outs, (list, tuple)) else [outs]
                 # Different upstream weights for every output element.
                 loss = sum(
@@ -425,6 +426,77 @@ def test_tensorflow_fast_path_in_graph_mode_matches_keras(rank, data_format, kwa
     out_theirs, grads_theirs = run(theirs)
     _assert_close(out_ours, out_theirs)
     _assert_close(grads_ours, grads_theirs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(return_sequences=True, go_backwards=True),
+        dict(data_format="channels_first", strides=2, padding="valid"),
+        dict(dropout=0.5, training=True),
+    ],
+)
+def test_per_step_input_conv_equals_the_hoisted_one(kwargs):
+    """The export path for symbolic batch/time sizes (input convolution inside the loop)
+    computes what the hoisted convolution computes."""
+    from kzoo.layers import conv_lstm_portable as portable
+
+    kwargs = dict(kwargs)
+    training = kwargs.pop("training", False)
+    data_format = kwargs.get("data_format", "channels_last")
+    layer = ConvLSTM2D(3, 3, seed=4, **kwargs)
+    x = keras.ops.convert_to_tensor(_inputs(2, data_format, steps=4))
+    layer.build(x.shape)
+    masks = None
+    if training:
+        masks = [keras.random.dropout(keras.ops.ones_like(x[:, 0]), 0.5, seed=i) for i in range(4)]
+    args = (x, layer.cell.kernel, layer.cell.recurrent_kernel, layer.cell.bias)
+    config = layer._forward_config()
+    hoisted = portable.conv_lstm_forward(*args, input_masks=masks, config=config)
+    per_step = portable.conv_lstm_forward_per_step(*args, input_masks=masks, config=config)
+    _assert_close(per_step, hoisted, tol=1e-6)
+
+
+@pytest.mark.backends("jax")
+def test_jax_selects_the_per_step_path_only_for_symbolic_batch_or_time():
+    from jax import export as jax_export
+
+    b, t = jax_export.symbolic_shape("b, t")
+    symbolic = dispatch.select(conv_lstm_module.OP, dtype="float32", shape=(b, t, 6, 5, 2))
+    concrete = dispatch.select(conv_lstm_module.OP, dtype="float32", shape=(2, 3, 6, 5, 2))
+    assert symbolic.name == "jax-per-step-input-conv"
+    assert concrete.name == "portable"
+
+
+@pytest.mark.backends("tensorflow")
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_tensorflow_inference_path_has_no_custom_gradient_and_same_numbers(return_sequences):
+    """Inference graphs (what model.export traces) run the loop without tf.custom_gradient,
+    computing exactly the training path's forward numbers."""
+    import tensorflow as tf
+
+    def selected(training):
+        return dispatch.select(
+            conv_lstm_module.OP, dtype="float32", shape=(None, None, 6, 5, 2), training=training
+        ).name
+
+    assert selected(True) == "tensorflow-custom-gradient"
+    assert selected(False) == "tensorflow-inference"
+    layer = ConvLSTM2D(4, 3, padding="same", return_sequences=return_sequences, return_state=True)
+    x = _inputs(2, "channels_last", steps=4)
+    layer.build(x.shape)
+    spec = tf.TensorSpec((None, None, None, None, 2))
+
+    def graph(training):
+        fn = tf.function(lambda t: layer(t, training=training), input_signature=[spec])
+        ops_in_graph = {op.type for op in fn.get_concrete_function().graph.get_operations()}
+        return fn(tf.constant(x)), ops_in_graph
+
+    (train_out, train_ops), (infer_out, infer_ops) = graph(True), graph(False)
+    assert "IdentityN" in train_ops  # how tf.custom_gradient marks its function's outputs
+    assert "IdentityN" not in infer_ops
+    for a, b in zip(train_out, infer_out):
+        np.testing.assert_array_equal(_np(a), _np(b))
 
 
 @pytest.mark.backends("tensorflow")

@@ -113,3 +113,36 @@ register(
         description="hoisted input conv, time loop unrolled (XLA CPU convs in a while loop crawl)",
     ),
 )
+register(
+    "conv_lstm_forward",
+    Implementation(
+        name="jax-per-step-input-conv",
+        target="kzoo.layers.conv_lstm_portable:conv_lstm_forward_per_step",
+        backends=BACKEND,
+        supports="kzoo.backends.jax.conv_lstm:supports_symbolic_batch_or_time",
+        priority=20,
+        # Exporting to ONNX needs it whatever KZOO_KERNELS says.
+        optional=False,
+        description="symbolic batch/time only (jax2tf, jax2onnx exports): input conv in the scan",
+    ),
+)
+register(
+    "export_artifact",
+    Implementation(
+        name="jax",
+        target="kzoo.backends.jax.export:export_artifact",
+        backends=BACKEND,
+        optional=False,
+        description="shared symbolic dimensions (jax2tf), ONNX through jax2onnx",
+    ),
+)
+register(
+    "export_fixed_dims",
+    Implementation(
+        name="jax",
+        target="kzoo.backends.jax.export:fixed_dims",
+        backends=BACKEND,
+        optional=False,
+        description="ONNX: dimensions the model merges in a reshape (jax2onnx)",
+    ),
+)

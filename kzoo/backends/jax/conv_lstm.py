@@ -1,4 +1,4 @@
-"""The ConvLSTM forward pass for JAX: the portable code with the time loop unrolled.
+"""The ConvLSTM forward pass for JAX: the time loop unrolled, and a loop for exports.
 
 XLA on the CPU runs a convolution inside a ``while`` loop (what ``lax.scan`` compiles to) tens
 of times slower than the same convolution outside one: ten steps of a 5x5, 32 -> 128-channel
@@ -7,6 +7,12 @@ recurrent convolution on a (5, 32, 32, 32) state took 26.6 s forward and backwar
 plain scan: any loop left in the program is enough). Under ``jit`` every shape is known when
 the step is traced, so the loop is unrolled into straight-line code; only sequences longer than
 ``MAX_UNROLLED_STEPS`` (where compile time would grow too much) keep the scan.
+
+A shape-polymorphic export (``jax2onnx``, or ``jax2tf`` with symbolic dimensions) traces the
+layer with symbolic batch and time sizes. The hoisted input convolution merges those two axes
+into one (a reshape to their product), which jax2onnx cannot express in ONNX (it maps each
+reshaped dimension to one input axis). Those traces take the portable per-step loop
+(``supports_symbolic_batch_or_time`` selects it), which reshapes nothing symbolic.
 """
 
 import jax.numpy as jnp
@@ -36,3 +42,12 @@ def conv_lstm_forward(inputs, kernel, recurrent_kernel, bias, **kwargs):
     return portable.conv_lstm_forward(
         inputs, kernel, recurrent_kernel, bias, scan=unrolled_scan, **kwargs
     )
+
+
+def _symbolic(dim):
+    return dim is not None and not isinstance(dim, int)
+
+
+def supports_symbolic_batch_or_time(shape, dtype, **kwargs):
+    """Whether the batch or time size of a ``(batch, time, ...)`` shape is symbolic."""
+    return len(shape) > 1 and (_symbolic(shape[0]) or _symbolic(shape[1]))

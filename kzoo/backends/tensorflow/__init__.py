@@ -50,7 +50,29 @@ register(
         name="tensorflow-custom-gradient",
         target="kzoo.backends.tensorflow.conv_lstm:conv_lstm_forward",
         backends=BACKEND,
+        supports="kzoo.backends.tensorflow.conv_lstm:supports_training",
         priority=10,
-        description="hoisted input conv, while_loop with a hand-written backward pass",
+        description="training=True: hoisted input conv, while_loop, hand-written backward pass",
+    ),
+)
+register(
+    "conv_lstm_forward",
+    Implementation(
+        name="tensorflow-inference",
+        target="kzoo.backends.tensorflow.conv_lstm:conv_lstm_forward_inference",
+        backends=BACKEND,
+        supports="kzoo.backends.tensorflow.conv_lstm:supports_inference",
+        priority=9,
+        description="training=False: the same loop without tf.custom_gradient (exportable)",
+    ),
+)
+register(
+    "export_artifact",
+    Implementation(
+        name="tensorflow",
+        target="kzoo.backends.tensorflow.export:export_artifact",
+        backends=BACKEND,
+        optional=False,
+        description="keras's writers plus an Erfc conversion for tf2onnx",
     ),
 )

@@ -22,6 +22,11 @@ of the recurrent convolution runs once per step on a small batch. Here:
 
 Calls with a time mask or with recurrent dropout masks take the portable loop. Same arguments
 and results as ``conv_lstm_portable.conv_lstm_forward``.
+
+Inference calls (``training=False``: ``predict``, ``model.export``, a plain ``model(x)``) run
+``conv_lstm_forward_inference``: the same per-step function in the same loop, without the
+``tf.custom_gradient`` wrapper, whose gradient function a SavedModel cannot hold (it captures
+the loop's TensorArrays). The dispatch picks between the two from the ``training`` flag.
 """
 
 import keras
@@ -69,8 +74,14 @@ class _Activation:
         return tape.gradient(y, kept, output_gradients=d_y)
 
 
+_CHANNELS_LAST = {3: "NWC", 4: "NHWC", 5: "NDHWC"}
+
+
 def _recurrent_conv(h, kernel):
-    return tf.nn.convolution(h, kernel, strides=1, padding="SAME")
+    # An explicit data_format: eager Conv3D records no default attributes, and TensorFlow's
+    # Conv3D gradient reads this one (inference calls are differentiated by TensorFlow).
+    data_format = _CHANNELS_LAST[len(kernel.shape)]
+    return tf.nn.convolution(h, kernel, strides=1, padding="SAME", data_format=data_format)
 
 
 def _recurrent_conv_transpose(d_y, kernel, like):
@@ -100,6 +111,79 @@ def _merge_time(x):
     return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
 
 
+def _cell(z_t, h, c, kernel, act, rec, recurrent=True):
+    """One LSTM step on the input projection ``z_t`` of the four gates (channels last).
+
+    Returns ``(h_new, c_new, kept)``, ``kept`` being what the backward pass needs of the gate
+    and cell activations (see ``_Activation``). The training and the inference loops both run
+    this function, so they compute the same numbers.
+    """
+    # One convolution for the four gates (measured faster here than one per gate).
+    a = z_t + _recurrent_conv(h, kernel) if recurrent else z_t
+    a = tf.split(a, 4, axis=-1)
+    i, keep_i = rec.forward(a[0])
+    f, keep_f = rec.forward(a[1])
+    g, keep_g = act.forward(a[2])
+    o, keep_o = rec.forward(a[3])
+    c_new = f * c + i * g
+    act_c, keep_act_c = act.forward(c_new)
+    h_new = o * act_c
+    return h_new, c_new, (keep_i, keep_f, keep_g, keep_o, keep_act_c)
+
+
+def _make_inference_recurrence(activation, recurrent_activation, zero_state, return_sequences):
+    """The forward loop of ``_make_recurrence`` without its ``tf.custom_gradient``.
+
+    A graph holding a ``tf.custom_gradient`` function cannot be written to a SavedModel (its
+    gradient function captures the loop's TensorArrays), so inference graphs - which is what
+    ``model.export``, ``tf2onnx`` and the TF Lite converter trace - run this loop instead: the
+    same ``_cell`` per step, keeping nothing for a backward pass (TensorFlow can still
+    differentiate it, through the loop).
+
+    Written for converters: the sequence of outputs grows by concatenation rather than in a
+    TensorArray (TF Lite has no builtin TensorList ops for tensors of unknown spatial size, and
+    tf2onnx mistypes them), and the loop's shape invariants keep the channel count known (TF
+    Lite's builtin convolution needs it). The copies this costs are a few bytes per element
+    and step against the recurrent convolution's ``72 * filters`` flops.
+    """
+    act = _Activation(activation)
+    rec = _Activation(recurrent_activation)
+
+    def recurrence(z, h0, c0, kernel):
+        steps = tf.shape(z)[0]
+        filters = h0.shape[-1]
+        state_shape = tf.TensorShape([None] * (h0.shape.rank - 1) + [filters])
+
+        def step(t, h, c, hs, recurrent=True):
+            # The TF Lite converter types loop variables without their channel count (whatever
+            # the invariants say); a reshape to it keeps the convolution a builtin.
+            h = tf.reshape(h, tf.concat([tf.shape(h)[:-1], [filters]], axis=0))
+            h_new, c_new, _ = _cell(z[t], h, c, kernel, act, rec, recurrent)
+            if return_sequences:
+                hs = tf.concat([hs, h_new[None]], axis=0)
+            return t + 1, h_new, c_new, hs
+
+        hs = tf.zeros(tf.concat([[0], tf.shape(h0)], axis=0), h0.dtype)
+        state = (tf.constant(0), h0, c0, hs)
+        if zero_state:
+            state = step(*state, recurrent=False)
+        _, h_last, c_last, hs = tf.while_loop(
+            lambda t, *_: t < steps,
+            step,
+            state,
+            shape_invariants=(
+                tf.TensorShape([]),
+                state_shape,
+                state_shape,
+                tf.TensorShape([None]).concatenate(state_shape),
+            ),
+            parallel_iterations=32,
+        )
+        return (hs if return_sequences else h_last), c_last
+
+    return recurrence
+
+
 def _make_recurrence(activation, recurrent_activation, zero_state, return_sequences):
     """The LSTM recurrence over a time-major, channels-last input projection, with its gradient.
 
@@ -118,17 +202,8 @@ def _make_recurrence(activation, recurrent_activation, zero_state, return_sequen
         first = 1 if zero_state else 0
 
         def step(t, h, c, arrays, recurrent=True):
-            # One convolution for the four gates (measured faster here than one per gate).
-            a = z[t] + _recurrent_conv(h, kernel) if recurrent else z[t]
-            a = tf.split(a, 4, axis=-1)
-            i, keep_i = rec.forward(a[0])
-            f, keep_f = rec.forward(a[1])
-            g, keep_g = act.forward(a[2])
-            o, keep_o = rec.forward(a[3])
-            c_new = f * c + i * g
-            act_c, keep_act_c = act.forward(c_new)
-            h_new = o * act_c
-            kept = (h_new, c, keep_i, keep_f, keep_g, keep_o, keep_act_c)
+            h_new, c_new, kept = _cell(z[t], h, c, kernel, act, rec, recurrent)
+            kept = (h_new, c) + kept
             arrays = tuple(arr.write(t, v) for arr, v in zip(arrays, kept))
             return t + 1, h_new, c_new, arrays
 
@@ -209,7 +284,71 @@ def conv_lstm_forward(
     recurrent_mask_fn=None,
     config=None,
 ):
-    """Run a ConvLSTM over ``inputs`` (a TensorFlow tensor); returns ``(output, h, c)``."""
+    """Run a ConvLSTM over ``inputs`` (a TensorFlow tensor); returns ``(output, h, c)``.
+
+    The training path: the loop's gradient is the hand-written backward pass.
+    """
+    return _forward(
+        _make_recurrence,
+        inputs,
+        kernel,
+        recurrent_kernel,
+        bias,
+        initial_state,
+        mask,
+        input_masks,
+        recurrent_mask_fn,
+        config,
+    )
+
+
+def conv_lstm_forward_inference(
+    inputs,
+    kernel,
+    recurrent_kernel,
+    bias,
+    initial_state=None,
+    mask=None,
+    input_masks=None,
+    recurrent_mask_fn=None,
+    config=None,
+):
+    """``conv_lstm_forward`` for inference graphs: the same numbers, no ``tf.custom_gradient``,
+    so the graph can be saved (SavedModel), converted (TF Lite, tf2onnx) and served."""
+    return _forward(
+        _make_inference_recurrence,
+        inputs,
+        kernel,
+        recurrent_kernel,
+        bias,
+        initial_state,
+        mask,
+        input_masks,
+        recurrent_mask_fn,
+        config,
+    )
+
+
+def supports_training(shape, dtype, training=True, **kwargs):
+    return bool(training)
+
+
+def supports_inference(shape, dtype, training=True, **kwargs):
+    return not training
+
+
+def _forward(
+    make_recurrence,
+    inputs,
+    kernel,
+    recurrent_kernel,
+    bias,
+    initial_state,
+    mask,
+    input_masks,
+    recurrent_mask_fn,
+    config,
+):
     rank = config["rank"]
     channels_first = config["data_format"] == "channels_first"
     batch_major = (1, 0) + tuple(range(2, rank + 3))
@@ -230,7 +369,9 @@ def conv_lstm_forward(
     if config["go_backwards"]:
         x = tf.reverse(x, axis=[0])
     shape = tf.shape(x)
-    merged = tf.reshape(x, tf.concat([[-1], shape[2:]], axis=0))
+    # The channel count stays static (TF Lite's builtin convolution needs it).
+    channels = x.shape[-1] if x.shape[-1] is not None else shape[-1]
+    merged = tf.reshape(x, tf.concat([[-1], shape[2:-1], [channels]], axis=0))
 
     def conv(source, k, b):
         z = keras.ops.conv(
@@ -280,7 +421,7 @@ def conv_lstm_forward(
             config,
         )
 
-    recurrence = _make_recurrence(
+    recurrence = make_recurrence(
         config["activation"],
         config["recurrent_activation"],
         zero_state=initial_state is None,

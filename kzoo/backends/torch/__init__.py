@@ -105,3 +105,23 @@ register(
         description="F.conv2d with the frozen-BN shift as bias; folded kernel reused at inference",
     ),
 )
+register(
+    "export_artifact",
+    Implementation(
+        name="torch",
+        target="kzoo.backends.torch.export:export_artifact",
+        backends=BACKEND,
+        optional=False,
+        description="keras's torch.onnx export, eager dimensions fixed in size",
+    ),
+)
+register(
+    "export_fixed_dims",
+    Implementation(
+        name="torch",
+        target="kzoo.backends.torch.export:fixed_dims",
+        backends=BACKEND,
+        optional=False,
+        description="dimensions eager Python code depends on (a traced run fixes them)",
+    ),
+)

@@ -40,12 +40,16 @@ def _torch_kernel(kernel, rank):
     return kernel.permute(rank + 1, rank, *range(rank))
 
 
+# Explicit, non-negative permutations: the ONNX exporter turns ``movedim(-1, ...)`` into a
+# Transpose with a negative entry, which ONNX Runtime rejects.
 def _to_channels_first(x, rank):
-    return x.movedim(-1, x.dim() - rank - 1)
+    n = x.dim()
+    return x.permute(*range(n - rank - 1), n - 1, *range(n - rank - 1, n - 1))
 
 
 def _to_channels_last(x, rank):
-    return x.movedim(x.dim() - rank - 1, -1)
+    n = x.dim()
+    return x.permute(*range(n - rank - 1), *range(n - rank, n), n - rank - 1)
 
 
 def _pad_for_same(x, kernel_size, strides, dilation):

@@ -5,6 +5,10 @@ right and fastest there; other axes (where keras's torch path is wrong) take the
 composition. These call torch's functions without going through ``keras.ops``, so that a kzoo
 layer costs no more per call than keras's (float16/bfloat16 are computed in float32 and cast
 back, as keras does). The fused residual forms add first, then normalise.
+
+The normalised shape is passed as plain ints (the weights' shape, fixed when the layer is
+built): the input's sizes would be recorded by ``torch.onnx``'s tracer as values it cannot
+export.
 """
 
 import torch
@@ -31,15 +35,19 @@ def _compute(x, params):
     return x, [p if p is None or p.dtype is compute else p.to(compute) for p in params], dtype
 
 
+def _normalized_shape(x, axes):
+    return [int(d) for d in x.shape[x.ndim - len(axes) :]]
+
+
 def layer_norm(x, gamma, beta, axes, epsilon, rms_scaling=False):
     xc, (gamma, beta), dtype = _compute(x, (gamma, beta))
-    y = F.layer_norm(xc, x.shape[x.ndim - len(axes) :], gamma, beta, epsilon)
+    y = F.layer_norm(xc, _normalized_shape(x, axes), gamma, beta, epsilon)
     return y if y.dtype is dtype else y.to(dtype)
 
 
 def rms_norm(x, gamma, axes, epsilon):
     xc, (gamma,), dtype = _compute(x, (gamma,))
-    y = F.rms_norm(xc, x.shape[x.ndim - len(axes) :], gamma, epsilon)
+    y = F.rms_norm(xc, _normalized_shape(x, axes), gamma, epsilon)
     return y if y.dtype is dtype else y.to(dtype)
 
 

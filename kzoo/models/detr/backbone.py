@@ -25,6 +25,7 @@ from kzoo.backends import dispatch
 from kzoo.models.detr.conv_bn import conv_bn_function, pad_spatial
 from kzoo.models.detr.initializers import he_normal_fan_out
 from kzoo.models.detr.stem_pool import stem_max_pool
+from kzoo.ops.shapes import arange, ceil_divide
 from kzoo.presets import PresetMixin, preset_io
 
 RESNET_BLOCKS = {
@@ -47,7 +48,7 @@ def backbone_channels(name):
 
 def valid_extent(valid_sizes, stride):
     """``ceil(valid / stride)`` for (B, 2) int sizes: the unpadded feature-map size."""
-    return (valid_sizes + (stride - 1)) // stride
+    return ceil_divide(valid_sizes, stride)
 
 
 def channels_last():
@@ -73,8 +74,8 @@ def compute_data_format():
 def region_mask(valid_sizes, stride, height, width, dtype):
     """(B, height, width, 1) mask, 1 inside each image's valid region at ``stride``."""
     extent = valid_extent(valid_sizes, stride)
-    rows = ops.expand_dims(ops.arange(height, dtype="int32"), 0) < extent[:, 0:1]
-    cols = ops.expand_dims(ops.arange(width, dtype="int32"), 0) < extent[:, 1:2]
+    rows = ops.expand_dims(arange(height), 0) < extent[:, 0:1]
+    cols = ops.expand_dims(arange(width), 0) < extent[:, 1:2]
     mask = ops.logical_and(ops.expand_dims(rows, 2), ops.expand_dims(cols, 1))
     return ops.expand_dims(ops.cast(mask, dtype), -1)
 

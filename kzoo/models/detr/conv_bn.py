@@ -28,6 +28,21 @@ def pad_spatial(x, amount, data_format):
     return ops.pad(x, ((0, 0), *spatial, (0, 0)))
 
 
+def _subsample(x, stride):
+    """``x[:, ::stride, ::stride]`` (channels last), sized as a strided convolution's output.
+
+    Both are ``ceil(n / stride)``, but a shape-polymorphic trace (JAX export) writes the strided
+    3x3 branch's size as ``(n - 1) // stride + 1`` and cannot prove it equal to ``x[::stride]``'s
+    ``(n + 1) // stride``; stopping the slice after the last window's start gives the same
+    expression, so the residual sum type-checks.
+    """
+    shape = ops.shape(x)
+    stops = []
+    for n in (shape[1], shape[2]):
+        stops.append(None if isinstance(n, int) else (n - 1) // stride * stride + 1)
+    return x[:, : stops[0] : stride, : stops[1] : stride]
+
+
 def conv_bn_portable(conv, bn, x, stride, pad, data_format, fold=True):
     """``bn(conv(x))`` with symmetric zero padding ``pad`` (as torch pads), in keras.ops.
 
@@ -46,7 +61,7 @@ def conv_bn_portable(conv, bn, x, stride, pad, data_format, fold=True):
         kernel = kernel * scale
     if conv.kernel_size == (1, 1) and not pad and data_format == "channels_last":
         if stride > 1:
-            x = x[:, ::stride, ::stride]
+            x = _subsample(x, stride)
         y = ops.matmul(x, kernel[0, 0])
     else:
         y = ops.conv(x, kernel, strides=stride, padding=padding, data_format=data_format)

@@ -57,6 +57,7 @@ from keras import ops
 from kzoo.layers.detr_head import DETRHead
 from kzoo.models.detr.backbone import RESNET_BLOCKS, ResNetBackbone
 from kzoo.models.detr.pixel_mask import DETRInputChecks, check_batch, check_pixel_mask
+from kzoo.ops.shapes import arange, ceil_divide
 from kzoo.presets import PresetMixin
 
 DEFAULT_TRAINABLE_STAGES = {"resnet50": 3, "resnet101": 3, "small": 5}
@@ -84,7 +85,7 @@ LEGACY_WEIGHT_GROUPS = {
 def nearest_indices(in_size, out_size):
     """torch's ``interpolate(mode="nearest")`` source index per output index (float32 math)."""
     scale = ops.cast(in_size, "float32") / ops.cast(out_size, "float32")
-    idx = ops.floor(ops.cast(ops.arange(out_size), "float32") * scale)
+    idx = ops.floor(ops.cast(arange(out_size), "float32") * scale)
     return ops.minimum(ops.cast(idx, "int32"), in_size - 1)
 
 
@@ -374,10 +375,12 @@ class DETR(DETRInputChecks, PresetMixin, keras.Model):
             shape = ops.shape(features)
             height, width = shape[1], shape[2]
             if masks_backbone:
-                extent = (valid_sizes + (BACKBONE_STRIDE - 1)) // BACKBONE_STRIDE
-                rows = ops.arange(height, dtype="int32")[None, :] < extent[:, 0:1]
-                cols = ops.arange(width, dtype="int32")[None, :] < extent[:, 1:2]
-                mask = ops.logical_and(rows[:, :, None], cols[:, None, :])
+                extent = ceil_divide(valid_sizes, BACKBONE_STRIDE)
+                rows = ops.expand_dims(arange(height), 0) < extent[:, 0:1]
+                cols = ops.expand_dims(arange(width), 0) < extent[:, 1:2]
+                # expand_dims, not [:, None]: TF Lite has no builtin for new-axis slices of
+                # tensors of unknown size.
+                mask = ops.logical_and(ops.expand_dims(rows, 2), ops.expand_dims(cols, 1))
             else:
                 mask = self._resized_mask(pixel_mask, height, width)
         return self.head(features, mask, training=training)

@@ -12,6 +12,8 @@ import math
 import keras
 from keras import ops
 
+from kzoo.ops.shapes import arange
+
 
 @keras.saving.register_keras_serializable(package="kzoo")
 class SinePositionEmbedding(keras.layers.Layer):
@@ -62,12 +64,14 @@ class SinePositionEmbedding(keras.layers.Layer):
         y = y / (y[:, -1:, :] + self.epsilon) * self.scale
         x = x / (x[:, :, -1:] + self.epsilon) * self.scale
         # dim_t[i] = T ** (2 * floor(i / 2) / n): sin and cos of one pair share a frequency.
-        exponent = ops.cast(2 * (ops.arange(self.num_features) // 2), dtype) / self.num_features
+        exponent = ops.cast(2 * (arange(self.num_features) // 2), dtype) / self.num_features
         dim_t = ops.power(ops.cast(self.temperature, dtype), exponent)
         return ops.concatenate([self._encode(y, dim_t), self._encode(x, dim_t)], axis=-1)
 
     def _encode(self, positions, dim_t):
-        angles = positions[..., None] / dim_t
+        # expand_dims, not [..., None]: TF Lite has no builtin for new-axis slices of tensors
+        # of unknown size.
+        angles = ops.expand_dims(positions, -1) / dim_t
         sin = ops.sin(angles[..., 0::2])
         cos = ops.cos(angles[..., 1::2])
         # Interleave: sin_0, cos_1, sin_2, cos_3, ...

@@ -89,7 +89,10 @@ class DETRAttention(keras.layers.Layer):
         q = self._heads(self.q_proj(query))
         k = self._heads(self.k_proj(key))
         v = self._heads(self.v_proj(value))
-        keep = None if key_mask is None else ops.cast(key_mask, "bool")[:, None, None, :]
+        keep = None
+        if key_mask is not None:
+            # expand_dims, not [:, None, None]: TF Lite has no builtin for new-axis slices.
+            keep = ops.expand_dims(ops.cast(key_mask, "bool"), (1, 2))
         if not training or self.dropout == 0:
             # The backend's fused attention (torch's scaled_dot_product_attention, JAX's
             # dot_product_attention); it has no dropout on the weights, hence the other path.

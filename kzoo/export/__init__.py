@@ -1,0 +1,308 @@
+"""Export kzoo models to SavedModel, ONNX and LiteRT, and check them in the runtime that serves them.
+
+``export_model(model, path, format)`` writes one artifact atomically (a failed export leaves
+nothing, and an existing destination is replaced only with ``overwrite=True``); ``load(path,
+format)`` opens it in its runtime (``kzoo.export.runtimes``); ``max_differences(model,
+artifact, inputs)`` compares the artifact with the keras model on the same inputs.
+
+Formats and where they come from (keras 3.15's ``model.export`` underneath):
+
+=============== ============================ ==============================================
+format          backends                     written by
+=============== ============================ ==============================================
+``saved_model`` tensorflow, jax              ``tf.saved_model`` (JAX through ``jax2tf``)
+``onnx``        tensorflow, jax, torch       ``tf2onnx``, ``jax2onnx``, ``torch.onnx``
+``litert``      tensorflow                   the TF Lite converter (builtin ops only)
+=============== ============================ ==============================================
+
+Every artifact takes named inputs whose batch dimension is free, plus the model's other free
+dimensions (``kzoo.export.signatures``); on torch, dimensions a traced Python loop runs over
+(the time axis of ConvLSTM models) are fixed to a given size (``fixed_sizes``), since
+``torch.onnx``'s tracer unrolls the loop. Outputs are named: a model returning one tensor
+gives ``output_0``, a model returning a dict gives its keys.
+
+See ``docs/export.md`` for the model x backend x format table and the tolerances.
+"""
+
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+
+from kzoo.export import runtimes, signatures, writers
+from kzoo.export.detr import DETRDetections
+from kzoo.export.runtimes import load
+from kzoo.export.signatures import InputSpec, Signature, signature_for
+from kzoo.export.writers import KERAS_FORMATS, fixed_dims
+
+FORMATS = ("saved_model", "onnx", "litert")
+BACKEND_FORMATS = {
+    "tensorflow": ("saved_model", "onnx", "litert"),
+    "jax": ("saved_model", "onnx"),
+    "torch": ("onnx",),
+}
+# Largest difference from the keras model (float32 outputs) that the tests accept per format.
+TOLERANCES = {"saved_model": 1e-5, "onnx": 1e-5, "litert": 1e-5}
+
+
+def supported_formats(backend=None):
+    """The formats ``export_model`` writes from ``backend`` (keras's by default)."""
+    backend = backend or keras.backend.backend()
+    return BACKEND_FORMATS.get(backend, ())
+
+
+def check_format(format, backend=None):
+    """Raise a ValueError unless ``format`` is known and written from ``backend``."""
+    backend = backend or keras.backend.backend()
+    if format not in FORMATS:
+        raise ValueError(
+            f"Unknown export format {format!r}; supported formats: {', '.join(FORMATS)}."
+        )
+    if format not in supported_formats(backend):
+        where = [b for b, formats in BACKEND_FORMATS.items() if format in formats]
+        available = ", ".join(supported_formats(backend)) or "none"
+        raise ValueError(
+            f"Format {format!r} is exported from the {', '.join(where)} backend(s), not from "
+            f"{backend!r} (which exports: {available}). Set KERAS_BACKEND accordingly."
+        )
+
+
+def named_outputs(outputs):
+    """A model's outputs as ``{name: tensor}``: ``output_i`` for tensors, keys for a dict."""
+    if isinstance(outputs, dict):
+        bad = [k for k, v in outputs.items() if isinstance(v, (dict, list, tuple))]
+        if bad:
+            raise ValueError(f"Nested outputs ({bad}) cannot be exported by name.")
+        return dict(outputs)
+    if isinstance(outputs, (list, tuple)):
+        return {f"output_{i}": v for i, v in enumerate(outputs)}
+    return {"output_0": outputs}
+
+
+class _Serving(keras.Model):
+    """The model as exported: inference mode, outputs named (a dict), or a tuple in sorted
+    name order for ONNX, whose outputs are renamed after export."""
+
+    def __init__(self, served, as_tuple=False):
+        super().__init__(name=f"{served.name}_serving")
+        self.served = served
+        self.as_tuple = as_tuple
+        self.output_keys = None
+        self.built = True
+
+    def call(self, inputs):
+        outputs = named_outputs(self.served(inputs, training=False))
+        self.output_keys = sorted(outputs)
+        if self.as_tuple:
+            return tuple(outputs[k] for k in self.output_keys)
+        return {k: outputs[k] for k in self.output_keys}
+
+
+def _fixed_sizes(signature, fixed_sizes):
+    fixed = dict(fixed_sizes or {})
+    for name, size in fixed.items():
+        if name not in signature.free_dims():
+            raise ValueError(
+                f"`fixed_sizes` names {name!r}, which is not a free dimension of the model's "
+                f"inputs ({', '.join(signature.free_dims())})."
+            )
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"`fixed_sizes[{name!r}]` must be a positive int; got {size!r}.")
+    return fixed
+
+
+def _check_destination(path, format, overwrite):
+    path = os.path.abspath(os.fspath(path))
+    if format == "litert" and not path.endswith(".tflite"):
+        raise ValueError(f"A LiteRT model's path must end in '.tflite'; got {path!r}.")
+    if os.path.exists(path):
+        if not overwrite:
+            raise ValueError(
+                f"{path} already exists; pass overwrite=True (--overwrite) to replace it."
+            )
+        if format == "saved_model" and not os.path.isdir(path):
+            raise ValueError(f"{path} exists and is not a directory (a SavedModel is one).")
+        if format != "saved_model" and os.path.isdir(path):
+            raise ValueError(f"{path} is a directory; a {format} model is one file.")
+    return path
+
+
+def export_model(
+    model,
+    path,
+    format,
+    input_signature=None,
+    fixed_sizes=None,
+    overwrite=False,
+    verbose=False,
+):
+    """Export ``model`` for inference to ``path`` in ``format``; returns the absolute path.
+
+    Args:
+        model: A built ``keras.Model`` (kzoo's or any other). Subclassed models other than
+            DETR and CausalLM must have been called once (their input shapes come from it).
+        path: Destination: a directory for ``"saved_model"``, a file otherwise (``.tflite``
+            for ``"litert"``).
+        format: ``"saved_model"``, ``"onnx"`` or ``"litert"`` (see the module docstring for
+            the backends each is written from).
+        input_signature: Optional keras-style input specs (``keras.InputSpec`` or a dict of
+            them) replacing the model's own signature (``kzoo.export.signatures``).
+        fixed_sizes: ``{dimension name: size}`` for free dimensions to fix, e.g.
+            ``{"time": 10}``; the torch ONNX export needs the ConvLSTM time axis fixed.
+        overwrite: Replace an existing ``path`` (atomically); without it an existing
+            destination is an error.
+        verbose: Let keras print its export messages.
+
+    Raises:
+        ValueError: for an unknown format or one the backend does not write, a model never
+            built or called, an existing destination without ``overwrite``.
+    """
+    check_format(format)
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"`model` must be a keras.Model; got {type(model).__name__}.")
+    if input_signature is not None:
+        if not model.built:
+            raise ValueError(
+                f"{type(model).__name__} has never been built or called: call it once on a "
+                "sample batch (`model(x)`) or build it (`model.build(input_shape)`) first."
+            )
+        signature = signatures.from_keras(input_signature, model)
+    else:
+        signature = signature_for(model)
+    fixed = _fixed_sizes(signature, fixed_sizes)
+    path = _check_destination(path, format, overwrite)
+    serving = _Serving(model, as_tuple=format == "onnx")
+
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    try:
+        target = os.path.join(tmp_dir, os.path.basename(path))
+        writers.writer()(serving, target, format, signature, fixed, verbose=verbose)
+        if format == "onnx":
+            _name_onnx_io(target, signature, serving.output_keys)
+        _replace(target, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return path
+
+
+def _replace(source, path):
+    """Move the finished artifact onto ``path`` (a directory is swapped, never merged)."""
+    if not os.path.isdir(source):
+        os.replace(source, path)
+        return
+    backup = None
+    if os.path.exists(path):
+        backup = tempfile.mkdtemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".old", dir=os.path.dirname(path)
+        )
+        os.rmdir(backup)
+        os.rename(path, backup)
+    os.rename(source, path)
+    if backup:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _name_onnx_io(path, signature, output_keys):
+    """Give the ONNX graph's inputs and outputs the model's names (the converters number or
+    suffix them: ``Identity:0``, ``add_out_2``, ...)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(path)
+    graph = model.graph
+    if output_keys is None or len(output_keys) != len(graph.output):
+        raise RuntimeError(
+            f"The ONNX graph has {len(graph.output)} outputs; the model returned {output_keys}."
+        )
+    initializers = {i.name for i in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    renames = {v.name: s.name for v, s in zip(inputs, signature.specs) if v.name != s.name}
+
+    def rename_inputs(g):
+        for node in g.node:
+            node.input[:] = [renames.get(n, n) for n in node.input]
+            for attr in node.attribute:
+                # Loop / If / Scan bodies read outer values by name.
+                if attr.HasField("g"):
+                    rename_inputs(attr.g)
+                for sub in attr.graphs:
+                    rename_inputs(sub)
+
+    if renames:
+        for value in graph.input:
+            value.name = renames.get(value.name, value.name)
+        rename_inputs(graph)
+        for value in graph.output:
+            value.name = renames.get(value.name, value.name)
+    # Outputs: an Identity per output, so no node inside the graph changes.
+    for value, name in zip(graph.output, output_keys):
+        if value.name != name:
+            graph.node.append(helper.make_node("Identity", [value.name], [name]))
+            value.name = name
+    onnx.save(model, path)
+
+
+def keras_outputs(model, inputs, signature=None):
+    """The keras model's outputs on ``inputs`` (by input name) as numpy, by output name."""
+    signature = signature or signature_for(model)
+    named = (
+        signature.check(inputs) if isinstance(inputs, dict) else {signature.specs[0].name: inputs}
+    )
+    if isinstance(signature.inputs, dict):
+        call_inputs = {k: named[v.name] for k, v in signature.inputs.items()}
+    else:
+        call_inputs = named[signature.inputs.name]
+    outputs = named_outputs(model(call_inputs, training=False))
+    return {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in outputs.items()}
+
+
+def max_differences(model, artifact, inputs, signature=None):
+    """``{output name: max |artifact - keras|}`` on ``inputs`` (dict by input name)."""
+    signature = signature or signature_for(model)
+    expected = keras_outputs(model, inputs, signature)
+    named = (
+        signature.check(inputs) if isinstance(inputs, dict) else {signature.specs[0].name: inputs}
+    )
+    got = artifact(named)
+    if set(got) != set(expected):
+        raise ValueError(
+            f"The artifact's outputs {sorted(got)} are not the model's {sorted(expected)}."
+        )
+    diffs = {}
+    for name, value in expected.items():
+        actual = np.asarray(got[name])
+        if actual.shape != value.shape:
+            raise ValueError(
+                f"Output {name!r} has shape {actual.shape} in the artifact and {value.shape} in "
+                "keras."
+            )
+        if value.size == 0:
+            diffs[name] = 0.0
+        else:
+            diffs[name] = float(np.max(np.abs(actual.astype(np.float64) - value)))
+    return diffs
+
+
+__all__ = [
+    "BACKEND_FORMATS",
+    "DETRDetections",
+    "FORMATS",
+    "InputSpec",
+    "KERAS_FORMATS",
+    "Signature",
+    "TOLERANCES",
+    "check_format",
+    "export_model",
+    "fixed_dims",
+    "keras_outputs",
+    "load",
+    "max_differences",
+    "named_outputs",
+    "runtimes",
+    "signature_for",
+    "supported_formats",
+]

@@ -1,0 +1,267 @@
+"""kzoo.export's contract: bad input gets a clear ValueError, writes are atomic, artifacts are
+named and stand alone (a fresh process that never imports kzoo can serve them)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import kzoo
+from kzoo import export
+from kzoo.export import signatures
+from tests.export.cases import small_detr
+
+BACKEND = keras.backend.backend()
+FORMAT = export.supported_formats(BACKEND)[0]  # the cheapest check on this backend
+SUFFIX = {"saved_model": "", "onnx": ".onnx", "litert": ".tflite"}
+
+
+def _dense_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,), name="features")
+    return keras.Model(inputs, keras.layers.Dense(3, name="dense")(inputs))
+
+
+def _video_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, None, 2), name="frames")
+    outputs = kzoo.layers.ConvLSTM2D(3, 3, padding="same", name="conv_lstm")(inputs)
+    return keras.Model(inputs, outputs)
+
+
+class _Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+class _FailsWhenTraced(keras.layers.Layer):
+    """Builds fine in a functional model (its output shape is declared), fails when run."""
+
+    def call(self, x):
+        raise RuntimeError("this layer cannot be exported")
+
+    def compute_output_shape(self, shape):
+        return shape
+
+
+def _path(tmp_path, name="model", format=FORMAT):
+    return str(tmp_path / f"{name}{SUFFIX[format]}")
+
+
+def test_unknown_format_lists_the_supported_ones(tmp_path):
+    with pytest.raises(ValueError, match="saved_model, onnx, litert"):
+        export.export_model(_dense_model(), _path(tmp_path), "tflite")
+
+
+@pytest.mark.parametrize(
+    "format", [f for f in export.FORMATS if f not in export.supported_formats(BACKEND)] or [None]
+)
+def test_format_this_backend_does_not_write_names_the_ones_it_does(format, tmp_path):
+    if format is None:
+        pytest.skip(f"{BACKEND} writes every format")
+    with pytest.raises(ValueError, match=f"not from '{BACKEND}'.*KERAS_BACKEND"):
+        export.export_model(_dense_model(), _path(tmp_path, format=format), format)
+
+
+def test_model_never_built_or_called_says_how_to_build_it(tmp_path):
+    with pytest.raises(ValueError, match=r"never been built or called.*model\.build"):
+        export.export_model(_Subclassed(), _path(tmp_path), FORMAT)
+    detr = kzoo.models.DETR(
+        num_classes=2, num_queries=3, d_model=16, num_heads=2, num_encoder_layers=1,
+        num_decoder_layers=1, ffn_dim=16, backbone="small",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="never been built or called"):
+        export.export_model(detr, _path(tmp_path), FORMAT)
+    with pytest.raises(ValueError, match="never been built or called"):
+        export.DETRDetections(detr)
+
+
+def test_subclassed_model_built_but_never_called_is_asked_for_a_call(tmp_path):
+    model = _Subclassed()
+    model.build((None, 3))
+    with pytest.raises(ValueError, match=r"never been called.*model\(x\)"):
+        export.export_model(model, _path(tmp_path), FORMAT)
+    assert os.listdir(tmp_path) == []
+
+
+def test_existing_destination_needs_overwrite_and_is_then_replaced_whole(tmp_path):
+    model = _dense_model()
+    path = _path(tmp_path)
+    if FORMAT == "saved_model":
+        os.makedirs(path)
+        with open(os.path.join(path, "mine.txt"), "w") as f:
+            f.write("mine")
+    else:
+        with open(path, "w") as f:
+            f.write("mine")
+    with pytest.raises(ValueError, match="already exists.*overwrite"):
+        export.export_model(model, path, FORMAT)
+    mine = os.path.join(path, "mine.txt") if FORMAT == "saved_model" else path
+    assert open(mine).read() == "mine"
+    export.export_model(model, path, FORMAT, overwrite=True)
+    assert not os.path.exists(os.path.join(path, "mine.txt"))  # replaced, not merged
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    diffs = export.max_differences(model, export.load(path, FORMAT), x)
+    assert diffs["output_0"] < 1e-5
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(path)]
+
+
+def test_failed_export_leaves_the_destination_as_it_was(tmp_path):
+    inputs = keras.Input((4,), name="x")
+    model = keras.Model(inputs, _FailsWhenTraced()(inputs))
+    path = _path(tmp_path)
+    with open(os.path.join(tmp_path, "keep"), "w") as f:
+        f.write("x")
+    if FORMAT == "saved_model":
+        os.makedirs(path)
+        open(os.path.join(path, "old"), "w").close()
+    else:
+        open(path, "w").close()
+    with pytest.raises(Exception, match="cannot be exported"):
+        export.export_model(model, path, FORMAT, overwrite=True)
+    # The old artifact is intact and no temporary file is left beside it.
+    assert sorted(os.listdir(tmp_path)) == sorted(["keep", os.path.basename(path)])
+    if FORMAT == "saved_model":
+        assert os.listdir(path) == ["old"]
+
+
+@pytest.mark.backends("tensorflow")
+def test_litert_path_must_end_in_tflite(tmp_path):
+    with pytest.raises(ValueError, match=r"\.tflite"):
+        export.export_model(_dense_model(), str(tmp_path / "model.bin"), "litert")
+
+
+def test_fixed_sizes_must_name_free_dimensions_with_positive_sizes(tmp_path):
+    with pytest.raises(ValueError, match="'depth', which is not a free dimension"):
+        export.export_model(_video_model(), _path(tmp_path), FORMAT, fixed_sizes={"depth": 3})
+    with pytest.raises(ValueError, match="positive int"):
+        export.export_model(_video_model(), _path(tmp_path), FORMAT, fixed_sizes={"time": 0})
+
+
+@pytest.mark.backends("torch")
+def test_torch_onnx_asks_for_the_time_axis_it_must_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"fixes the 'time'.*fixed_sizes=\{'time': N\}"):
+        export.export_model(_video_model(), _path(tmp_path), "onnx")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.backends("jax")
+def test_jax_onnx_asks_for_the_detr_sizes_it_must_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"jax2onnx.*fixed_sizes=\{'height': N, 'width': N\}"):
+        export.export_model(small_detr(), _path(tmp_path, format="onnx"), "onnx")
+
+
+def test_signatures_name_the_dimensions_and_share_them_between_inputs():
+    video = signatures.signature_for(_video_model())
+    assert video.inputs.dims == ("batch", "time", "height", "width", 2)
+    detr = signatures.signature_for(small_detr())
+    assert detr.inputs["images"].dims == ("batch", "height", "width", 3)
+    assert detr.inputs["pixel_mask"].dims == ("batch", "height", "width")
+    lm = kzoo.models.CausalLM(vocabulary_size=5, num_layers=1, hidden_dim=8, num_heads=2)
+    lm.build((None, None))
+    tokens = signatures.signature_for(lm).inputs
+    assert (tokens.name, tokens.dims, tokens.dtype) == ("token_ids", ("batch", "sequence"), "int32")
+    assert export.fixed_dims(video, "onnx") == (("time",) if BACKEND == "torch" else ())
+    assert export.fixed_dims(detr, "onnx") == (("height", "width") if BACKEND == "jax" else ())
+
+
+def test_inputs_that_do_not_fit_the_signature_are_refused():
+    detr = signatures.signature_for(small_detr())
+    images = np.zeros((1, 32, 32, 3), "float32")
+    with pytest.raises(ValueError, match="keys"):
+        detr.check({"images": images})
+    with pytest.raises(ValueError, match="disagree on the size of 'height'"):
+        detr.check({"images": images, "pixel_mask": np.ones((1, 16, 32), "float32")})
+    with pytest.raises(ValueError, match="rank 3"):
+        detr.check({"images": images, "pixel_mask": np.ones((1, 32), "float32")})
+
+
+def test_load_refuses_unknown_formats_and_missing_files(tmp_path):
+    with pytest.raises(ValueError, match="supported formats: saved_model, onnx, litert"):
+        export.load(tmp_path, "pickle")
+    with pytest.raises(FileNotFoundError):
+        export.load(tmp_path / "missing.onnx", "onnx")
+
+
+_STANDALONE = r"""
+import json, sys
+import numpy as np
+fmt, path, data, out = sys.argv[1:5]
+x = np.load(data)
+if fmt == "onnx":
+    import onnxruntime
+    s = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (y,) = s.run(["output_0"], {"frames": x})
+elif fmt == "saved_model":
+    import tensorflow as tf
+    loaded = tf.saved_model.load(path)
+    y = loaded.signatures["serving_default"](frames=tf.constant(x))["output_0"].numpy()
+else:
+    from ai_edge_litert.interpreter import Interpreter
+    runner = Interpreter(model_path=path).get_signature_runner("serving_default")
+    y = runner(frames=x)["output_0"]
+np.save(out, y)
+print(json.dumps(sorted(m for m in ("keras", "kzoo") if m in sys.modules)))
+"""
+
+
+def test_artifact_serves_from_a_process_without_kzoo(tmp_path):
+    model = _video_model()
+    fixed = {"time": 3} if BACKEND == "torch" else None
+    path = export.export_model(model, _path(tmp_path), FORMAT, fixed_sizes=fixed)
+    x = np.random.default_rng(1).random((2, 3, 7, 9, 2), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("PYTHONPATH", None)  # nothing of kzoo's on the path
+    proc = subprocess.run(
+        [sys.executable, "-c", _STANDALONE, FORMAT, path, str(tmp_path / "x.npy"),
+         str(tmp_path / "y.npy")],
+        capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = json.loads(proc.stdout.strip().splitlines()[-1])
+    # TensorFlow imports keras itself; nothing imports kzoo.
+    assert imported == (["keras"] if FORMAT == "saved_model" else [])
+    expected = keras.ops.convert_to_numpy(model(x))
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, atol=1e-5, rtol=0)
+
+
+def test_strided_same_conv_lstm_makes_the_frame_size_an_eager_dimension(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, None, 2), name="frames")
+    outputs = kzoo.layers.ConvLSTM2D(3, 3, strides=2, padding="same")(inputs)
+    model = keras.Model(inputs, outputs)
+    signature = signatures.signature_for(model)
+    # The "same" padding of a strided convolution depends on the frame size, which torch's
+    # tracer would record as a constant.
+    assert signature.eager_dims == ("time", "height", "width")
+    assert signatures.signature_for(_video_model()).eager_dims == ("time",)
+    if BACKEND == "torch":
+        with pytest.raises(ValueError, match=r"fixed_sizes=\{'height': N, 'width': N\}"):
+            export.export_model(model, _path(tmp_path), "onnx", fixed_sizes={"time": 3})
+
+
+# On JAX keras's own export also traces gradient functions (about 30 s here): the slow step.
+@pytest.mark.backends("tensorflow", "jax")
+@pytest.mark.parametrize(
+    "_", [pytest.param(0, marks=[pytest.mark.slow] if BACKEND == "jax" else [])]
+)
+def test_keras_own_export_of_a_conv_lstm_model_serves(_, tmp_path):
+    """The issue's report: ``model.export(path, format="tf_saved_model")`` on a model built
+    with kzoo's ConvLSTM2D failed on TensorFlow (the training path's tf.custom_gradient)."""
+    import tensorflow as tf
+
+    model = _video_model()
+    x = np.random.default_rng(2).random((2, 4, 6, 5, 2), dtype=np.float32)
+    expected = keras.ops.convert_to_numpy(model(x))
+    model.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    np.testing.assert_allclose(loaded.serve(tf.constant(x)).numpy(), expected, atol=1e-5)
