@@ -19,7 +19,7 @@ time mask or recurrent dropout, and "same" padding of the state is symmetric (od
 - with a zero initial state the first step's recurrent convolution is skipped (its input is
   zero), forward and backward.
 
-Anything else takes the plain loop under autograd.
+Anything else, and graphs traced for export, take the plain loop under autograd.
 """
 
 import keras
@@ -262,7 +262,16 @@ def conv_lstm_forward(
         rec_ws = rk.chunk(4, dim=0)
 
     fast_math = act in _FAST_ACTIVATIONS.values() and rec_act in _FAST_ACTIVATIONS.values()
-    if torch.is_grad_enabled() and fast_math and symmetric and mask is None and rec_masks is None:
+    if (
+        torch.is_grad_enabled()
+        # Exporters (torch.onnx's tracer, torch.export) record the plain loop, not a Function.
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and fast_math
+        and symmetric
+        and mask is None
+        and rec_masks is None
+    ):
         z_loop = z.flip(1) if config["go_backwards"] else z
         start = (None, None) if initial_state is None else (h, c)
         output, h, c = _Recurrence.apply(
