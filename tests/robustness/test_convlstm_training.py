@@ -160,3 +160,18 @@ def test_nan_loss_stops_and_keeps_the_previous_preset(tmp_path, capsys):
             input_frames=3,
         )
     assert not (out / "api" / "preset").exists()
+
+
+def test_a_preset_folder_holding_user_files_is_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "preset").mkdir(parents=True)
+    (out / "preset" / "notes.txt").write_text("mine")
+    start = time.perf_counter()
+    code = main(["train", "convlstm-color", "--output-dir", str(out), "--epochs", "1", *TINY])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kzoo: error:") and "notes.txt" in err, err
+    # Refused before any training (and any backup) happened.
+    assert time.perf_counter() - start < 10
+    assert not (out / "backup").exists()
+    assert (out / "preset" / "notes.txt").read_text() == "mine"

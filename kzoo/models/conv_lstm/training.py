@@ -358,6 +358,10 @@ def train_frame_predictor(
     size = _frame_size(frame_size)
     if not 0 <= validation_split < 1:
         raise ValueError(f"`validation_split` must be in [0, 1); got {validation_split!r}.")
+    # A destination that cannot take the preset (a folder of the user's own files) is refused
+    # now, not after the whole run.
+    preset_dir = preset_dir or os.path.join(output_dir, "preset")
+    preset_io.check_destination(preset_dir)
     if data is not None and not os.path.isdir(data):
         raise ValueError(f"`data` must be a folder of videos; {data!r} is not a directory.")
 
@@ -496,7 +500,6 @@ def train_frame_predictor(
     # The preset is saved compiled with the model's defaults (Adam, its loss, MAE).
     model.compile()
     os.makedirs(output_dir, exist_ok=True)
-    preset_dir = preset_dir or os.path.join(output_dir, "preset")
     preset_io.save_preset(
         model,
         preset_dir,
