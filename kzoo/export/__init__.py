@@ -36,6 +36,7 @@ from kzoo.export.detr import DETRDetections
 from kzoo.export.runtimes import load
 from kzoo.export.signatures import InputSpec, Signature, signature_for
 from kzoo.export.writers import KERAS_FORMATS, fixed_dims
+from kzoo.ops.host_call import without_host_checks
 
 FORMATS = ("saved_model", "onnx", "litert")
 BACKEND_FORMATS = {
@@ -180,7 +181,10 @@ def export_model(
     tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
     try:
         target = os.path.join(tmp_dir, os.path.basename(path))
-        writers.writer()(serving, target, format, signature, fixed, verbose=verbose)
+        # A served artifact has no Python to call back into: input checks that run on the host
+        # (DETR's pixel_mask) stay out of the exported graph.
+        with without_host_checks():
+            writers.writer()(serving, target, format, signature, fixed, verbose=verbose)
         if format == "onnx":
             _name_onnx_io(target, signature, serving.output_keys)
         _replace(target, path)

@@ -186,14 +186,32 @@ def _reattach(model, snapshot):
             variable._value = value
 
 
+_checks_off = threading.local()
+
+
+@contextlib.contextmanager
+def without_host_checks():
+    """Trace graphs without :func:`host_check` calls (exported artifacts run without Python)."""
+    previous = getattr(_checks_off, "on", False)
+    _checks_off.on = True
+    try:
+        yield
+    finally:
+        _checks_off.on = previous
+
+
 def host_check(fn, args):
     """Run ``fn(*numpy_args)``, which raises on bad input, on the host; return a scalar token.
 
     The token is a float32 ``1.0``; multiply something the computation needs by it, or
     compilers that see an unused result (``jax.jit``) drop the check. Where compiled code cannot
-    call the host (TensorFlow under XLA) the check is skipped and the token is a constant.
+    call the host (TensorFlow under XLA, graphs traced inside :func:`without_host_checks` for
+    export) the check is skipped and the token is a constant.
     """
-    if not dispatch.select(CAN_CALL_OP, platform="any").load()():
+    if (
+        getattr(_checks_off, "on", False)
+        or not dispatch.select(CAN_CALL_OP, platform="any").load()()
+    ):
         return keras.ops.ones((), dtype="float32")
 
     def check(*arrays):

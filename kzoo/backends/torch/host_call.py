@@ -12,6 +12,7 @@ def host_call(fn, args, out_shapes, out_dtypes):
     ]
     outs = fn(*arrays)
     return tuple(
-        torch.from_numpy(np.ascontiguousarray(o, dtype=d)).to(device)
+        # np.array, not ascontiguousarray: the latter turns a 0-d result into shape (1,).
+        torch.from_numpy(np.array(o, dtype=d, order="C")).to(device)
         for o, d in zip(outs, out_dtypes)
     )
