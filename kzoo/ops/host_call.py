@@ -207,12 +207,18 @@ def host_check(fn, args):
     compilers that see an unused result (``jax.jit``) drop the check. Where compiled code cannot
     call the host (TensorFlow under XLA, graphs traced inside :func:`without_host_checks` for
     export) the check is skipped and the token is a constant.
+
+    ``args`` may be a function returning the list; it is then called only when the check runs,
+    so skipped checks leave no trace of their inputs in the graph (jax2onnx cannot convert some
+    shape arithmetic a summary needs).
     """
     if (
         getattr(_checks_off, "on", False)
         or not dispatch.select(CAN_CALL_OP, platform="any").load()()
     ):
         return keras.ops.ones((), dtype="float32")
+    if callable(args):
+        args = args()
 
     def check(*arrays):
         fn(*arrays)

@@ -30,3 +30,18 @@ def test_checks_are_left_out_while_tracing_for_export():
     # The switch is scoped: checks run again afterwards.
     with pytest.raises(ValueError):
         host_check(_fail, [np.zeros(2, "float32")])
+
+
+def test_lazy_arguments_are_not_built_when_checks_are_off():
+    built = []
+
+    def args():
+        built.append(1)
+        return [np.zeros(2, "float32")]
+
+    with without_host_checks():
+        host_check(_fail, args)
+    assert built == []  # an exported graph keeps no trace of the check's inputs
+    with pytest.raises(ValueError, match="bad input seen on the host"):
+        host_check(_fail, args)
+    assert built == [1]
