@@ -660,3 +660,19 @@ def test_loader_benchmark_script_runs():
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert [r["pipeline"] for r in rows] == ["plain", "eval", "train"]
     assert all(r["images_per_second"] > 0 for r in rows)
+
+
+def test_pad_to_multiple_rounds_each_batch_up(coco_files):
+    annotation_file, image_dir, _ = coco_files
+    plain = CocoDetection(annotation_file, image_dir, batch_size=2)
+    ds = CocoDetection(annotation_file, image_dir, batch_size=2, pad_to_multiple=16)
+    for i in range(len(ds)):
+        (x, y), (px, py) = ds[i], plain[i]
+        h, w = px["images"].shape[1:3]
+        assert x["images"].shape[1:3] == (-(-h // 16) * 16, -(-w // 16) * 16)
+        np.testing.assert_array_equal(x["images"][:, :h, :w], px["images"])
+        assert not x["images"][:, h:].any() and not x["pixel_mask"][:, h:].any()
+        np.testing.assert_array_equal(y["boxes"], py["boxes"])
+    assert ds.get_config()["pad_to_multiple"] == 16
+    with pytest.raises(ValueError, match="pad_to_multiple"):
+        CocoDetection(annotation_file, image_dir, pad_to_multiple=0)
