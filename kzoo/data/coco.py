@@ -399,6 +399,9 @@ class CocoDetection(keras.utils.PyDataset):
         pad_to_multiple: With ``pad_to=None``: round each batch's padded height and width up
             to a multiple of this (e.g. 32, the backbone's stride), so that batches of
             augmented images of many sizes share a few shapes (a few compilations).
+        drop_remainder: Leave out the last batch when it would be smaller than
+            ``batch_size`` (data-parallel training splits every batch evenly over devices);
+            with ``shuffle=True`` other images are left out each epoch.
         exif_transpose: Apply images' EXIF orientation before anything else.
         workers: ``keras.utils.PyDataset`` worker count.
         use_multiprocessing: Workers are processes rather than threads.
@@ -440,6 +443,7 @@ class CocoDetection(keras.utils.PyDataset):
         use_multiprocessing=False,
         max_queue_size=10,
         pad_to_multiple=None,
+        drop_remainder=False,
     ):
         super().__init__(
             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size
@@ -450,6 +454,8 @@ class CocoDetection(keras.utils.PyDataset):
             raise ValueError(f"shuffle must be True or False; got {shuffle!r}.")
         if not isinstance(exif_transpose, bool):
             raise ValueError(f"exif_transpose must be True or False; got {exif_transpose!r}.")
+        if not isinstance(drop_remainder, bool):
+            raise ValueError(f"drop_remainder must be True or False; got {drop_remainder!r}.")
         if transforms is not None and not callable(transforms):
             raise ValueError(
                 "transforms must be None or a callable (image, boxes, labels) -> (image, boxes, "
@@ -521,6 +527,12 @@ class CocoDetection(keras.utils.PyDataset):
         self.transforms = transforms
         self.pad_to = pad_to
         self.pad_to_multiple = pad_to_multiple
+        self.drop_remainder = drop_remainder
+        if drop_remainder and self.num_images < batch_size:
+            raise ValueError(
+                f"{self.annotation_file} has {self.num_images} images, fewer than batch_size="
+                f"{batch_size}: with drop_remainder=True there would be no batch."
+            )
         self.exif_transpose = exif_transpose
         self._transforms_take_rng = transforms is not None and _accepts_rng(transforms)
         self._size_warned = False
@@ -538,6 +550,8 @@ class CocoDetection(keras.utils.PyDataset):
         return len(self.category_ids)
 
     def __len__(self):
+        if self.drop_remainder:
+            return self.num_images // self.batch_size
         return math.ceil(self.num_images / self.batch_size)
 
     @property
@@ -732,6 +746,7 @@ class CocoDetection(keras.utils.PyDataset):
             "max_objects": self.max_objects,
             "pad_to": None if self.pad_to is None else list(self.pad_to),
             "pad_to_multiple": self.pad_to_multiple,
+            "drop_remainder": self.drop_remainder,
             "exif_transpose": self.exif_transpose,
             "workers": self.workers,
             "use_multiprocessing": self.use_multiprocessing,

@@ -71,18 +71,40 @@ def predict_coco(model, dataset, threshold=0.0, verbose=0):
 
     Boxes are in the pixels of each original image; labels are the model's.
     """
+    if getattr(dataset, "drop_remainder", False):
+        raise ValueError("Evaluate on a dataset with drop_remainder=False: every image counts.")
     detections, image_ids = [], []
+    multiple = _batch_multiple()
     progress = keras.utils.Progbar(len(dataset), unit_name="batch") if verbose else None
     for b in range(len(dataset)):
         inputs, _ = dataset[b]
         ids = dataset.batch_image_ids(b)
         index = dataset.image_ids.searchsorted(ids)
         sizes = np.array([dataset.image_size(int(i)) for i in index], np.float32)
-        detections += model.predict_detections(inputs, threshold=threshold, target_sizes=sizes)
+        extra = -len(ids) % multiple
+        if extra:
+            # A data-parallel step splits the batch evenly over the devices: repeat the last
+            # image, and drop its extra detections.
+            inputs = {
+                k: np.concatenate([v, np.repeat(v[-1:], extra, 0)]) for k, v in inputs.items()
+            }
+            sizes = np.concatenate([sizes, np.repeat(sizes[-1:], extra, 0)])
+        found = model.predict_detections(inputs, threshold=threshold, target_sizes=sizes)
+        detections += found[: len(ids)]
         image_ids += ids
         if progress is not None:
             progress.update(b + 1)
     return detections, image_ids
+
+
+def _batch_multiple():
+    """How many parts the active keras distribution splits a batch into (1 without one)."""
+    distribution = keras.distribution.distribution()
+    mesh = getattr(distribution, "device_mesh", None)
+    name = getattr(distribution, "batch_dim_name", None)
+    if mesh is None or name not in mesh.axis_names:
+        return 1
+    return int(mesh.shape[list(mesh.axis_names).index(name)])
 
 
 class DatasetEpoch(keras.callbacks.Callback):
@@ -127,7 +149,8 @@ class CocoEvaluation(keras.callbacks.Callback):
       with ``extra_metadata`` plus ``epoch`` and the metrics in its ``metadata.json``;
     - ``log_file``: every epoch's logs, as JSON written atomically. A resumed run (the epoch
       ``fit`` starts at is later than 0) keeps the records of the epochs before it and drops
-      later ones, which a killed run may have written before its backup;
+      later ones, which a killed run may have written before its backup. Put this callback
+      before the backup callback, so that every backed-up epoch has its record;
     - ``curves``: a PNG of the training loss and the AP curves over all recorded epochs.
 
     Args:

@@ -368,15 +368,14 @@ def set_up_backend(args):
     """Seed, dtype policy and distribution, before any model is built."""
     import keras
 
-    keras.utils.set_random_seed(args.seed)
-    keras.config.set_dtype_policy(args.dtype_policy)
+    distribution = None
     if args.data_parallel:
         from kzoo.backends import environment
 
-        if environment.backend_name() != "jax":
+        if not environment.supports_distribution():
             raise ValueError(
-                "--data-parallel needs KERAS_BACKEND=jax (keras.distribution runs on JAX only); "
-                f"the backend is {environment.backend_name()}."
+                "--data-parallel needs KERAS_BACKEND=jax (keras.distribution distributes on JAX "
+                f"only); the backend is {environment.backend_name()}."
             )
         devices = keras.distribution.list_devices()
         if args.batch_size % len(devices):
@@ -384,11 +383,15 @@ def set_up_backend(args):
                 f"--batch-size {args.batch_size} must be a multiple of the {len(devices)} "
                 "devices --data-parallel splits it over."
             )
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        distribution = keras.distribution.DataParallel(devices=devices)
+    keras.utils.set_random_seed(args.seed)
+    keras.config.set_dtype_policy(args.dtype_policy)
+    if distribution is not None:
+        keras.distribution.set_distribution(distribution)
 
 
 def prepare_run_directory(args, destinations):
-    """Check the output presets, drop the backup on --fresh, refuse a mismatched resume."""
+    """Check the output presets before any work; returns the absolute run directory."""
     from kzoo.presets import preset_io
 
     out = os.path.abspath(args.out)
@@ -397,12 +400,20 @@ def prepare_run_directory(args, destinations):
         preset_io.check_destination(
             path, force=getattr(args, "force", False), options={"force": "pass --force"}
         )
+    return out
+
+
+def start_run(out, args, definition=None):
+    """Drop the backup on --fresh, refuse a mismatched resume, record the model's definition.
+
+    Called once every check has passed: it writes the run directory's first file.
+    """
     backup = os.path.join(out, "backup")
     if args.fresh and os.path.isdir(backup):
         import shutil
 
         shutil.rmtree(backup)
-    return out
+    check_resumable(out, args, definition)
 
 
 def fit_resumable(model, data, args, callbacks, out):
@@ -441,9 +452,9 @@ def train(args):
     preset_dir = os.path.join(os.path.abspath(args.out), "preset")
     out = prepare_run_directory(args, [preset_dir])
     set_up_backend(args)
-    check_resumable(out, args)
     train_data, held_out = build_datasets(args)
     model = build_model(args)
+    start_run(out, args)
     time_limit = time_limit_callback(args)
     callbacks = [
         AtomicBackupAndRestore(os.path.join(out, "backup")),

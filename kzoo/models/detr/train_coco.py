@@ -9,10 +9,11 @@ The model is a preset fine-tuned with a class head for the data's categories
 (``DETR.from_preset(preset, num_classes=N)``), or a DETR built from the architecture options.
 It trains with ``model.fit``: ``ScaledAdamW`` (the backbone at ``--backbone-lr-scale`` of the
 learning rate, or frozen with ``--freeze-backbone``), gradient clipping, a 10x learning-rate drop
-after ``--lr-drop`` of the steps. Callbacks, in order: ``AtomicBackupAndRestore`` (resume after a
-kill), ``DatasetEpoch`` (the resumed epoch's shuffle order and augmentation), ``AtomicCheckpoint``,
-``TimeLimit`` and ``CocoEvaluation`` (validation AP every ``--eval-every`` epochs into the
-history, the best model as ``--out/best``, ``history.json`` and ``curves.png``).
+after ``--lr-drop`` of the steps. Callbacks, in order: ``DatasetEpoch`` (the resumed epoch's
+shuffle order and augmentation), ``TimeLimit``, ``CocoEvaluation`` (validation AP every
+``--eval-every`` epochs into the history, the best model as ``--out/best``, ``history.json``
+and ``curves.png``), ``AtomicCheckpoint`` and ``AtomicBackupAndRestore`` (resume after a kill),
+last so that an epoch is backed up only once everything else about it is written.
 
 The presets written carry ``class_names``, ``category_ids`` (the dataset's id of each label),
 ``image_size`` and ``max_size`` in their ``metadata.json``: ``kzoo predict detr`` and ``kzoo eval
@@ -113,6 +114,8 @@ def build_coco_datasets(args):
         max_objects=args.max_objects,
         pad_to_multiple=pad,
         workers=args.workers,
+        # Data-parallel steps split every batch evenly over the devices.
+        drop_remainder=args.data_parallel,
     )
     if args.num_classes is not None and args.num_classes != train.num_classes:
         raise ValueError(
@@ -181,6 +184,11 @@ def train_coco(args):
     """Train on COCO-format data, save, evaluate; returns the ``eval.json`` dict."""
     check_paths(args)
     from kzoo.models.detr import train_cli
+    from kzoo.presets import preset_io
+
+    if args.preset is not None:
+        # An unknown name or a directory that is not a preset fails before anything is written.
+        preset_io._read_config(preset_io.resolve_preset(args.preset))
 
     out = os.path.abspath(args.out)
     preset_dir = os.path.join(out, "preset")
@@ -199,15 +207,15 @@ def train_coco(args):
         )
     train, val = build_coco_datasets(args)
     train_cli.set_up_backend(args)
-    train_cli.check_resumable(out, args, model_definition(args, train.num_classes))
+    model = build_coco_model(args, train)
+    # The first file of the run is written once every check has passed.
+    train_cli.start_run(out, args, model_definition(args, train.num_classes))
 
     import keras
 
     from kzoo.models.detr.coco_callbacks import CocoEvaluation, DatasetEpoch, evaluate_coco
     from kzoo.models.detr.train_callbacks import AtomicBackupAndRestore, AtomicCheckpoint
-    from kzoo.presets import preset_io
 
-    model = build_coco_model(args, train)
     train_cli.compile_model(model, args, len(train))
     metadata = {
         "class_names": train.class_names,
@@ -228,12 +236,15 @@ def train_coco(args):
         # With the one-line progress bar (verbose 1) the metrics show in it.
         verbose=1 if args.verbose == 2 else 0,
     )
+    # At the end of an epoch the evaluation's record and best preset are written before the
+    # backup: a kill between the two leaves a record that the resumed run drops and writes
+    # again, never a backed-up epoch without its record.
     callbacks = [
-        AtomicBackupAndRestore(os.path.join(out, "backup")),
         DatasetEpoch(train),
-        AtomicCheckpoint(os.path.join(out, "checkpoints", "last.weights.h5")),
         time_limit,
         evaluation,
+        AtomicCheckpoint(os.path.join(out, "checkpoints", "last.weights.h5")),
+        AtomicBackupAndRestore(os.path.join(out, "backup")),
     ]
     source = f"fine-tuning {args.preset}" if args.preset else f"a new DETR ({args.backbone})"
     trainable = sum(int(keras.ops.size(v)) for v in model.trainable_weights)

@@ -28,10 +28,11 @@ from tests.robustness.support import ROOT, assert_cli_error, kzoo
 # JAX and TensorFlow compile the training step for ~30 s: their runs go to the slow CI step.
 slow_unless_torch = pytest.mark.slow if keras.backend.backend() != "torch" else (lambda f: f)
 
+# Images of at most 107 pixels padded to 128 x 128: one step shape, one compilation.
 TINY = [
     "--batch-size", "2", "--image-size", "64", "--num-queries", "5", "--d-model", "16",
     "--num-heads", "2", "--num-encoder-layers", "1", "--num-decoder-layers", "2",
-    "--ffn-dim", "16", "--workers", "1",
+    "--ffn-dim", "16", "--workers", "1", "--pad-multiple", "128",
 ]  # fmt: skip
 
 
@@ -235,15 +236,18 @@ def test_option_mistakes_are_one_line_errors(data, source_preset, tmp_path, caps
         ([*data_args(data), "--num-classes", "4"], "3 categories"),
         ([*data_args(data), "--max-size", "32"], "--max-size"),
         ([*data_args(data), "--cpu-time-limit", "0"], "--cpu-time-limit"),
+        ([*data_args(data), "--preset", str(tmp_path / "no_preset")], "does not exist"),
     ]
     for extra, fragment in cases:
         code = main(["train", "detr", "--out", str(out), *TINY, *extra])
         err = capsys.readouterr().err
         assert code == 2 and err.count("kzoo: error:") == 1, (extra, err)
         assert fragment in err, (extra, err)
+        assert not out.exists(), extra  # refused before anything was written
     # More boxes in an image than the model has queries.
     code = main(["train", "detr", "--out", str(out), *one_query, *data_args(data)])
     assert code == 2 and "1 queries" in capsys.readouterr().err
+    assert not out.exists()
     if keras.backend.backend() != "jax":
         code = main(
             ["train", "detr", "--out", str(out), *TINY, *data_args(data), "--data-parallel"]
@@ -317,3 +321,28 @@ def test_a_run_killed_mid_epoch_resumes_with_the_same_command(data, tmp_path):
     assert not backup.exists()
     leftovers = [p for p in out.rglob("*") if "kzoo-tmp" in p.name or p.name.startswith(".tmp-")]
     assert not leftovers
+
+
+@pytest.mark.slow
+@pytest.mark.backends("jax")
+def test_data_parallel_training_through_the_cli(tmp_path):
+    # tests/conftest.py gives JAX 8 virtual CPU devices, through XLA_FLAGS, also to this process.
+    train = write_coco_dataset(tmp_path, 9, 3, "train")
+    val = write_coco_dataset(tmp_path, 3, 4, "val")
+    out = tmp_path / "run"
+    tiny = list(TINY)
+    tiny[tiny.index("--batch-size") + 1] = "8"
+    result = kzoo(
+        "train", "detr", "--out", out, *data_args((tmp_path, train, val)), *tiny,
+        "--epochs", "2", "--data-parallel", "--verbose", "2", timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "eval.json").read_text())
+    # 9 images in batches of 8, the partial one dropped: one step per epoch; 3 images evaluated.
+    assert report["steps"] == 2 and report["val_images"] == 3
+    assert DETR.from_preset(str(out / "best")).num_classes == 3
+    bad = list(TINY)
+    bad[bad.index("--batch-size") + 1] = "6"
+    result = kzoo("train", "detr", "--out", out, *data_args((tmp_path, train, val)), *bad,
+                  "--data-parallel")  # fmt: skip
+    assert_cli_error(result, "--batch-size 6", "8 devices")
