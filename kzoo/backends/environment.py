@@ -68,6 +68,16 @@ def default_tensor_platform(x):
     return platform()
 
 
+# keras.distribution (DataParallel, ModelParallel) distributes on JAX only in keras 3.15: on
+# torch it does not exist, and TensorFlow's prototype silently ignores the distribution.
+DISTRIBUTION_BACKENDS = ("jax",)
+
+
+def supports_distribution(backend=None):
+    """Whether ``keras.distribution`` really distributes on ``backend`` (default: the current)."""
+    return (backend or backend_name()) in DISTRIBUTION_BACKENDS
+
+
 def keras_devices():
     """The devices ``keras.distribution`` lists (JAX), else the CPU alone."""
     from keras import distribution

@@ -1,4 +1,4 @@
-"""``kzoo``: info, list, train, predict, convert, export, bench.
+"""``kzoo``: info, list, train, predict, convert, eval, export, bench.
 
 User mistakes (bad arguments, missing files, unknown presets) end with one ``kzoo: error:`` line
 and exit status 2; only bugs print a traceback.
@@ -11,7 +11,7 @@ import sys
 
 from kzoo.cli.targets import TARGET_MODULES
 
-COMMANDS = ("train", "predict", "convert", "export")
+COMMANDS = ("train", "predict", "convert", "eval", "export")
 DEMO_OUT = os.path.join("demo", "grid.png")
 
 
@@ -35,9 +35,10 @@ def build_parser():
 
     commands = {}
     helps = {
-        "train": "train a model on built-in synthetic data",
+        "train": "train a model (on built-in synthetic data or your own)",
         "predict": "run a model and write a picture of its predictions",
         "convert": "convert a checkpoint from another framework into a kzoo preset",
+        "eval": "evaluate a model on a dataset (COCO metrics for detection)",
         "export": "export a preset to SavedModel, ONNX or LiteRT and check it in its runtime",
     }
     for name in COMMANDS:

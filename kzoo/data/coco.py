@@ -94,7 +94,7 @@ def pil_to_rgb(im):
     return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
 
 
-def collate(examples, max_objects, pad_to=None):
+def collate(examples, max_objects, pad_to=None, pad_to_multiple=None):
     """Batch ``(image, boxes, labels)`` examples into DETR's inputs and targets.
 
     Args:
@@ -102,6 +102,8 @@ def collate(examples, max_objects, pad_to=None):
             and labels ``(n_i,)``.
         max_objects: Length the targets are padded to (at least every ``n_i``).
         pad_to: ``(height, width)`` to pad every batch to, or ``None`` for the batch's largest.
+        pad_to_multiple: With ``pad_to=None``, round the batch's height and width up to a
+            multiple of this (few distinct shapes: few compilations on JAX and TensorFlow).
 
     Returns:
         ``({"images": (B, H, W, 3) float32 ImageNet-normalised, zero on padding, "pixel_mask":
@@ -113,6 +115,9 @@ def collate(examples, max_objects, pad_to=None):
         raise ValueError("collate needs at least one example.")
     sizes = np.array([ex[0].shape[:2] for ex in examples], np.int64)
     height, width = sizes.max(axis=0)
+    if pad_to is None and pad_to_multiple:
+        height = -(-height // pad_to_multiple) * pad_to_multiple
+        width = -(-width // pad_to_multiple) * pad_to_multiple
     if pad_to is not None:
         if height > pad_to[0] or width > pad_to[1]:
             k = int(np.argmax((sizes[:, 0] > pad_to[0]) | (sizes[:, 1] > pad_to[1])))
@@ -391,6 +396,12 @@ class CocoDetection(keras.utils.PyDataset):
             that, and at most the model's ``num_queries``.
         pad_to: ``(height, width)`` to pad every batch to (one input shape, so one compiled
             step on JAX and TensorFlow), or ``None`` for each batch's largest image.
+        pad_to_multiple: With ``pad_to=None``: round each batch's padded height and width up
+            to a multiple of this (e.g. 32, the backbone's stride), so that batches of
+            augmented images of many sizes share a few shapes (a few compilations).
+        drop_remainder: Leave out the last batch when it would be smaller than
+            ``batch_size`` (data-parallel training splits every batch evenly over devices);
+            with ``shuffle=True`` other images are left out each epoch.
         exif_transpose: Apply images' EXIF orientation before anything else.
         workers: ``keras.utils.PyDataset`` worker count.
         use_multiprocessing: Workers are processes rather than threads.
@@ -431,6 +442,8 @@ class CocoDetection(keras.utils.PyDataset):
         workers=1,
         use_multiprocessing=False,
         max_queue_size=10,
+        pad_to_multiple=None,
+        drop_remainder=False,
     ):
         super().__init__(
             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size
@@ -441,6 +454,8 @@ class CocoDetection(keras.utils.PyDataset):
             raise ValueError(f"shuffle must be True or False; got {shuffle!r}.")
         if not isinstance(exif_transpose, bool):
             raise ValueError(f"exif_transpose must be True or False; got {exif_transpose!r}.")
+        if not isinstance(drop_remainder, bool):
+            raise ValueError(f"drop_remainder must be True or False; got {drop_remainder!r}.")
         if transforms is not None and not callable(transforms):
             raise ValueError(
                 "transforms must be None or a callable (image, boxes, labels) -> (image, boxes, "
@@ -453,6 +468,9 @@ class CocoDetection(keras.utils.PyDataset):
                 pad_to = ()
             if len(pad_to) != 2 or min(pad_to) < 1:
                 raise ValueError(f"pad_to must be None or (height, width) > 0; got {pad_to!r}.")
+        if pad_to_multiple is not None:
+            _check_int("pad_to_multiple", pad_to_multiple, 1)
+            pad_to_multiple = int(pad_to_multiple)
         if not isinstance(annotation_file, str | os.PathLike):
             raise ValueError(f"annotation_file must be a path; got {annotation_file!r}.")
         if not isinstance(image_dir, str | os.PathLike):
@@ -508,6 +526,13 @@ class CocoDetection(keras.utils.PyDataset):
         self.seed = seed
         self.transforms = transforms
         self.pad_to = pad_to
+        self.pad_to_multiple = pad_to_multiple
+        self.drop_remainder = drop_remainder
+        if drop_remainder and self.num_images < batch_size:
+            raise ValueError(
+                f"{self.annotation_file} has {self.num_images} images, fewer than batch_size="
+                f"{batch_size}: with drop_remainder=True there would be no batch."
+            )
         self.exif_transpose = exif_transpose
         self._transforms_take_rng = transforms is not None and _accepts_rng(transforms)
         self._size_warned = False
@@ -525,6 +550,8 @@ class CocoDetection(keras.utils.PyDataset):
         return len(self.category_ids)
 
     def __len__(self):
+        if self.drop_remainder:
+            return self.num_images // self.batch_size
         return math.ceil(self.num_images / self.batch_size)
 
     @property
@@ -683,7 +710,7 @@ class CocoDetection(keras.utils.PyDataset):
     def __getitem__(self, batch_index):
         examples = [self.example(int(i)) for i in self._batch_indices(batch_index)]
         try:
-            return collate(examples, self.max_objects, self.pad_to)
+            return collate(examples, self.max_objects, self.pad_to, self.pad_to_multiple)
         except ValueError as e:
             ids = self.batch_image_ids(batch_index)
             raise ValueError(f"Batch {batch_index} (image ids {ids}): {e}") from None
@@ -718,6 +745,8 @@ class CocoDetection(keras.utils.PyDataset):
             "transforms": transforms,
             "max_objects": self.max_objects,
             "pad_to": None if self.pad_to is None else list(self.pad_to),
+            "pad_to_multiple": self.pad_to_multiple,
+            "drop_remainder": self.drop_remainder,
             "exif_transpose": self.exif_transpose,
             "workers": self.workers,
             "use_multiprocessing": self.use_multiprocessing,

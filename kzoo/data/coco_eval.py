@@ -1,10 +1,31 @@
-"""COCO box evaluation (AP, AP50, AP75) of detections through pycocotools."""
+"""COCO box evaluation (AP, AP50, AP75, or all twelve metrics) of detections through pycocotools."""
 
 import contextlib
 import copy
 import io
 
 import numpy as np
+
+# pycocotools' ``COCOeval.stats``, in its order: AP@[.5:.95], AP@.5, AP@.75, AP for small /
+# medium / large objects, AR with 1 / 10 / 100 detections per image, AR small / medium / large.
+COCO_METRICS = (
+    "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+)  # fmt: skip
+# What pycocotools' summarize() prints for each metric.
+COCO_METRIC_DESCRIPTIONS = {
+    "AP": "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]",
+    "AP50": "Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ]",
+    "AP75": "Average Precision  (AP) @[ IoU=0.75      | area=   all | maxDets=100 ]",
+    "APs": "Average Precision  (AP) @[ IoU=0.50:0.95 | area= small | maxDets=100 ]",
+    "APm": "Average Precision  (AP) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ]",
+    "APl": "Average Precision  (AP) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]",
+    "AR1": "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=  1 ]",
+    "AR10": "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets= 10 ]",
+    "AR100": "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]",
+    "ARs": "Average Recall     (AR) @[ IoU=0.50:0.95 | area= small | maxDets=100 ]",
+    "ARm": "Average Recall     (AR) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ]",
+    "ARl": "Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]",
+}
 
 
 def detections_to_coco_results(detections, image_ids, category_ids):
@@ -52,7 +73,9 @@ def detections_to_coco_results(detections, image_ids, category_ids):
     return results
 
 
-def evaluate_detections(detections, ground_truth, category_ids=None, image_ids=None):
+def evaluate_detections(
+    detections, ground_truth, category_ids=None, image_ids=None, all_metrics=False
+):
     """COCO box AP of detections against COCO-format ground truth.
 
     Args:
@@ -64,10 +87,14 @@ def evaluate_detections(detections, ground_truth, category_ids=None, image_ids=N
         category_ids: Category id of each model label; default: the ground truth's category ids
             in ascending order (label 0 is the smallest id).
         image_ids: The image id of each entry of ``detections``.
+        all_metrics: Return all twelve of pycocotools' metrics (``COCO_METRICS``: AP, AP50,
+            AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl) instead of the first three.
 
     Returns:
         ``{"AP": AP@[.5:.95], "AP50": AP@.5, "AP75": AP@.75}`` as floats (area ``all``, 100
-        detections per image), computed by pycocotools' ``COCOeval``.
+        detections per image), computed by pycocotools' ``COCOeval``; with ``all_metrics``
+        the twelve. pycocotools gives -1 for a metric without ground truth (no small objects,
+        say); it is returned as it is.
 
     Example:
 
@@ -102,8 +129,9 @@ def evaluate_detections(detections, ground_truth, category_ids=None, image_ids=N
         if image_ids is None:
             image_ids = [img["id"] for img in ground_truth["images"]]
         results = detections_to_coco_results(detections, image_ids, category_ids)
+    names = COCO_METRICS if all_metrics else COCO_METRICS[:3]
     if not results:
-        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+        return dict.fromkeys(names, 0.0)
     # pycocotools prints progress and adds keys to the dicts it is given.
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
@@ -114,5 +142,4 @@ def evaluate_detections(detections, ground_truth, category_ids=None, image_ids=N
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    stats = evaluator.stats
-    return {"AP": float(stats[0]), "AP50": float(stats[1]), "AP75": float(stats[2])}
+    return {name: float(v) for name, v in zip(names, evaluator.stats)}

@@ -29,7 +29,8 @@ def _checkpoints():
 
 
 NUM = r"\s+(-?\d+\.\d)"
-ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(.+?)\s+(\d\.\d{3})" + NUM * 4 + r"\s*$")
+# #, label, category id (or -), name, score, x0, y0, x1, y1.
+ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+|-)\s+(.+?)\s+(\d\.\d{3})" + NUM * 4 + r"\s*$")
 
 
 def _rows(out):
@@ -58,8 +59,9 @@ def test_convert_then_predict_draws_coco_labels(tmp_path_factory, tmp_path, pict
     out = capsys.readouterr().out
     rows = _rows(out)
     assert "6 detections scoring above 0" in out and len(rows) == 6  # every query scores > 0
-    for _, label, name, score, *_ in rows:
+    for _, label, category, name, score, *_ in rows:
         assert name == coco_names.COCO91_NAMES[int(label)] and 0 < float(score) < 1
+        assert category == label  # the COCO checkpoints' labels are COCO category ids
     drawn = np.asarray(Image.open(png))
     assert drawn.shape == (48, 80, 3)  # boxes are drawn on the original image size
     assert not np.array_equal(drawn, np.asarray(Image.open(picture)))
@@ -88,7 +90,8 @@ def test_predict_with_a_trained_preset_uses_class_ids_or_names(tmp_path, picture
     args += ["--out", str(tmp_path / "a.png"), "--threshold", "0", "--shortest-edge", "64"]
     assert main(args) == 0
     rows = _rows(capsys.readouterr().out)
-    assert len(rows) == 4 and all(name == f"class {label}" for _, label, name, *_ in rows)
+    assert len(rows) == 4 and all(name == f"class {label}" for _, label, _, name, *_ in rows)
+    assert all(category == "-" for _, _, category, *_ in rows)  # no category_ids recorded
     assert os.path.isfile(tmp_path / "a.png")
     # Class names recorded in the preset's metadata are used when present.
     preset_io.save_preset(

@@ -660,3 +660,36 @@ def test_loader_benchmark_script_runs():
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert [r["pipeline"] for r in rows] == ["plain", "eval", "train"]
     assert all(r["images_per_second"] > 0 for r in rows)
+
+
+def test_pad_to_multiple_rounds_each_batch_up(coco_files):
+    annotation_file, image_dir, _ = coco_files
+    plain = CocoDetection(annotation_file, image_dir, batch_size=2)
+    ds = CocoDetection(annotation_file, image_dir, batch_size=2, pad_to_multiple=16)
+    for i in range(len(ds)):
+        (x, y), (px, py) = ds[i], plain[i]
+        h, w = px["images"].shape[1:3]
+        assert x["images"].shape[1:3] == (-(-h // 16) * 16, -(-w // 16) * 16)
+        np.testing.assert_array_equal(x["images"][:, :h, :w], px["images"])
+        assert not x["images"][:, h:].any() and not x["pixel_mask"][:, h:].any()
+        np.testing.assert_array_equal(y["boxes"], py["boxes"])
+    assert ds.get_config()["pad_to_multiple"] == 16
+    with pytest.raises(ValueError, match="pad_to_multiple"):
+        CocoDetection(annotation_file, image_dir, pad_to_multiple=0)
+
+
+def test_drop_remainder_leaves_out_the_last_partial_batch(coco_files):
+    annotation_file, image_dir, _ = coco_files
+    ds = CocoDetection(annotation_file, image_dir, batch_size=4, drop_remainder=True, shuffle=True)
+    assert ds.num_images == 9 and len(ds) == 2
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        ids = [ds.batch_image_ids(b) for b in range(len(ds))]
+        assert all(len(batch) == 4 for batch in ids) and len(set(sum(ids, []))) == 8
+    with pytest.raises(IndexError):
+        ds[2]
+    assert CocoDetection.from_config(ds.get_config()).drop_remainder is True
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        CocoDetection(annotation_file, image_dir, batch_size=10, drop_remainder=True)
+    with pytest.raises(ValueError, match="drop_remainder"):
+        CocoDetection(annotation_file, image_dir, drop_remainder=1)

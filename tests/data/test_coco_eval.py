@@ -91,3 +91,48 @@ def test_bad_input_raises(data):
         evaluate_detections([], {"images": []})
     with pytest.raises(ValueError, match="detections for 1 images"):
         evaluate_detections(perfect(samples)[:1], gt)
+
+
+def test_all_metrics_are_pycocotools_twelve_stats_in_order(data):
+    import contextlib
+    import copy
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from kzoo.data.coco_eval import COCO_METRIC_DESCRIPTIONS, COCO_METRICS
+
+    gt, samples = data
+    detections = perfect(samples, shift=0.2)
+    for k, d in enumerate(detections):
+        d["scores"] = np.linspace(0.9, 0.5, len(d["labels"])) - 0.01 * k
+    result = evaluate_detections(detections, gt, all_metrics=True)
+    assert list(result) == list(COCO_METRICS) == list(COCO_METRIC_DESCRIPTIONS)
+    # pycocotools run directly on the same detections, written out by hand.
+    results = []
+    for image, d in zip(gt["images"], detections):
+        for box, score, label in zip(d["boxes"], d["scores"], d["labels"]):
+            x0, y0, x1, y1 = (float(v) for v in box)
+            category = sorted(c["id"] for c in gt["categories"])[int(label)]
+            results.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": category,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(score),
+                }
+            )
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt)
+        coco.createIndex()
+        evaluator = COCOeval(coco, coco.loadRes(results), iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    np.testing.assert_allclose([result[k] for k in COCO_METRICS], evaluator.stats, atol=1e-12)
+    # The three-metric default is the first three of them.
+    assert evaluate_detections(detections, gt) == {k: result[k] for k in COCO_METRICS[:3]}
+    # A ready results list gives the same numbers.
+    assert evaluate_detections(results, gt, all_metrics=True) == result

@@ -173,13 +173,17 @@ def test_paths_that_are_not_image_files(tmp_path, work):
     os.mkfifo(tmp_path / "pipe.jpg")
     side = int(np.sqrt(2 * Image.MAX_IMAGE_PIXELS)) + 16
     Image.new("1", (side, side)).save(tmp_path / "bomb.png")
+    # A folder is predicted image by image; one holding no image file (a FIFO named .jpg is
+    # not a file) is refused.
+    (tmp_path / "nothing").mkdir()
+    os.mkfifo(tmp_path / "nothing" / "pipe.jpg")
     folder, fifo, bomb = _predicts(
         work,
-        dict(image=tmp_path),
+        dict(image=tmp_path / "nothing"),
         dict(image=tmp_path / "pipe.jpg"),
         dict(image=tmp_path / "bomb.png"),
     )
-    assert_cli_error(folder, "--image", "is a directory")
+    assert_cli_error(folder, "--image", "folder without image files")
     assert_cli_error(fifo, "--image", "FIFO")
     assert_cli_error(bomb, "--image", "too large")
 

@@ -523,26 +523,14 @@ def train_color_predictor(output_dir, **kwargs):
 
 def save_loss_curve(history, path):
     """A PNG of the training (and validation) MAE per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from kzoo.utils.plots import save_curves
 
     key = "mae" if "mae" in history else "loss"
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
     epochs = np.arange(1, len(history[key]) + 1)
-    ax.plot(epochs, history[key], marker="o", label=f"train {key.upper()}")
+    curves = {f"train {key.upper()}": (epochs, history[key])}
     if "val_" + key in history:
-        ax.plot(epochs, history["val_" + key], marker="o", label=f"validation {key.upper()}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mean absolute error" if key == "mae" else "loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_file(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return path
+        curves[f"validation {key.upper()}"] = (epochs, history["val_" + key])
+    return save_curves([("mean absolute error" if key == "mae" else "loss", curves)], path)
 
 
 def input_frames_of(preset):

@@ -1,5 +1,6 @@
-"""``kzoo convert detr SRC DST`` and ``kzoo predict detr --preset P --image IMG --out boxes.png``."""
+"""``kzoo convert detr SRC DST`` and ``kzoo predict detr --preset P --image IMG|DIR ...``."""
 
+import json
 import os
 
 DEFAULT_THRESHOLD = 0.7
@@ -31,20 +32,36 @@ def register(commands):
 
     p = commands["predict"].add_parser(
         "detr",
-        help="detect objects in an image with a DETR preset and draw the boxes",
+        help="detect objects in an image (or a folder of images) with a DETR preset",
         description=(
             "Run a DETR preset (a converted checkpoint, a registered name such as "
-            "detr_resnet50_coco, or a preset saved by `kzoo train detr`) on one image, print "
-            "the detections and write the image with labelled boxes."
+            "detr_resnet50_coco, or a preset saved by `kzoo train detr`) on one image or on "
+            "every image of a folder, print the detections, draw the labelled boxes and "
+            "optionally write them as a COCO results JSON."
         ),
     )
     p.add_argument("--preset", required=True, help="preset name or directory")
-    p.add_argument("--image", required=True, help="image file (any format PIL reads)")
+    p.add_argument(
+        "--image", required=True, help="image file (any format PIL reads), or a folder of them"
+    )
     p.add_argument(
         "--out",
-        default="boxes.png",
-        help="picture to write (default boxes.png); its extension chooses the format "
-        "(.png, .jpg, .webp, ...). The input image is never overwritten.",
+        default=None,
+        help="for one image: the picture to write (default boxes.png); its extension chooses "
+        "the format (.png, .jpg, .webp, ...). For a folder: a directory to draw every image "
+        "into (default: none drawn). Inputs are never overwritten.",
+    )
+    p.add_argument(
+        "--results",
+        default=None,
+        help="write every detection above --threshold as a COCO results JSON (image_id, "
+        "category_id, bbox [x, y, w, h], score) to this file",
+    )
+    p.add_argument(
+        "--annotations",
+        default=None,
+        help="COCO JSON whose image ids (matched by file_name) the results use; without it "
+        "images are numbered 1, 2, ... in file-name order and each result names its file",
     )
     p.add_argument(
         "--threshold",
@@ -52,8 +69,19 @@ def register(commands):
         default=DEFAULT_THRESHOLD,
         help=f"keep detections scoring above this (default {DEFAULT_THRESHOLD})",
     )
-    p.add_argument("--shortest-edge", type=int, default=800, help="resize: shorter side (800)")
-    p.add_argument("--longest-edge", type=int, default=1333, help="resize: longer side cap (1333)")
+    p.add_argument(
+        "--shortest-edge",
+        type=int,
+        default=None,
+        help="resize: shorter side (the preset's training size, else 800)",
+    )
+    p.add_argument(
+        "--longest-edge",
+        type=int,
+        default=None,
+        help="resize: longer side cap (the preset's, else 1333)",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="images per batch for a folder (8)")
     p.set_defaults(func=cmd_predict)
 
 
@@ -94,18 +122,9 @@ def cmd_convert(args):
 
 def class_names_for(preset_dir, num_classes):
     """Names for a preset's labels: its metadata's ``class_names``, COCO's, or ``class N``."""
-    from kzoo.models.detr import coco_names
-    from kzoo.presets import preset_io
+    from kzoo.models.detr.finetune import label_metadata
 
-    meta = {}
-    if os.path.isfile(os.path.join(preset_dir, preset_io.METADATA_FILE)):
-        meta = preset_io.read_metadata(preset_dir)
-    names = meta.get("class_names")
-    if isinstance(names, list) and len(names) == num_classes:
-        return [str(n) for n in names]
-    if num_classes == coco_names.NUM_CLASSES:
-        return list(coco_names.COCO91_NAMES)
-    return [f"class {i}" for i in range(num_classes)]
+    return label_metadata(preset_dir, num_classes)[0]
 
 
 def output_formats():
@@ -116,65 +135,186 @@ def output_formats():
     return {ext: fmt for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
 
 
+def image_files(folder):
+    """The image files of ``folder`` (by extension PIL reads), sorted by name."""
+    from PIL import Image
+
+    Image.init()
+    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    names = sorted(
+        name
+        for name in os.listdir(folder)
+        if os.path.splitext(name)[1].lower() in readable
+        and os.path.isfile(os.path.join(folder, name))
+    )
+    if not names:
+        raise ValueError(f"--image {folder!r} is a folder without image files.")
+    return [os.path.join(folder, name) for name in names]
+
+
+def annotation_image_ids(annotation_file, paths, folder):
+    """The COCO image id of each path, matched by ``file_name`` relative to ``folder``."""
+    from kzoo.cli.paths import check_input_file
+
+    check_input_file(annotation_file, "--annotations")
+    try:
+        with open(annotation_file, "rb") as f:
+            data = json.load(f)
+        by_name = {im["file_name"]: im["id"] for im in data["images"]}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"--annotations {annotation_file!r} is not a COCO file with 'images' holding "
+            f"'id' and 'file_name': {e}"
+        ) from None
+    ids = []
+    for path in paths:
+        rel = os.path.relpath(path, folder).replace(os.sep, "/")
+        if rel not in by_name and os.path.basename(path) not in by_name:
+            raise ValueError(
+                f"--annotations {annotation_file!r} has no image with file_name {rel!r}."
+            )
+        ids.append(by_name.get(rel, by_name.get(os.path.basename(path))))
+    return ids
+
+
 def cmd_predict(args):
     if not 0 <= args.threshold < 1:
         raise ValueError(f"--threshold must be in [0, 1); got {args.threshold}.")
-    for option, value in (
-        ("--shortest-edge", args.shortest_edge),
-        ("--longest-edge", args.longest_edge),
-    ):
-        if value < 1:
-            raise ValueError(f"{option} must be >= 1; got {value}.")
-    if args.longest_edge < args.shortest_edge:
-        raise ValueError(
-            f"--longest-edge ({args.longest_edge}) must be >= --shortest-edge "
-            f"({args.shortest_edge})."
-        )
-    from kzoo.cli.paths import check_input_file, check_output_file
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}.")
+    from kzoo.cli.paths import check_input_file, check_output_file, check_output_location
     from kzoo.data import images as images_lib
 
     # Every path is checked before the model loads and runs: a mistake costs no inference.
-    check_input_file(args.image, "--image")
-    check_output_file(
-        args.out, "--out", extensions=output_formats(), not_same_as=[("--image", args.image)]
-    )
-    try:
-        image = images_lib.load_image(args.image)
-    except ValueError as e:
-        raise ValueError(f"--image: {e}") from None
+    check_input_file(args.image, "--image", allow_directory=True)
+    folder = os.path.isdir(args.image)
+    if folder:
+        paths = image_files(args.image)
+        if args.out is not None:
+            check_output_location(args.out, "--out")
+            if os.path.exists(args.out) and not os.path.isdir(args.out):
+                raise ValueError(
+                    f"--out {args.out!r} is a file; with a folder of images --out is the "
+                    "directory to draw them into."
+                )
+            if os.path.isdir(args.out) and os.path.samefile(args.out, args.image):
+                raise ValueError(
+                    f"--out {args.out!r} is the --image folder; kzoo will not overwrite its "
+                    "input images. Choose another --out."
+                )
+    else:
+        paths = [args.image]
+        if args.out is None:
+            args.out = "boxes.png"
+        check_output_file(
+            args.out, "--out", extensions=output_formats(), not_same_as=[("--image", args.image)]
+        )
+    if args.results is not None:
+        check_output_file(
+            args.results, "--results", not_same_as=[("--annotations", args.annotations)]
+        )
+        if os.path.splitext(args.results)[1].lower() != ".json":
+            raise ValueError(f"--results {args.results!r} must end in .json.")
+    image_ids = None
+    if args.annotations is not None:
+        base = args.image if folder else os.path.dirname(os.path.abspath(args.image))
+        image_ids = annotation_image_ids(args.annotations, paths, base)
+    if not folder:
+        try:
+            images_lib.load_image(args.image)
+        except ValueError as e:
+            raise ValueError(f"--image: {e}") from None
     from kzoo.models.detr import DETR
+    from kzoo.models.detr.eval_cli import resolve_sizes
+    from kzoo.models.detr.finetune import label_metadata
     from kzoo.presets import preset_io
 
     preset_dir = preset_io.resolve_preset(args.preset)
+    shortest, longest = resolve_sizes(preset_dir, args.shortest_edge, args.longest_edge)
     model = DETR.from_preset(preset_dir)
-    names = class_names_for(preset_dir, model.num_classes)
-    batch = images_lib.preprocess_images(
-        [image], shortest_edge=args.shortest_edge, longest_edge=args.longest_edge
-    )
-    detections = model.predict_detections(
-        batch.model_inputs(), threshold=args.threshold, target_sizes=batch.original_sizes
-    )[0]
-    print_table(detections, names, args.threshold)
-    draw_detections(image, detections, names, args.out)
-    print(f"wrote {args.out}")
+    names, category_ids = label_metadata(preset_dir, model.num_classes)
+    results = []
+    for start in range(0, len(paths), args.batch_size):
+        chunk = paths[start : start + args.batch_size]
+        loaded = []
+        for path in chunk:
+            try:
+                loaded.append(images_lib.load_image(path))
+            except ValueError as e:
+                raise ValueError(f"--image: {e}") from None
+        batch = images_lib.preprocess_images(loaded, shortest_edge=shortest, longest_edge=longest)
+        detections = model.predict_detections(
+            batch.model_inputs(), threshold=args.threshold, target_sizes=batch.original_sizes
+        )
+        for k, (path, image, det) in enumerate(zip(chunk, loaded, detections)):
+            if folder:
+                print(f"\n{os.path.basename(path)}:")
+            print_table(det, names, args.threshold, category_ids)
+            if args.out is not None:
+                target = args.out
+                if folder:
+                    target = os.path.join(args.out, picture_name(path))
+                    os.makedirs(args.out, exist_ok=True)
+                draw_detections(image, det, names, target)
+                if not folder:
+                    print(f"wrote {target}")
+            index = start + k
+            image_id = image_ids[index] if image_ids is not None else index + 1
+            results += coco_results(det, image_id, category_ids, None if image_ids else path)
+    if folder and args.out is not None:
+        print(f"\nwrote {len(paths)} pictures to {args.out}")
+    if args.results is not None:
+        from kzoo.utils.files import atomic_file
+
+        with atomic_file(args.results, "w") as f:
+            json.dump(results, f)
+        print(f"wrote {len(results)} detections to {args.results}")
     return 0
 
 
-def print_table(detections, names, threshold):
+def picture_name(path):
+    """The name a drawn copy of ``path`` gets: the same, as PNG when PIL cannot write its type."""
+    stem, ext = os.path.splitext(os.path.basename(path))
+    return stem + (ext if ext.lower() in output_formats() else ".png")
+
+
+def coco_results(detections, image_id, category_ids, file_name=None):
+    """One image's detections as COCO result dicts (labels as category ids when known)."""
+    out = []
+    for box, score, label in zip(detections["boxes"], detections["scores"], detections["labels"]):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        label = int(label)
+        entry = {
+            "image_id": int(image_id),
+            "category_id": int(category_ids[label]) if category_ids is not None else label,
+            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "score": float(score),
+        }
+        if file_name is not None:
+            entry["file_name"] = os.path.basename(file_name)
+        out.append(entry)
+    return out
+
+
+def print_table(detections, names, threshold, category_ids=None):
     count = len(detections["scores"])
     print(f"{count} detection{'s' if count != 1 else ''} scoring above {threshold:g}")
     if not count:
         return
     print(
-        f"{'#':>3}  {'label':>5}  {'name':<16} {'score':>6}  {'x0':>7} {'y0':>7} {'x1':>7} {'y1':>7}"
+        f"{'#':>3}  {'label':>5}  {'id':>5}  {'name':<16} {'score':>6}  "
+        f"{'x0':>7} {'y0':>7} {'x1':>7} {'y1':>7}"
     )
     for i, (box, score, label) in enumerate(
         zip(detections["boxes"], detections["scores"], detections["labels"])
     ):
         x0, y0, x1, y1 = (float(v) for v in box)
-        name = names[int(label)] if 0 <= int(label) < len(names) else f"class {int(label)}"
+        label = int(label)
+        name = names[label] if 0 <= label < len(names) else f"class {label}"
+        known = category_ids is not None and 0 <= label < len(category_ids)
+        category = str(category_ids[label]) if known else "-"
         print(
-            f"{i:>3}  {int(label):>5}  {name:<16} {float(score):>6.3f}  "
+            f"{i:>3}  {label:>5}  {category:>5}  {name:<16} {float(score):>6.3f}  "
             f"{x0:>7.1f} {y0:>7.1f} {x1:>7.1f} {y1:>7.1f}"
         )
 

@@ -437,6 +437,12 @@ class DETR(DETRInputChecks, PresetMixin, keras.Model):
         super().compile(optimizer=optimizer, loss=None, **kwargs)
         self._detr_loss = loss
 
+    def get_compile_config(self):
+        # compile() is DETR's own (a loss on the whole output dict), which keras cannot restore
+        # from a config: saved presets leave it out (keras would warn on every load), and
+        # training again starts with compile().
+        return None
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """DETR's set loss on the whole output dict, plus any regularisation losses."""
         del x, sample_weight, training
@@ -460,6 +466,34 @@ class DETR(DETRInputChecks, PresetMixin, keras.Model):
 
         return predict_detections(
             self, images, threshold=threshold, target_sizes=target_sizes, pixel_mask=pixel_mask
+        )
+
+    # ---------------------------------------------------------------- presets
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, sha256=None, num_classes=None, **kwargs):
+        """Build a DETR from a preset; with a new ``num_classes``, ready to fine-tune.
+
+        Args:
+            preset: A registered name (``kzoo list``), a preset directory, or an archive URL.
+            load_weights: ``False`` builds the architecture with fresh weights.
+            sha256: Expected sha256 of a URL's archive.
+            num_classes: When it differs from the preset's, every weight is loaded except the
+                class head (``class_embed``), which is initialised afresh for ``num_classes
+                + 1`` logits; the ``kzoo.detr`` logger says so once. See
+                ``kzoo.models.detr.finetune``.
+            **kwargs: Other config entries to override (``dropout``, ...).
+
+        Example:
+
+        ```python
+        model = kzoo.models.DETR.from_preset("detr_resnet50_coco", num_classes=3)
+        ```
+        """
+        from kzoo.models.detr.finetune import from_preset
+
+        return from_preset(
+            cls, preset, load_weights=load_weights, sha256=sha256, num_classes=num_classes, **kwargs
         )
 
     # ---------------------------------------------------------------- variables and config

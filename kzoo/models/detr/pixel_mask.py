@@ -91,9 +91,7 @@ def raise_for_summary(summary):
 
 def check_pixel_mask(pixel_mask):
     """Validate ``pixel_mask`` (B, H, W); return it, tied to the check so compilers keep it."""
-    token = host_check(
-        raise_for_summary, lambda: [ops.stop_gradient(mask_summary(pixel_mask))]
-    )
+    token = host_check(raise_for_summary, lambda: [ops.stop_gradient(mask_summary(pixel_mask))])
     mask = ops.convert_to_tensor(pixel_mask)
     if mask.dtype == "bool":
         return ops.logical_and(mask, token > 0)
