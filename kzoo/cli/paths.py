@@ -76,14 +76,21 @@ def check_output_location(path, option):
     return path
 
 
-def check_output_file(path, option, extensions=None, not_same_as=()):
+def check_output_file(
+    path, option, extensions=None, not_same_as=(), not_inside=(), overwrite=False
+):
     """An output file: a writable location, not a directory, not one of the inputs.
 
     Args:
         path: The file to write.
         option: The option's name for messages (``"--out"``).
-        extensions: Allowed lower-case extensions with their dot (``{".png": "PNG"}``), or None.
-        not_same_as: ``(option, path)`` pairs of inputs that must not be overwritten.
+        extensions: Allowed lower-case extensions with their dot (``{".png": "PNG"}`` or a
+            tuple), or None.
+        not_same_as: ``(option, path)`` pairs of input files that must not be overwritten.
+        not_inside: ``(option, directory)`` pairs of input folders (a preset, a dataset) that
+            the file must not be written into.
+        overwrite: Whether an existing file may be replaced; without it an existing file is
+            refused, naming the ``--overwrite`` flag.
     """
     path = os.fspath(path)
     check_output_location(path, option)
@@ -98,16 +105,30 @@ def check_output_file(path, option, extensions=None, not_same_as=()):
                     f"{option} {path!r} is the {other_option} file; kzoo will not overwrite its "
                     f"input. Choose another {option}."
                 )
+    real = os.path.realpath(path)
+    for other_option, folder in not_inside:
+        if folder is None:
+            continue
+        inside = os.path.realpath(folder).rstrip(os.sep) + os.sep
+        if real.startswith(inside):
+            raise ValueError(
+                f"{option} {path!r} is inside the {other_option} folder {folder!r}; kzoo does "
+                f"not write into its inputs. Choose another {option}."
+            )
     if extensions is not None:
         ext = os.path.splitext(path)[1].lower()
         if ext not in extensions:
             common = [
                 e for e in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif") if e in extensions
             ]
-            shown = ", ".join(common or sorted(extensions)[:6])
-            more = ", ..." if len(extensions) > len(common or sorted(extensions)[:6]) else ""
+            # A long list (every format PIL writes) is shown by its common members.
+            listed = list(extensions) if len(extensions) <= 6 else common or sorted(extensions)[:6]
+            more = ", ..." if len(extensions) > len(listed) else ""
+            kind = "an image extension" if len(extensions) > 6 else "one of"
             raise ValueError(
-                f"{option} {path!r} must end in an image extension ({shown}{more}): the "
+                f"{option} {path!r} must end in {kind} ({', '.join(listed)}{more}): the "
                 f"extension chooses the format written; got {ext or 'no extension'}."
             )
+    if os.path.exists(path) and not overwrite:
+        raise ValueError(f"{option} {path!r} already exists; pass --overwrite to replace it.")
     return path

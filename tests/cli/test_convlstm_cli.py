@@ -114,7 +114,7 @@ def test_predict_writes_a_gif_and_never_overwrites_without_asking(tmp_path, caps
 
     inside = os.path.join(preset_io.resolve_preset("convlstm_color_shapes"), "x.gif")
     assert main(["predict", "convlstm-color", "--out", inside]) == 2
-    assert "inside the input" in capsys.readouterr().err
+    assert "inside the --preset folder" in capsys.readouterr().err
     assert not os.path.exists(inside)
 
 

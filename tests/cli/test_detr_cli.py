@@ -93,6 +93,25 @@ def test_predict_with_a_trained_preset_uses_class_ids_or_names(tmp_path, picture
     assert len(rows) == 4 and all(name == f"class {label}" for _, label, _, name, *_ in rows)
     assert all(category == "-" for _, _, category, *_ in rows)  # no category_ids recorded
     assert os.path.isfile(tmp_path / "a.png")
+    # A second run refuses to replace the picture unless asked to, before the model runs.
+    (tmp_path / "a.png").write_bytes(b"mine")
+    assert main(args) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "a.png").read_bytes() == b"mine"
+    assert main([*args, "--overwrite"]) == 0
+    assert Image.open(tmp_path / "a.png").size == (80, 48)
+    # The same for a folder of images drawn into a directory that already holds one of them.
+    (tmp_path / "in").mkdir()
+    (tmp_path / "drawn").mkdir()
+    Image.open(picture).save(tmp_path / "in" / "one.png")
+    (tmp_path / "drawn" / "one.png").write_bytes(b"mine")
+    folder = ["predict", "detr", "--preset", str(tmp_path / "trained")]
+    folder += ["--image", str(tmp_path / "in"), "--out", str(tmp_path / "drawn")]
+    folder += ["--shortest-edge", "64"]
+    assert main(folder) == 2
+    assert "already holds 'one.png'" in capsys.readouterr().err
+    assert (tmp_path / "drawn" / "one.png").read_bytes() == b"mine"
+    capsys.readouterr()
     # Class names recorded in the preset's metadata are used when present.
     preset_io.save_preset(
         model, tmp_path / "named", extra_metadata={"class_names": ["disc", "square", "star"]}

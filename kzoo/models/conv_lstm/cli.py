@@ -4,6 +4,8 @@ import math
 import os
 import sys
 
+from kzoo.cli.paths import check_output_file
+
 DEFAULT_PRESET = "convlstm_color_shapes"
 OUT_FORMATS = (".png", ".gif", ".mp4")
 TARGETS = {
@@ -239,26 +241,6 @@ def train(args):
     return 0
 
 
-def check_out_path(out, inputs, overwrite):
-    """Refuse an ``--out`` of an unknown format, inside an input, or over an existing file."""
-    ext = os.path.splitext(out)[1].lower()
-    if ext not in OUT_FORMATS:
-        raise ValueError(
-            f"--out must end in {', '.join(OUT_FORMATS)} (the extension decides the format); "
-            f"got {out!r}."
-        )
-    real = os.path.realpath(out)
-    for source in inputs:
-        src = os.path.realpath(source)
-        if real == src or real.startswith(src.rstrip(os.sep) + os.sep):
-            raise ValueError(f"--out {out} is inside the input {source}; write it elsewhere.")
-    if os.path.isdir(out):
-        raise ValueError(f"--out {out} is a directory; name a file.")
-    if os.path.exists(out) and not overwrite:
-        raise ValueError(f"--out {out} already exists; pass --overwrite to replace it.")
-    return ext
-
-
 def predict(args):
     spec = TARGETS[args._target]
     _check_positive(args, "num_examples", "steps", "input_frames", "fps")
@@ -269,9 +251,14 @@ def predict(args):
     from kzoo.presets import preset_io
 
     preset_dir = preset_io.resolve_preset(args.preset)
-    ext = check_out_path(
-        args.out, [preset_dir] + ([args.data] if args.data else []), args.overwrite
+    check_output_file(
+        args.out,
+        "--out",
+        extensions=OUT_FORMATS,
+        not_inside=[("--preset", preset_dir), ("--data", args.data)],
+        overwrite=args.overwrite,
     )
+    ext = os.path.splitext(args.out)[1].lower()
     from kzoo.models.conv_lstm.frame_predictors import ColorFramePredictor, NextFramePredictor
 
     cls = ColorFramePredictor if spec["kind"] == "color" else NextFramePredictor

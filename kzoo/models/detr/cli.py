@@ -82,6 +82,11 @@ def register(commands):
         help="resize: longer side cap (the preset's, else 1333)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="images per batch for a folder (8)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files (pictures, --results) that already exist",
+    )
     p.set_defaults(func=cmd_predict)
 
 
@@ -202,16 +207,30 @@ def cmd_predict(args):
                     f"--out {args.out!r} is the --image folder; kzoo will not overwrite its "
                     "input images. Choose another --out."
                 )
+            for path in paths:
+                target = os.path.join(args.out, picture_name(path))
+                if os.path.lexists(target) and not args.overwrite:
+                    raise ValueError(
+                        f"--out {args.out!r} already holds {picture_name(path)!r}; pass "
+                        "--overwrite to replace the pictures there, or choose another --out."
+                    )
     else:
         paths = [args.image]
         if args.out is None:
             args.out = "boxes.png"
         check_output_file(
-            args.out, "--out", extensions=output_formats(), not_same_as=[("--image", args.image)]
+            args.out,
+            "--out",
+            extensions=output_formats(),
+            not_same_as=[("--image", args.image)],
+            overwrite=args.overwrite,
         )
     if args.results is not None:
         check_output_file(
-            args.results, "--results", not_same_as=[("--annotations", args.annotations)]
+            args.results,
+            "--results",
+            not_same_as=[("--annotations", args.annotations)],
+            overwrite=args.overwrite,
         )
         if os.path.splitext(args.results)[1].lower() != ".json":
             raise ValueError(f"--results {args.results!r} must end in .json.")

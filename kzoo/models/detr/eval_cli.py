@@ -45,6 +45,9 @@ def register(commands):
     p.add_argument(
         "--metrics-json", default=None, help="also write the twelve metrics to this JSON file"
     )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --results/--metrics-json files"
+    )
     p.set_defaults(func=cmd_eval)
 
 
@@ -98,7 +101,12 @@ def cmd_eval(args):
         raise ValueError(f"--images {args.images!r} is not a directory (the images' folder).")
     for option, path in (("--results", args.results), ("--metrics-json", args.metrics_json)):
         if path is not None:
-            check_output_file(path, option, not_same_as=[("--annotations", args.annotations)])
+            check_output_file(
+                path,
+                option,
+                not_same_as=[("--annotations", args.annotations)],
+                overwrite=args.overwrite,
+            )
     from kzoo.presets import preset_io
 
     preset_dir = preset_io.resolve_preset(args.preset)
