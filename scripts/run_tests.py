@@ -1,8 +1,9 @@
 """Run kzoo's checks: ruff, the docs build, and the test suite under jax, tensorflow and torch.
 
-Each backend runs in its own pytest process (keras fixes its backend at import). The run fails
-if any step fails. Usage: ``python scripts/run_tests.py [--backends jax,torch] [--fast]``;
-extra arguments after ``--`` go to pytest.
+Each backend runs in its own pytest process (keras fixes its backend at import), and the slow
+tests in two more; ``--jobs`` of these steps run at once. The run fails if any step fails.
+Usage: ``python scripts/run_tests.py [--backends jax,torch] [--no-slow] [--jobs N]``; extra
+arguments after ``--`` go to pytest.
 """
 
 import argparse
@@ -29,13 +30,72 @@ def run(step, cmd, env=None):
     return rc
 
 
+def run_parallel(jobs, lanes):
+    """Run ``(step, cmd, env)`` jobs, ``lanes`` at a time, longest first; return their exit codes.
+
+    Each job's output goes to a file and is printed whole when the job ends, so the log reads
+    as if the steps had run one after another.
+    """
+    pending = list(jobs)
+    running = {}
+    results = {}
+    started = time.time()
+    while pending or running:
+        while pending and len(running) < lanes:
+            step, cmd, env = pending.pop(0)
+            log = tempfile.TemporaryFile(mode="w+")
+            print(f"=== {step}: started ({' '.join(cmd)})", flush=True)
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            running[proc] = (step, log, time.time())
+        time.sleep(0.5)
+        for proc in [p for p in running if p.poll() is not None]:
+            step, log, t0 = running.pop(proc)
+            log.seek(0)
+            print(f"\n=== {step}: output", flush=True)
+            sys.stdout.write(log.read())
+            log.close()
+            rc = proc.returncode
+            results[step] = rc
+            print(
+                f"=== {step}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in "
+                f"{time.time() - t0:.0f}s (run at {t0 - started:.0f}s)",
+                flush=True,
+            )
+    return results
+
+
+def pytest_cmd(py, report, *args):
+    # Each step has its own temporary directory: concurrent sessions sharing pytest's default
+    # one would prune each other's.
+    basetemp = os.path.splitext(report)[0] + "-tmp"
+    return [
+        py,
+        "-m",
+        "pytest",
+        "-q",
+        "-ra",
+        f"--junitxml={report}",
+        f"--basetemp={basetemp}",
+        *args,
+    ]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--no-lint", action="store_true", help="skip ruff and the docs build")
     parser.add_argument("--no-slow", action="store_true", help="skip the slow-marked tests")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="test steps run at once (default 2: most of a step's time is one core's work, "
+        "process start-up and compilation, so two steps share two cores well)",
+    )
     parser.add_argument("pytest_args", nargs="*")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1; got {args.jobs}")
     py = sys.executable
     results = {}
     reports = tempfile.mkdtemp(prefix="kzoo-tests-")
@@ -46,42 +106,31 @@ def main():
             "docs",
             [py, "-m", "mkdocs", "build", "--strict", "-q", "-d", os.path.join(ROOT, "site")],
         )
+    jobs = []
     for backend in args.backends.split(","):
         env = dict(os.environ, KERAS_BACKEND=backend)
-        results[f"tests ({backend})"] = run(
-            f"tests ({backend})",
-            [
-                py,
-                "-m",
-                "pytest",
-                "-q",
-                "-ra",
-                "--timeout=900",
-                f"--junitxml={reports}/{backend}.xml",
-                *args.pytest_args,
-            ],
-            env=env,
+        report = f"{reports}/{backend}.xml"
+        jobs.append(
+            (f"tests ({backend})", pytest_cmd(py, report, "--timeout=900", *args.pytest_args), env)
         )
+    slow_steps = []
     if not args.no_slow:
         # Slow tests (multi-process, cross-backend round trips) run once, each choosing the
-        # backends it needs in its own subprocesses.
+        # backends it needs in its own subprocesses; DETR's are half of them, hence two steps.
         env = dict(os.environ, KERAS_BACKEND="jax")
-        rc = run(
-            "slow tests",
-            [
-                py,
-                "-m",
-                "pytest",
-                "-q",
-                "-ra",
-                "-m",
-                "slow",
-                "--timeout=1500",
-                f"--junitxml={reports}/slow.xml",
-            ],
-            env=env,
-        )
-        results["slow tests"] = 0 if rc == 5 else rc  # 5: none collected
+        for name, paths in (
+            ("slow tests (DETR)", ["tests/models/detr"]),
+            ("slow tests (others)", ["tests", "--ignore=tests/models/detr"]),
+        ):
+            report = f"{reports}/{name.split()[-1].strip('()').lower()}-slow.xml"
+            cmd = pytest_cmd(py, report, "-m", "slow", "--timeout=1500", *paths)
+            jobs.append((name, cmd, env))
+            slow_steps.append(name)
+    # Longest first (measured on CI: jax, tensorflow, the two slow halves, torch).
+    order = {"tests (jax)": 0, "tests (tensorflow)": 1, "slow tests (DETR)": 2}
+    jobs.sort(key=lambda job: order.get(job[0], 3))
+    for step, rc in run_parallel(jobs, args.jobs).items():
+        results[step] = 0 if (step in slow_steps and rc == 5) else rc  # 5: none collected
     print("\nsummary:")
     for step, rc in results.items():
         print(f"  {step:<20} {'ok' if rc == 0 else 'FAILED'}")

@@ -77,7 +77,8 @@ def _temp_pattern(base):
     )
 
 
-def _process_gone(pid):
+def process_gone(pid):
+    """Whether no process ``pid`` runs (this process never counts as gone)."""
     if pid == os.getpid():
         return False
     try:
@@ -146,7 +147,7 @@ def recover_directory(target):
         if m["tag"] == OLD_TAG or m["legacy"]:
             stale = os.path.lexists(target) or m["legacy"] == "tmp"
         else:
-            stale = _process_gone(int(m["pid"])) or now - mtime(entry) > STALE_AFTER_S
+            stale = process_gone(int(m["pid"])) or now - mtime(entry) > STALE_AFTER_S
         if stale:
             _remove_tree(path)
             if not os.path.lexists(path):

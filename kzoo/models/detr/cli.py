@@ -3,6 +3,8 @@
 import json
 import os
 
+from kzoo.models.detr.eval_cli import add_size_arguments
+
 DEFAULT_THRESHOLD = 0.7
 
 
@@ -69,18 +71,7 @@ def register(commands):
         default=DEFAULT_THRESHOLD,
         help=f"keep detections scoring above this (default {DEFAULT_THRESHOLD})",
     )
-    p.add_argument(
-        "--shortest-edge",
-        type=int,
-        default=None,
-        help="resize: shorter side (the preset's training size, else 800)",
-    )
-    p.add_argument(
-        "--longest-edge",
-        type=int,
-        default=None,
-        help="resize: longer side cap (the preset's, else 1333)",
-    )
+    add_size_arguments(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per batch for a folder (8)")
     p.add_argument(
         "--overwrite",

@@ -23,18 +23,7 @@ def register(commands):
     p.add_argument("--preset", required=True, help="preset name or directory")
     p.add_argument("--annotations", required=True, help="COCO JSON of the images to evaluate on")
     p.add_argument("--images", required=True, help="folder of those images")
-    p.add_argument(
-        "--shortest-edge",
-        type=int,
-        default=None,
-        help="resize: shorter side (the preset's training size, else 800)",
-    )
-    p.add_argument(
-        "--longest-edge",
-        type=int,
-        default=None,
-        help="resize: longer side cap (the preset's, else 1333)",
-    )
+    add_size_arguments(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (8)")
     p.add_argument(
         "--results",
@@ -49,6 +38,22 @@ def register(commands):
         "--overwrite", action="store_true", help="replace --results/--metrics-json files"
     )
     p.set_defaults(func=cmd_eval)
+
+
+def add_size_arguments(parser):
+    """``--shortest-edge`` and ``--longest-edge``, read by :func:`resolve_sizes`."""
+    parser.add_argument(
+        "--shortest-edge",
+        type=int,
+        default=None,
+        help="resize: shorter side (the preset's training size, else 800)",
+    )
+    parser.add_argument(
+        "--longest-edge",
+        type=int,
+        default=None,
+        help="resize: longer side cap (the preset's, else 1333)",
+    )
 
 
 def resolve_sizes(preset_dir, shortest_edge, longest_edge):

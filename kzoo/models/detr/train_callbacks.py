@@ -14,11 +14,13 @@ def save_weights_atomically(model, path):
     """``model.save_weights(path)`` through a temporary beside it, flushed, then renamed.
 
     A kill at any moment leaves ``path`` holding the old file or the new one, never a part.
-    The temporary (``.tmp-<pid>-<token>.weights.h5``) is removed when the save fails.
+    The temporary (``.tmp-<pid>-<token>.weights.h5``) is removed when the save fails, and
+    temporaries that killed processes left beside ``path`` are removed by the next save.
     """
     path = os.path.abspath(os.fspath(path))
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
+    remove_orphaned_temporaries(parent)
     tmp = os.path.join(parent, f".tmp-{os.getpid()}-{secrets.token_hex(4)}.weights.h5")
     try:
         model.save_weights(tmp, overwrite=True)
@@ -31,6 +33,26 @@ def save_weights_atomically(model, path):
         raise
     _fsync_dir(parent)
     return path
+
+
+TEMPORARY = re.compile(r"^\.tmp-(?P<pid>\d+)-[0-9a-f]{8}\.weights\.h5$")
+
+
+def remove_orphaned_temporaries(directory):
+    """Delete the weight temporaries in ``directory`` whose writing process no longer runs.
+
+    A SIGKILL between writing a temporary and renaming it leaves the temporary behind; only
+    files named exactly as :func:`save_weights_atomically` names them are touched, and never one
+    of a process still running (a save in progress).
+    """
+    from kzoo.utils.files import process_gone
+
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            m = TEMPORARY.match(name)
+            if m and process_gone(int(m["pid"])):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(directory, name))
 
 
 def _fsync_dir(path):

@@ -74,3 +74,22 @@ def write_coco_dataset(root, num_images=6, seed=0, name="train"):
         json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES})
     )
     return str(path), str(folder)
+
+
+def tiny_detr(num_classes=3):
+    """The smallest DETR the COCO tests train: the small backbone, d_model 16, 5 queries, built."""
+    from kzoo.models import DETR
+
+    model = DETR(
+        num_classes=num_classes,
+        num_queries=5,
+        d_model=16,
+        num_heads=2,
+        num_encoder_layers=1,
+        num_decoder_layers=2,
+        ffn_dim=16,
+        dropout=0.0,
+        backbone="small",
+    )
+    model.build((None, None, None, 3))
+    return model

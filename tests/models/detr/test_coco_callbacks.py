@@ -18,7 +18,7 @@ from kzoo.models.detr.coco_callbacks import (
     predict_coco,
 )
 from kzoo.presets import preset_io
-from tests.models.detr.coco_files import write_coco_dataset
+from tests.models.detr.coco_files import tiny_detr, write_coco_dataset
 
 # JAX and TensorFlow compile DETR's training step for ~30 s here: slow CI step for them.
 slow_unless_torch = pytest.mark.slow if keras.backend.backend() != "torch" else (lambda f: f)
@@ -28,22 +28,6 @@ slow_unless_torch = pytest.mark.slow if keras.backend.backend() != "torch" else 
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("coco")
     return write_coco_dataset(root, 6, 0, "train"), write_coco_dataset(root, 4, 1, "val")
-
-
-def tiny_detr(num_classes=3):
-    model = DETR(
-        num_classes=num_classes,
-        num_queries=5,
-        d_model=16,
-        num_heads=2,
-        num_encoder_layers=1,
-        num_decoder_layers=2,
-        ffn_dim=16,
-        dropout=0.0,
-        backbone="small",
-    )
-    model.build((None, None, None, 3))
-    return model
 
 
 def test_evaluate_coco_matches_predicting_each_original_image(files):

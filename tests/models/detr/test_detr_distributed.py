@@ -16,26 +16,10 @@ import keras
 import numpy as np
 import pytest
 
+from tests.models.detr.coco_files import tiny_detr
+
 STEPS, BATCH = 5, 8
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-
-def _model():
-    from kzoo.models import DETR
-
-    model = DETR(
-        num_classes=3,
-        num_queries=5,
-        d_model=16,
-        num_heads=2,
-        num_encoder_layers=1,
-        num_decoder_layers=2,
-        ffn_dim=16,
-        dropout=0.0,
-        backbone="small",
-    )
-    model.build((None, None, None, 3))
-    return model
 
 
 def _compile(model):
@@ -77,7 +61,7 @@ def _weights(model):
 def reference(tmp_path):
     """The one-device run: its preset (the starting weights), losses and final weights."""
     keras.utils.set_random_seed(3)
-    model = _model()
+    model = tiny_detr()
     preset = str(tmp_path / "start")
     model.save_to_preset(preset)
     x, y = _batch()

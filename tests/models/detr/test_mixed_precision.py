@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from kzoo.data.detection import SyntheticDetection
-from kzoo.models import DETR
 from kzoo.models.detr.detr_loss import DETRLoss
+from tests.models.detr.coco_files import tiny_detr
 
 slow_unless_torch = pytest.mark.slow if keras.backend.backend() != "torch" else (lambda f: f)
 # Eager JAX compiles every op of the first call: ~20 s here.
@@ -21,22 +21,6 @@ def mixed_bfloat16():
     keras.config.set_dtype_policy(before)
 
 
-def _tiny():
-    model = DETR(
-        num_classes=3,
-        num_queries=5,
-        d_model=16,
-        num_heads=2,
-        num_encoder_layers=1,
-        num_decoder_layers=2,
-        ffn_dim=16,
-        dropout=0.0,
-        backbone="small",
-    )
-    model.build((None, None, None, 3))
-    return model
-
-
 def _batch():
     data = SyntheticDetection(num_images=4, image_size=64, batch_size=4, max_objects=3, seed=2)
     return data[0]
@@ -45,7 +29,7 @@ def _batch():
 @slow_on_jax
 def test_layers_compute_in_bfloat16_while_cost_and_loss_stay_float32(mixed_bfloat16):
     x, y = _batch()
-    model = _tiny()
+    model = tiny_detr()
     assert all(v.dtype == "float32" for v in model.weights)
     out = model(x)
     assert keras.backend.standardize_dtype(out["logits"].dtype) == "bfloat16"
@@ -58,7 +42,7 @@ def test_layers_compute_in_bfloat16_while_cost_and_loss_stay_float32(mixed_bfloa
     assert keras.backend.standardize_dtype(cost.dtype) == "float32"
     # The same weights in float32 give the same loss up to bfloat16's rounding of the layers.
     keras.config.set_dtype_policy("float32")
-    reference = _tiny()
+    reference = tiny_detr()
     reference.set_weights(model.get_weights())
     expected = float(keras.ops.convert_to_numpy(loss(y, reference(x))))
     got = float(keras.ops.convert_to_numpy(loss(y, out)))
@@ -68,7 +52,7 @@ def test_layers_compute_in_bfloat16_while_cost_and_loss_stay_float32(mixed_bfloa
 @slow_unless_torch
 def test_fit_under_mixed_bfloat16(mixed_bfloat16):
     x, y = _batch()
-    model = _tiny()
+    model = tiny_detr()
     model.compile()
     history = model.fit(x, y, batch_size=2, epochs=3, shuffle=False, verbose=0)
     losses = history.history["loss"]

@@ -1,12 +1,14 @@
 """AtomicCheckpoint and TimeLimit on a tiny keras model."""
 
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 
-from kzoo.models.detr.train_callbacks import AtomicCheckpoint, TimeLimit
+from kzoo.models.detr.train_callbacks import AtomicCheckpoint, TimeLimit, save_weights_atomically
 
 
 def tiny_model():
@@ -26,6 +28,20 @@ def test_atomic_checkpoint_replaces_the_file_and_leaves_no_temporaries(tmp_path)
     np.testing.assert_allclose(other.predict(x, verbose=0), model.predict(x, verbose=0))
     with pytest.raises(ValueError, match="weights.h5"):
         AtomicCheckpoint(tmp_path / "last.h5")
+
+
+def test_the_next_save_removes_temporaries_of_killed_processes_only(tmp_path):
+    # A real process that has ended: its pid names no running process.
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    dead = int(done.stdout)
+    orphan = tmp_path / f".tmp-{dead}-0123abcd.weights.h5"
+    running = tmp_path / f".tmp-{os.getppid()}-89abcdef.weights.h5"  # a save in progress
+    mine = tmp_path / f".tmp-{dead}-notes.txt"  # not a name kzoo writes
+    for p in (orphan, running, mine):
+        p.write_bytes(b"x")
+    save_weights_atomically(tiny_model(), tmp_path / "last.weights.h5")
+    assert sorted(os.listdir(tmp_path)) == sorted(["last.weights.h5", running.name, mine.name])
 
 
 def test_time_limit_stops_after_the_first_batch_past_the_limit():

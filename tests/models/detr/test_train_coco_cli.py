@@ -22,7 +22,7 @@ from kzoo.cli.main import main
 from kzoo.data.coco_eval import COCO_METRICS
 from kzoo.models import DETR
 from kzoo.presets import preset_io
-from tests.models.detr.coco_files import write_coco_dataset
+from tests.models.detr.coco_files import tiny_detr, write_coco_dataset
 from tests.robustness.support import ROOT, assert_cli_error, kzoo
 
 # JAX and TensorFlow compile the training step for ~30 s: their runs go to the slow CI step.
@@ -60,19 +60,7 @@ def _numpy(v):
 def source_preset(tmp_path_factory):
     """A 5-class tiny DETR preset to fine-tune from (as a converted checkpoint would be)."""
     path = tmp_path_factory.mktemp("source") / "preset"
-    model = DETR(
-        num_classes=5,
-        num_queries=5,
-        d_model=16,
-        num_heads=2,
-        num_encoder_layers=1,
-        num_decoder_layers=2,
-        ffn_dim=16,
-        dropout=0.0,
-        backbone="small",
-    )
-    model.build((None, None, None, 3))
-    preset_io.save_preset(model, path)
+    preset_io.save_preset(tiny_detr(5), path)
     return str(path)
 
 
