@@ -127,8 +127,13 @@ def main():
             jobs.append((name, cmd, env))
             slow_steps.append(name)
     # Longest first (measured on CI: jax, tensorflow, the two slow halves, torch).
-    order = {"tests (jax)": 0, "tests (tensorflow)": 1, "slow tests (DETR)": 2}
-    jobs.sort(key=lambda job: order.get(job[0], 3))
+    order = {
+        "tests (jax)": 0,
+        "tests (tensorflow)": 1,
+        "slow tests (DETR)": 2,
+        "slow tests (others)": 3,
+    }
+    jobs.sort(key=lambda job: order.get(job[0], 4))
     for step, rc in run_parallel(jobs, args.jobs).items():
         results[step] = 0 if (step in slow_steps and rc == 5) else rc  # 5: none collected
     print("\nsummary:")
