@@ -573,10 +573,18 @@ def test_jax_unrolled_loop_is_selected_and_equals_the_scan(monkeypatch):
 @pytest.mark.backends("torch")
 @pytest.mark.parametrize("go_backwards", [False, True])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_torch_hand_written_backward_equals_autograd(monkeypatch, go_backwards, with_state):
+@pytest.mark.parametrize("per_step_weight_grad", [False, True])
+def test_torch_hand_written_backward_equals_autograd(
+    monkeypatch, go_backwards, with_state, per_step_weight_grad
+):
     import torch
 
     from kzoo.backends.torch import conv_lstm as torch_conv_lstm
+
+    # Both ways of taking the recurrent kernel's gradient: one convolution over all steps
+    # (small steps), or one per step (steps of PER_STEP_WEIGHT_GRAD_PIXELS positions or more).
+    threshold = 1 if per_step_weight_grad else 10**9
+    monkeypatch.setattr(torch_conv_lstm, "PER_STEP_WEIGHT_GRAD_PIXELS", threshold)
 
     calls = []
     forward = torch_conv_lstm._Recurrence.forward

@@ -15,7 +15,10 @@ time mask or recurrent dropout, and "same" padding of the state is symmetric (od
   (the previous states, the gate activations, ``act(c)``);
 - the backward loop takes one transposed convolution per step for the state's gradient and the
   gate math by hand; the recurrent kernel's gradient is ONE weight-gradient convolution over
-  all timesteps stacked along the batch axis (T small ones under autograd);
+  all timesteps stacked along the batch axis (T small ones under autograd) while steps are
+  small, and is taken step by step with the state's gradient once a step holds
+  ``PER_STEP_WEIGHT_GRAD_PIXELS`` batch x spatial positions (there the stacking copies and one
+  large convolution cost more than T cache-sized ones);
 - with a zero initial state the first step's recurrent convolution is skipped (its input is
   zero), forward and backward.
 
@@ -29,6 +32,12 @@ import torch.nn.functional as tnn
 from kzoo.layers.conv_lstm import same_padding
 
 _CONV = {1: tnn.conv1d, 2: tnn.conv2d, 3: tnn.conv3d}
+
+# Batch x spatial positions of one step from which the backward pass takes the recurrent
+# kernel's gradient per step instead of in one convolution over all steps (see _Recurrence).
+# Measured on the benchmark grid (2026-12-01): the one convolution wins up to 32x32 frames at
+# batch 4 (4,096), loses at batch 16 of 32x32 and at 64x64 frames (16,384).
+PER_STEP_WEIGHT_GRAD_PIXELS = 8192
 
 
 def _value(variable):
@@ -132,40 +141,47 @@ class _Recurrence(torch.autograd.Function):
             c = f * c + i * g
             act_c = act(c)
             h = o * act_c
-            gate_acts.append(torch.cat([i, f, g, o], dim=1))
+            gate_acts.append((i, f, g, o))
             act_cs.append(act_c)
             outputs.append(h)
-        ctx.save_for_backward(
-            rk,
-            torch.stack(prev_h, 1),
-            torch.stack(prev_c, 1),
-            torch.stack(gate_acts, 1),
-            torch.stack(act_cs, 1),
-        )
+        ctx.save_for_backward(rk)
+        # The per-step tensors are intermediates (no input or output of the Function), kept as
+        # lists: stacking them would copy every state and gate once more (at 64x64 frames the
+        # copies cost as much as the recurrent convolutions).
+        ctx.steps = (prev_h, prev_c, gate_acts, act_cs)
         ctx.config = (act, rec_act, padding, return_sequences, zero_start)
         output = torch.stack(outputs, 1) if return_sequences else h
         return output, h, c
 
     @staticmethod
     def backward(ctx, d_out, d_h, d_c):
-        rk, prev_h, prev_c, gate_acts, act_cs = ctx.saved_tensors
+        (rk,) = ctx.saved_tensors
+        prev_h, prev_c, gate_acts, act_cs = ctx.steps
+        del ctx.steps
         act, rec_act, padding, return_sequences, zero_start = ctx.config
-        steps = prev_h.shape[1]
-        dh = torch.zeros_like(prev_h[:, 0]) if d_h is None else d_h
-        dc = torch.zeros_like(prev_c[:, 0]) if d_c is None else d_c
+        steps = len(prev_h)
+        dh = torch.zeros_like(prev_h[0]) if d_h is None else d_h
+        dc = torch.zeros_like(prev_c[0]) if d_c is None else d_c
+        want_rk = ctx.needs_input_grad[3]
+        # Large steps take the recurrent kernel's gradient step by step (as autograd would):
+        # one convolution over all timesteps needs the gate gradients and states copied into
+        # time x batch tensors and runs slower than T cache-sized ones once a step holds
+        # thousands of pixels.
+        per_step_rk = want_rk and prev_h[0][:, :1].numel() >= PER_STEP_WEIGHT_GRAD_PIXELS
+        d_rk = torch.zeros_like(rk) if per_step_rk else None
         if d_out is not None and not return_sequences:
             dh = dh + d_out
         d_gates = [None] * steps
         for t in range(steps - 1, -1, -1):
             if d_out is not None and return_sequences:
                 dh = dh + d_out[:, t]
-            i, f, g, o = gate_acts[:, t].chunk(4, dim=1)
-            act_c = act_cs[:, t]
+            i, f, g, o = gate_acts[t]
+            act_c = act_cs[t]
             dc = dc + dh * o * _derivative_from_output(act, act_c)
             d_gates[t] = torch.cat(
                 [
                     dc * g * _derivative_from_output(rec_act, i),
-                    dc * prev_c[:, t] * _derivative_from_output(rec_act, f),
+                    dc * prev_c[t] * _derivative_from_output(rec_act, f),
                     dc * i * _derivative_from_output(act, g),
                     dh * act_c * _derivative_from_output(rec_act, o),
                 ],
@@ -173,14 +189,16 @@ class _Recurrence(torch.autograd.Function):
             )
             dc = dc * f
             if t or not zero_start:
-                dh = _conv_backward(d_gates[t], prev_h[:, t], rk, padding, [True, False, False])[0]
+                mask = [True, per_step_rk, False]
+                dh, d_rk_t = _conv_backward(d_gates[t], prev_h[t], rk, padding, mask)
+                if per_step_rk:
+                    d_rk += d_rk_t
         first = 1 if zero_start else 0
-        d_rk = None
-        if ctx.needs_input_grad[3]:
+        if want_rk and not per_step_rk:
             if steps > first:
                 # All timesteps' weight gradients as one convolution over time x batch.
                 grads = torch.cat(d_gates[first:], 0)
-                states = prev_h[:, first:].transpose(0, 1).flatten(0, 1)
+                states = torch.cat(prev_h[first:], 0)
                 d_rk = _conv_backward(grads, states, rk, padding, [False, True, False])[1]
             else:
                 d_rk = torch.zeros_like(rk)
