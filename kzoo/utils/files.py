@@ -208,10 +208,11 @@ def _fsync_tree(root):
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
 
-def _fsync_dir(path):
+def fsync_dir(path):
+    """Flush a directory's entries (a rename into it) to disk; a no-op where that fails."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -260,7 +261,7 @@ def atomic_directory(target, overwrite=False):
         else:
             # rename() replaces a missing or empty directory in one step.
             os.rename(tmp, target)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except BaseException:
         _remove_tree(tmp)
         raise
@@ -283,7 +284,7 @@ def _replace_directory(new, target):
             with contextlib.suppress(OSError):
                 os.rename(old, target)
             raise
-    _fsync_dir(os.path.dirname(target))
+    fsync_dir(os.path.dirname(target))
     _remove_tree(old)
 
 

@@ -9,6 +9,8 @@ import time
 
 import keras
 
+from kzoo.utils.files import fsync_dir, process_gone
+
 
 def save_weights_atomically(model, path):
     """``model.save_weights(path)`` through a temporary beside it, flushed, then renamed.
@@ -31,7 +33,7 @@ def save_weights_atomically(model, path):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
-    _fsync_dir(parent)
+    fsync_dir(parent)
     return path
 
 
@@ -45,23 +47,12 @@ def remove_orphaned_temporaries(directory):
     files named exactly as :func:`save_weights_atomically` names them are touched, and never one
     of a process still running (a save in progress).
     """
-    from kzoo.utils.files import process_gone
-
     with contextlib.suppress(OSError):
         for name in os.listdir(directory):
             m = TEMPORARY.match(name)
             if m and process_gone(int(m["pid"])):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(directory, name))
-
-
-def _fsync_dir(path):
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
