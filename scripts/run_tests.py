@@ -118,11 +118,11 @@ def main():
         # Slow tests (multi-process, cross-backend round trips) run once, each choosing the
         # backends it needs in its own subprocesses; DETR's are half of them, hence two steps.
         env = dict(os.environ, KERAS_BACKEND="jax")
-        for name, paths in (
-            ("slow tests (DETR)", ["tests/models/detr"]),
-            ("slow tests (others)", ["tests", "--ignore=tests/models/detr"]),
+        for name, stem, paths in (
+            ("slow tests (DETR)", "detr-slow", ["tests/models/detr"]),
+            ("slow tests (others)", "others-slow", ["tests", "--ignore=tests/models/detr"]),
         ):
-            report = f"{reports}/{name.split()[-1].strip('()').lower()}-slow.xml"
+            report = f"{reports}/{stem}.xml"
             cmd = pytest_cmd(py, report, "-m", "slow", "--timeout=1500", *paths)
             jobs.append((name, cmd, env))
             slow_steps.append(name)

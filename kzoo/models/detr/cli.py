@@ -199,10 +199,10 @@ def cmd_predict(args):
                     "input images. Choose another --out."
                 )
             for path in paths:
-                target = os.path.join(args.out, picture_name(path))
-                if os.path.lexists(target) and not args.overwrite:
+                name = picture_name(path)
+                if os.path.lexists(os.path.join(args.out, name)) and not args.overwrite:
                     raise ValueError(
-                        f"--out {args.out!r} already holds {picture_name(path)!r}; pass "
+                        f"--out {args.out!r} already holds {name!r}; pass "
                         "--overwrite to replace the pictures there, or choose another --out."
                     )
     else:
