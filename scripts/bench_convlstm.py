@@ -278,7 +278,10 @@ def run_grid(args):
         cmd = [sys.executable, me, "--grid-child", "time", "--backend-name", backend]
         cmd += ["--points", ",".join(names), "--repeats", str(args.repeats)]
         cmd += ["--batches", str(args.batches), "--point-seconds", str(args.point_seconds)]
-        found = _run_json(cmd, env, f"grid timing under {backend}")
+        if args.timing:
+            found = _run_json(cmd, env, f"grid timing under {backend}")
+        else:
+            found = [dict(p, backend=backend) for p in points(names)]
         for row in found:
             if args.memory:
                 for layer in ("kzoo", "keras"):
@@ -287,18 +290,29 @@ def run_grid(args):
                     (m,) = _run_json(mem, env, f"memory of {row['name']} ({layer}, {backend})")
                     row[f"{layer}_mb"] = m["added_mb"]
             rows.append(row)
-            print(
-                f"# {backend} {row['name']}: {row['speedup']:.2f}x "
-                f"(kzoo {row['kzoo_s'] * 1e3:.1f} ms, keras {row['keras_s'] * 1e3:.1f} ms)",
-                file=sys.stderr,
-                flush=True,
-            )
+            if args.timing:
+                print(
+                    f"# {backend} {row['name']}: {row['speedup']:.2f}x "
+                    f"(kzoo {row['kzoo_s'] * 1e3:.1f} ms, keras {row['keras_s'] * 1e3:.1f} ms)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            else:
+                print(
+                    f"# {backend} {row['name']}: kzoo {row['kzoo_mb']:.0f} MB, "
+                    f"keras {row['keras_mb']:.0f} MB",
+                    file=sys.stderr,
+                    flush=True,
+                )
         print(f"# {backend}: {time.time() - start:.0f} s", file=sys.stderr, flush=True)
-    print_grid(rows, args)
+    if args.timing:
+        print_grid(rows, args)
+    else:
+        print_memory(rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    if args.plot:
+    if args.plot and args.timing:
         plot_grid(rows, args.plot)
     return 0
 
@@ -337,6 +351,18 @@ def print_grid(rows, args):
         print(
             f"| {backend} | {len(sub)} | {min(sp):.2f}x | {statistics.median(sp):.2f}x "
             f"| {min(small):.2f}x | {', '.join(below) or 'none'} |"
+        )
+
+
+def print_memory(rows):
+    """The peak memory table alone (``--memory-only``)."""
+    print("\n| backend | point | kind | kzoo MB | keras MB | kzoo / keras |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = r["kzoo_mb"] / r["keras_mb"] if r["keras_mb"] else float("nan")
+        print(
+            f"| {r['backend']} | {r['name']} | {r['kind']} | {r['kzoo_mb']:.0f} "
+            f"| {r['keras_mb']:.0f} | {ratio:.2f} |"
         )
 
 
@@ -389,6 +415,12 @@ def main():
     parser.add_argument(
         "--no-memory", dest="memory", action="store_false", help="skip the memory runs"
     )
+    parser.add_argument(
+        "--memory-only",
+        dest="timing",
+        action="store_false",
+        help="--grid: measure the peak training memory only (no timing; needs no idle machine)",
+    )
     parser.add_argument("--json", help="write every grid figure to this JSON file")
     parser.add_argument("--plot", help="write a PNG of the grid speedups")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -396,6 +428,8 @@ def main():
     parser.add_argument("--backend-name", help=argparse.SUPPRESS)
     parser.add_argument("--layer", choices=("kzoo", "keras"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.timing and not (args.grid and args.memory):
+        parser.error("--memory-only needs --grid and cannot be combined with --no-memory")
     if args.grid_child == "time":
         _grid_time_child(args)
         return 0

@@ -44,6 +44,7 @@ import argparse
 import json
 import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -60,13 +61,15 @@ GRIDS = {
         "dtypes": "float32,bfloat16",
         "rounds": 10,
         "min_time": 0.02,
+        "case_seconds": None,
     },
     "quick": {
         "rows": "4096",
         "hidden": "256,1024,4096",
         "dtypes": "float32",
-        "rounds": 5,
-        "min_time": 0.05,
+        "rounds": 201,
+        "min_time": 0.005,
+        "case_seconds": 8.0,
     },
     # What gpu_check.py runs: one row count, the bfloat16 sizes of both GPU targets.
     "gpu-check": {
@@ -75,6 +78,7 @@ GRIDS = {
         "dtypes": "bfloat16",
         "rounds": 5,
         "min_time": 0.01,
+        "case_seconds": None,
     },
 }
 # The targets (see the module docstring).
@@ -86,21 +90,41 @@ IMPLS = ("kzoo", "kzoo-op", "kzoo-portable", "keras", "keras-op", "torch", "copy
 CASE = ("backend", "platform", "variant", "dtype", "rows", "hidden", "mode")
 
 
-def _timer(fns, sync, rounds, min_time):
-    """Seconds per call of each callable, one sample per round, alternating within a round."""
-    iters = {}
-    for name, fn in fns.items():
+def _timer(fns, sync, rounds, min_time, case_seconds=None, min_rounds=21):
+    """Seconds per call of each callable, one sample per round, alternating within a round.
+
+    With ``case_seconds``, the rounds are cut so that the case takes about that long (but at
+    least ``min_rounds``): short samples in many rounds pair better than long ones in few (the
+    VM's load drifts within a 50 ms sample), and large shapes need fewer of them.
+
+    Every callable runs the same number of calls per sample (enough for the slowest to take
+    ``min_time``): a sample pays a fixed cost when the timer switches to another function (cold
+    caches for its buffers), and with unequal counts that cost would weigh more on the side with
+    fewer calls (identical XLA programs measured 1.04-1.08 apart that way).
+    """
+    slowest, total = 1e-7, 0.0
+    for fn in fns.values():
         sync(fn())  # compile / warm up
-        start = time.perf_counter()
-        sync(fn())
-        once = max(time.perf_counter() - start, 1e-7)
-        iters[name] = max(1, min(1000, math.ceil(min_time / once)))
+        once = []
+        for _ in range(3):
+            start = time.perf_counter()
+            sync(fn())
+            once.append(time.perf_counter() - start)
+        slowest = max(slowest, statistics.median(once))
+        total += statistics.median(once)
+    calls = max(1, min(1000, math.ceil(min_time / slowest)))
+    if case_seconds:
+        rounds = min(rounds, max(min_rounds, int(case_seconds / (calls * total))))
+    iters = {name: calls for name in fns}
     samples = {name: [] for name in fns}
     names = list(fns)
-    for r in range(rounds):
-        # Rotate the order so that no implementation always runs right after the same other one
-        # (a large free just before a call, for instance, costs the next allocation page faults).
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+    order = random.Random(0)
+    for _ in range(rounds):
+        # A fresh order each round, so that no implementation always runs right after the same
+        # other one (a rotation keeps every predecessor fixed; a large free just before a call,
+        # for instance, costs the next allocation page faults).
+        order.shuffle(names)
+        for name in names:
             fn = fns[name]
             start = time.perf_counter()
             for _ in range(iters[name]):
@@ -359,7 +383,7 @@ def _worker(args):
                 for hidden in (int(h) for h in args.hidden.split(",")):
                     fwd, fb, sync = make(variant, rows, hidden, dtype, platform, args)
                     for mode, fns in (("fwd", fwd), ("fwd+bwd", fb)):
-                        samples = _timer(fns, sync, args.rounds, args.min_time)
+                        samples = _timer(fns, sync, args.rounds, args.min_time, args.case_seconds)
                         times = {k: statistics.median(v) for k, v in samples.items()}
                         # Neighbouring samples share the machine's load: compare them pairwise.
                         layer_ratio = _paired(samples, "kzoo", "keras")
@@ -550,6 +574,12 @@ def parse_args(argv=None):
     parser.add_argument("--dtypes", help="comma-separated dtypes (float32, bfloat16, float16)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per implementation")
     parser.add_argument("--min-time", type=float, default=None, help="seconds per timed sample")
+    parser.add_argument(
+        "--case-seconds",
+        type=float,
+        default=None,
+        help="cut the rounds so that each case takes about this long (at least 21 rounds)",
+    )
     parser.add_argument("--out", default=os.path.join(ROOT, "out", "bench_layernorm"))
     parser.add_argument("--no-ops", dest="ops", action="store_false", help="time the layers only")
     parser.add_argument(
@@ -559,7 +589,7 @@ def parse_args(argv=None):
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     grid = GRIDS["quick" if args.quick else args.grid]
-    for key in ("rows", "hidden", "dtypes", "rounds", "min_time"):
+    for key in ("rows", "hidden", "dtypes", "rounds", "min_time", "case_seconds"):
         if getattr(args, key) is None:
             setattr(args, key, grid[key])
     unknown = set(args.variants.split(",")) - set(VARIANTS)
@@ -573,6 +603,7 @@ def _worker_command(args, out):
     cmd += ["--rows", str(args.rows), "--hidden", str(args.hidden), "--dtypes", args.dtypes]
     cmd += ["--variants", args.variants, "--rounds", str(args.rounds)]
     cmd += ["--min-time", str(args.min_time)]
+    cmd += ["--case-seconds", str(args.case_seconds)] if args.case_seconds else []
     cmd += [] if args.ops else ["--no-ops"]
     cmd += ["--with-portable"] if args.portable else []
     return cmd

@@ -166,7 +166,10 @@ def test_dispatch_picks_kernels_only_where_they_apply(monkeypatch, op):
     assert pick("torch", "gpu") == "triton"
     assert pick("torch", "gpu", dtype="bfloat16") == "triton"
     assert pick("jax", "gpu", dtype="float16") == "pallas"
-    assert pick("tensorflow", "gpu") == "portable"
+    # TensorFlow's layer norm takes keras's gamma-folded arithmetic (same program as keras's).
+    folded = "tensorflow-folded" if op == "layer_norm" else "portable"
+    assert pick("tensorflow", "gpu") == folded
+    assert pick("tensorflow", "cpu", rms_scaling=True) == "portable"
     # torch on the CPU, trailing axes with matching params: F.layer_norm / F.rms_norm.
     assert pick("torch", "cpu", params_match=True) == "torch-native"
     assert pick("torch", "cpu", params_match=False) == "portable"
@@ -186,6 +189,7 @@ def test_dispatch_picks_kernels_only_where_they_apply(monkeypatch, op):
     assert pick("torch", "gpu") == "portable"
     assert pick("jax", "gpu") == "portable"
     assert pick("jax", "cpu") == "portable"
+    assert pick("tensorflow", "cpu") == folded
 
 
 @pytest.mark.backends("jax")
@@ -225,6 +229,8 @@ def test_kzoo_info_lists_the_norm_ops(capsys):
         }
         if not os.path.exists("/dev/nvidia0"):
             expected = {"jax": "xla-jit", "tensorflow": "portable", "torch": "torch-native"}
+            if op == "layer_norm":
+                expected["tensorflow"] = "tensorflow-folded"
             for line in lines:
                 name = next(b for b in expected if f" {b} " in line)
                 assert f"-> {expected[name]}:" in line, line

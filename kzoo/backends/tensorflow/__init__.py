@@ -67,6 +67,18 @@ register(
     ),
 )
 register(
+    "layer_norm",
+    Implementation(
+        name="tensorflow-folded",
+        target="kzoo.backends.tensorflow.layer_norm:layer_norm",
+        backends=BACKEND,
+        supports="kzoo.backends.tensorflow.layer_norm:supports",
+        priority=5,
+        optional=False,
+        description="tf.nn.moments with gamma folded into the scale (what keras's layer runs)",
+    ),
+)
+register(
     "export_artifact",
     Implementation(
         name="tensorflow",
