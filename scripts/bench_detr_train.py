@@ -10,6 +10,12 @@ two parameter groups. The two are timed in alternation in one process, after war
 compilation, TensorFlow's tracing); the script reports each side's median and the median of
 the per-round ratios kzoo / HF (< 1 means kzoo is faster).
 
+Dropout: kzoo's DETR follows the official model (``dropout=0.1`` on the attention weights, after
+each attention, inside and after each feed-forward block); transformers' ``DetrConfig`` defaults
+``attention_dropout`` and ``activation_dropout`` to 0, which skips two of those. The script sets
+both to 0.1, so that the two models run the same configuration (``--hf-default-dropout`` keeps
+transformers' defaults).
+
 Which backbone parameters train: transformers' own ResNet is frozen completely by its
 ``freeze_backbone`` check (it looks for ``stage.1`` in names that read ``stages.1``), while
 DETR's recipe trains layer2-layer4. ``--backbone recipe`` (default) unfreezes HF's
@@ -59,8 +65,13 @@ def child(args):
         keras.config.set_dtype_policy(args.dtype_policy)
     rng = np.random.default_rng(0)
     images = rng.normal(size=(args.batch, args.height, args.width, 3)).astype("float32")
+    dropout = (
+        {} if args.hf_default_dropout else {"attention_dropout": 0.1, "activation_dropout": 0.1}
+    )
     hf = DetrForObjectDetection(
-        DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, auxiliary_loss=True)
+        DetrConfig(
+            use_timm_backbone=False, use_pretrained_backbone=False, auxiliary_loss=True, **dropout
+        )
     ).train()
     num_classes = hf.config.num_labels
     boxes, labels = _targets(rng, args.batch, (3, 5, 2, 4), num_classes)
@@ -140,6 +151,7 @@ def child(args):
                 "hf_trainable": hf_trainable,
                 "torch_threads": torch.get_num_threads(),
                 "rounds": args.rounds,
+                "hf_dropout": "transformers defaults" if args.hf_default_dropout else "DETR (0.1)",
                 "size": [args.height, args.width],
             }
         ),
@@ -157,6 +169,11 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--backbone", choices=("recipe", "frozen"), default="recipe")
     parser.add_argument("--dtype-policy", default="", help="e.g. mixed_bfloat16 (kzoo side)")
+    parser.add_argument(
+        "--hf-default-dropout",
+        action="store_true",
+        help="keep transformers' attention_dropout=activation_dropout=0 (kzoo keeps DETR's 0.1)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0 or not 1 <= args.batch <= 4:
@@ -172,6 +189,8 @@ def main(argv=None):
             cmd += [f"--{key}", str(getattr(args, key))]
         if args.dtype_policy:
             cmd += ["--dtype-policy", args.dtype_policy]
+        if args.hf_default_dropout:
+            cmd += ["--hf-default-dropout"]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not lines:

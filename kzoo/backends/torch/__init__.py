@@ -96,6 +96,21 @@ for _op, _what in (
             description=f"{_what[1]} on trailing axes (what keras's own layer runs)",
         ),
     )
+for _op, _fn, _what in (
+    ("scaled_adamw_update", "update", "multi-tensor (_foreach) AdamW update, per scale group"),
+    ("clip_by_global_norm", "clip_by_global_norm", "multi-tensor norms (_foreach_norm)"),
+):
+    register(
+        _op,
+        Implementation(
+            name="torch-foreach",
+            target=f"kzoo.backends.torch.scaled_adamw:{_fn}",
+            backends=BACKEND,
+            priority=5,
+            optional=False,
+            description=_what,
+        ),
+    )
 register(
     "detr_conv_bn",
     Implementation(

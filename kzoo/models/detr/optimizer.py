@@ -13,15 +13,23 @@ gradients are divided by their largest magnitude before squaring, so such a step
 norm ``global_clipnorm`` like any other; NaN or infinite gradients still give NaN, for
 ``TerminateOnNaN`` to stop the run.
 
-It subclasses ``keras.optimizers.Adam``, so every backend runs the generic per-variable update
-(keras' fused torch implementation is only used for the exact built-in classes); the cost is a
-Python loop over variables on torch, negligible next to DETR's forward and backward pass.
+It subclasses ``keras.optimizers.Adam``, whose generic update runs ``update_step`` once per
+variable (keras's own multi-tensor torch update serves only its built-in classes). On torch that
+loop cost a fifth of DETR-R50's training step, so the update and the clipping go through the
+dispatch (ops ``scaled_adamw_update`` and ``clip_by_global_norm``): torch takes a multi-tensor
+version (``kzoo/backends/torch/scaled_adamw.py``), the other backends keras's path, which they
+compile into the training step anyway.
 """
 
 import re
 
 import keras
 from keras import ops
+
+from kzoo.backends import dispatch
+
+UPDATE_OP = "scaled_adamw_update"
+CLIP_OP = "clip_by_global_norm"
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
@@ -95,9 +103,12 @@ class ScaledAdamW(keras.optimizers.Adam):
             self.assign_sub(variable, variable * (lr * self.decoupled_weight_decay))
         super().update_step(gradient, variable, lr)
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        dispatch.select(UPDATE_OP).load()(self, grads, trainable_variables, learning_rate)
+
     def _clip_gradients(self, grads):
         if self.global_clipnorm and self.global_clipnorm > 0:
-            return clip_by_global_norm(grads, self.global_clipnorm)
+            return dispatch.select(CLIP_OP).load()(grads, self.global_clipnorm)
         return super()._clip_gradients(grads)
 
     def get_config(self):
@@ -128,3 +139,28 @@ def clip_by_global_norm(values, clip_norm):
     # NaN or infinite gradients give a NaN scale, as in keras, so the step is visibly broken.
     scale = scale + (norm - norm)
     return [None if v is None else v * ops.cast(scale, v.dtype) for v in values]
+
+
+def update_portable(optimizer, grads, variables, learning_rate):
+    """keras's update for ``optimizer`` (a ``ScaledAdamW``): ``update_step`` per variable."""
+    keras.optimizers.Adam._backend_update_step(optimizer, grads, variables, learning_rate)
+
+
+dispatch.register(
+    UPDATE_OP,
+    dispatch.Implementation(
+        name="portable",
+        target="kzoo.models.detr.optimizer:update_portable",
+        description="keras's update_step per variable (compiled into the step on JAX/TF)",
+    ),
+    fallback=True,
+)
+dispatch.register(
+    CLIP_OP,
+    dispatch.Implementation(
+        name="portable",
+        target="kzoo.models.detr.optimizer:clip_by_global_norm",
+        description="keras.ops: norms scaled by the largest magnitude, no float32 overflow",
+    ),
+    fallback=True,
+)
