@@ -574,8 +574,9 @@ def test_jax_unrolled_loop_is_selected_and_equals_the_scan(monkeypatch):
 @pytest.mark.parametrize("go_backwards", [False, True])
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("per_step_weight_grad", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_torch_hand_written_backward_equals_autograd(
-    monkeypatch, go_backwards, with_state, per_step_weight_grad
+    monkeypatch, go_backwards, with_state, per_step_weight_grad, activation
 ):
     import torch
 
@@ -595,7 +596,7 @@ def test_torch_hand_written_backward_equals_autograd(
     )
     x = torch.tensor(_inputs(2, "channels_last"), requires_grad=True)
     layer = ConvLSTM2D(
-        3, 3, padding="same", activation="relu", go_backwards=go_backwards, return_state=True
+        3, 3, padding="same", activation=activation, go_backwards=go_backwards, return_state=True
     )
     layer(x)
     state = None
