@@ -50,7 +50,13 @@ def _targets(rng, batch, counts, num_classes):
     return boxes, labels
 
 
-def child(args):
+def build_steps(args):
+    """``(step_hf, step_kzoo, hf, model)``: one training step of each on the same batch.
+
+    ``args`` needs ``batch``, ``height``, ``width``, ``backbone``, ``dtype_policy`` and
+    ``hf_default_dropout`` (as this script's options); ``scripts/profile_detr_train.py`` profiles
+    the same two steps.
+    """
     # transformers pulls in triton, whose LLVM clashes with TensorFlow's when loaded after it:
     # import it before keras (the noqa keeps the import sorter from moving it).
     from transformers import DetrConfig, DetrForObjectDetection  # noqa: I001
@@ -118,6 +124,14 @@ def child(args):
 
     def step_kzoo():
         return float(np.asarray(model.train_on_batch(images, y)))
+
+    return step_hf, step_kzoo, hf, model
+
+
+def child(args):
+    step_hf, step_kzoo, hf, model = build_steps(args)  # imports transformers before keras
+    import keras
+    import torch
 
     start = time.perf_counter()
     step_kzoo()

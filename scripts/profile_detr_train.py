@@ -1,10 +1,10 @@
 """Where a DETR-R50 training step spends its time on torch: kzoo's step against transformers'.
 
 Builds the two steps of ``scripts/bench_detr_train.py`` (same images, targets, dropout and
-optimizer recipe), warms both up, then profiles two steps of each with ``torch.profiler`` and
-prints the top ops by self CPU time; ``--python`` prints instead ``cProfile``'s top functions of
-kzoo's step by cumulative time (where keras's eager Python costs show). Usage:
-``python scripts/profile_detr_train.py [--rows 25] [--python]``.
+optimizer recipe, at batch 2 and 512x640), warms both up, then profiles two steps of each with
+``torch.profiler`` and prints the top ops by self CPU time; ``--python`` prints instead
+``cProfile``'s top functions of kzoo's step by cumulative time (where keras's eager Python
+costs show). Usage: ``python scripts/profile_detr_train.py [--rows 25] [--python]``.
 """
 
 import argparse
@@ -23,60 +23,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     os.environ["KERAS_BACKEND"] = "torch"
     sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts")]
-    # transformers before keras (see bench_detr_train.py).
-    from transformers import DetrConfig, DetrForObjectDetection  # noqa: I001
-
-    import numpy as np
-    import torch
-
     import bench_detr_train
-    from kzoo.models import DETR
 
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(2, 512, 640, 3)).astype("float32")
-    config = DetrConfig(
-        use_timm_backbone=False,
-        use_pretrained_backbone=False,
-        auxiliary_loss=True,
-        attention_dropout=0.1,
-        activation_dropout=0.1,
+    setup = argparse.Namespace(
+        batch=2, height=512, width=640, backbone="recipe", dtype_policy="", hf_default_dropout=False
     )
-    hf = DetrForObjectDetection(config).train()
-    boxes, labels = bench_detr_train._targets(rng, 2, (3, 5), config.num_labels)
-    backbone, other = [], []
-    for name, p in hf.named_parameters():
-        if ".backbone." in name:
-            trainable = any(f"stages.{s}." in name for s in (1, 2, 3))
-            p.requires_grad_(trainable)
-            if trainable:
-                backbone.append(p)
-        else:
-            other.append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": other}, {"params": backbone, "lr": 1e-5}], lr=1e-4, weight_decay=1e-4
-    )
-    pixels = torch.tensor(images).permute(0, 3, 1, 2).contiguous()
-    hf_labels = [
-        {"class_labels": torch.tensor(lab, dtype=torch.long), "boxes": torch.tensor(b)}
-        for b, lab in zip(boxes, labels)
-    ]
-
-    def step_hf():
-        optimizer.zero_grad(set_to_none=True)
-        hf(pixel_values=pixels, labels=hf_labels).loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf.parameters(), 0.1)
-        optimizer.step()
-
-    model = DETR(num_classes=config.num_labels)
-    model.compile()
-    width = max(len(b) for b in boxes)
-    y = {"boxes": np.zeros((2, width, 4), "float32"), "labels": np.full((2, width), -1, "int32")}
-    for i, (b, lab) in enumerate(zip(boxes, labels)):
-        y["boxes"][i, : len(b)] = b
-        y["labels"][i, : len(lab)] = lab
-
-    def step_kzoo():
-        model.train_on_batch(images, y)
+    step_hf, step_kzoo, _, _ = bench_detr_train.build_steps(setup)
+    import torch
 
     for step in (step_hf, step_kzoo, step_hf, step_kzoo):
         step()
