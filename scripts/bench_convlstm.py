@@ -219,11 +219,15 @@ def _grid_time_child(args):
 
 
 def _grid_memory_child(args):
-    """Peak resident memory added by training steps of ONE model, in this fresh process."""
+    """Peak memory added by training steps of ONE model, in this fresh process.
+
+    Resident memory on torch and JAX; TensorFlow's allocator statistics on TensorFlow.
+    """
     import ctypes
     import gc
     import threading
 
+    import keras
     from convlstm_grid import points
 
     (point,) = points([args.points])
@@ -240,6 +244,18 @@ def _grid_memory_child(args):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+    if keras.backend.backend() == "tensorflow":
+        # TensorFlow's CPU allocator keeps its buffers between steps, so the process's resident
+        # memory cannot see a step's working set; its own statistics can.
+        import tensorflow as tf
+
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        base = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        model.fit(x, y, batch_size=point["batch"], epochs=1, verbose=0)
+        peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+        added = max(peak - base, 0) / 2**20
+        print(json.dumps({"added_mb": added, "source": "tensorflow allocator"}), flush=True)
+        return
     base, peak, stop = _rss_bytes(), [0], threading.Event()
 
     def sample():
@@ -252,7 +268,8 @@ def _grid_memory_child(args):
     model.fit(x, y, batch_size=point["batch"], epochs=1, verbose=0)
     stop.set()
     sampler.join()
-    print(json.dumps({"added_mb": max(peak[0] - base, 0) / 2**20}), flush=True)
+    added = max(peak[0] - base, 0) / 2**20
+    print(json.dumps({"added_mb": added, "source": "resident memory"}), flush=True)
 
 
 def _child_env(backend, threads):
