@@ -18,7 +18,9 @@ Usage: ``python scripts/bench_convlstm.py [--backends jax,tensorflow,torch] [--r
 ``--grid`` times instead every point of ``scripts/convlstm_grid.py`` (published ConvLSTM
 configurations): a ``fit`` training step of the point's model built with each layer (same
 weights), alternating, until ``--point-seconds`` or ``--repeats`` pairs; and, each model in a
-fresh process of its own, the peak resident memory a few training steps add. ``--plot PNG``
+fresh process of its own, the peak memory a training epoch adds after a warm-up epoch (resident
+memory on torch and JAX, TensorFlow's allocator statistics on TensorFlow, whose allocator keeps
+its buffers). ``--memory-only`` measures memory alone; ``--kzoo-only`` times only kzoo's layer. ``--plot PNG``
 draws the speedups; ``--json PATH`` keeps every figure.
 """
 
