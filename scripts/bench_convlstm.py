@@ -20,8 +20,8 @@ configurations): a ``fit`` training step of the point's model built with each la
 weights), alternating, until ``--point-seconds`` or ``--repeats`` pairs; and, each model in a
 fresh process of its own, the peak memory a training epoch adds after a warm-up epoch (resident
 memory on torch and JAX, TensorFlow's allocator statistics on TensorFlow, whose allocator keeps
-its buffers). ``--memory-only`` measures memory alone; ``--kzoo-only`` times only kzoo's layer. ``--plot PNG``
-draws the speedups; ``--json PATH`` keeps every figure.
+its buffers). ``--memory-only`` measures memory alone; ``--kzoo-only`` times only kzoo's
+layer. ``--plot PNG`` draws the speedups; ``--json PATH`` keeps every figure.
 """
 
 import argparse
@@ -325,26 +325,16 @@ def run_grid(args):
                     (m,) = _run_json(mem, env, f"memory of {row['name']} ({layer}, {backend})")
                     row[f"{layer}_mb"] = m["added_mb"]
             rows.append(row)
-            if args.timing and row["speedup"] is None:
-                print(
-                    f"# {backend} {row['name']}: kzoo {row['kzoo_s'] * 1e3:.1f} ms",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            elif args.timing:
-                print(
-                    f"# {backend} {row['name']}: {row['speedup']:.2f}x "
-                    f"(kzoo {row['kzoo_s'] * 1e3:.1f} ms, keras {row['keras_s'] * 1e3:.1f} ms)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            if not args.timing:
+                figure = f"kzoo {row['kzoo_mb']:.0f} MB, keras {row['keras_mb']:.0f} MB"
+            elif row["speedup"] is None:
+                figure = f"kzoo {row['kzoo_s'] * 1e3:.1f} ms"
             else:
-                print(
-                    f"# {backend} {row['name']}: kzoo {row['kzoo_mb']:.0f} MB, "
-                    f"keras {row['keras_mb']:.0f} MB",
-                    file=sys.stderr,
-                    flush=True,
+                figure = (
+                    f"{row['speedup']:.2f}x (kzoo {row['kzoo_s'] * 1e3:.1f} ms, "
+                    f"keras {row['keras_s'] * 1e3:.1f} ms)"
                 )
+            print(f"# {backend} {row['name']}: {figure}", file=sys.stderr, flush=True)
         print(f"# {backend}: {time.time() - start:.0f} s", file=sys.stderr, flush=True)
     if args.timing:
         print_grid(rows, args)

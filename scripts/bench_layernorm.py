@@ -102,20 +102,18 @@ def _timer(fns, sync, rounds, min_time, case_seconds=None, min_rounds=21):
     caches for its buffers), and with unequal counts that cost would weigh more on the side with
     fewer calls (identical XLA programs measured 1.04-1.08 apart that way).
     """
-    slowest, total = 1e-7, 0.0
+    once = []
     for fn in fns.values():
         sync(fn())  # compile / warm up
-        once = []
+        warm = []
         for _ in range(3):
             start = time.perf_counter()
             sync(fn())
-            once.append(time.perf_counter() - start)
-        slowest = max(slowest, statistics.median(once))
-        total += statistics.median(once)
-    calls = max(1, min(1000, math.ceil(min_time / slowest)))
+            warm.append(time.perf_counter() - start)
+        once.append(statistics.median(warm))
+    calls = max(1, min(1000, math.ceil(min_time / max(max(once), 1e-7))))
     if case_seconds:
-        rounds = min(rounds, max(min_rounds, int(case_seconds / (calls * total))))
-    iters = {name: calls for name in fns}
+        rounds = min(rounds, max(min_rounds, int(case_seconds / (calls * sum(once)))))
     samples = {name: [] for name in fns}
     names = list(fns)
     order = random.Random(0)
@@ -127,10 +125,10 @@ def _timer(fns, sync, rounds, min_time, case_seconds=None, min_rounds=21):
         for name in names:
             fn = fns[name]
             start = time.perf_counter()
-            for _ in range(iters[name]):
+            for _ in range(calls):
                 out = fn()
             sync(out)
-            samples[name].append((time.perf_counter() - start) / iters[name])
+            samples[name].append((time.perf_counter() - start) / calls)
     return samples
 
 

@@ -35,9 +35,10 @@ def update(optimizer, grads, variables, learning_rate):
         vs.append(optimizer._velocities[index].value)
     lr_base = learning_rate.value if hasattr(learning_rate, "value") else learning_rate
     beta_1, beta_2 = optimizer.beta_1, optimizer.beta_2
+    next_step = optimizer.iterations.value + 1
     for (scale, dtype), (params, gs, ms, vs) in groups.items():
         lr = torch.as_tensor(lr_base).to(dtype) * scale
-        step = torch.as_tensor(optimizer.iterations.value + 1).to(dtype)
+        step = torch.as_tensor(next_step).to(dtype)
         beta_1_power = torch.pow(torch.tensor(beta_1, dtype=dtype), step)
         beta_2_power = torch.pow(torch.tensor(beta_2, dtype=dtype), step)
         alpha = lr * torch.sqrt(1 - beta_2_power) / (1 - beta_1_power)
