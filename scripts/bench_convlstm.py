@@ -403,6 +403,23 @@ def print_memory(rows):
         )
 
 
+def merge_grid_json(paths):
+    """Timed grid rows of several ``--json`` files, the last file winning per backend and point.
+
+    Points come out in the grid's order (``convlstm_grid.points``), backends in first-seen order.
+    """
+    from convlstm_grid import points
+
+    merged = {}
+    for path in paths:
+        with open(path) as f:
+            for row in json.load(f):
+                if row.get("speedup") is not None:
+                    merged[(row["backend"], row["name"])] = row
+    order = {p["name"]: i for i, p in enumerate(points())}
+    return sorted(merged.values(), key=lambda r: order[r["name"]])
+
+
 def plot_grid(rows, path):
     import matplotlib
 
@@ -469,6 +486,11 @@ def main():
     )
     parser.add_argument("--json", help="write every grid figure to this JSON file")
     parser.add_argument("--plot", help="write a PNG of the grid speedups")
+    parser.add_argument(
+        "--from-json",
+        help="with --plot: plot grid figures from these --json files (comma-separated; a later "
+        "file's point replaces an earlier one's for the same backend) instead of timing",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--grid-child", choices=("time", "memory"), help=argparse.SUPPRESS)
     parser.add_argument("--backend-name", help=argparse.SUPPRESS)
@@ -476,6 +498,11 @@ def main():
     args = parser.parse_args()
     if not args.timing and not (args.grid and args.memory):
         parser.error("--memory-only needs --grid and cannot be combined with --no-memory")
+    if args.from_json:
+        if not args.plot:
+            parser.error("--from-json needs --plot")
+        plot_grid(merge_grid_json(args.from_json.split(",")), args.plot)
+        return 0
     if args.grid_child == "time":
         _grid_time_child(args)
         return 0

@@ -1,0 +1,36 @@
+"""scripts/bench_convlstm.py --from-json: grid figures of several runs merged and plotted."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_convlstm  # noqa: E402
+
+
+def _row(backend, name, speedup):
+    return {"backend": backend, "name": name, "speedup": speedup}
+
+
+def test_a_later_run_replaces_a_point_and_points_keep_the_grid_order(tmp_path):
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(
+        json.dumps([_row("torch", "mnist-like", 0.9), _row("torch", "tiny-1layer", 2)])
+    )
+    second.write_text(json.dumps([_row("torch", "mnist-like", 1.1), _row("jax", "k1-64f", None)]))
+    rows = bench_convlstm.merge_grid_json([str(first), str(second)])
+    assert [(r["name"], r["speedup"]) for r in rows] == [("tiny-1layer", 2), ("mnist-like", 1.1)]
+
+
+def test_the_command_writes_the_png(tmp_path):
+    runs = tmp_path / "run.json"
+    runs.write_text(json.dumps([_row("torch", "mnist-like", 1.1), _row("jax", "mnist-like", 15)]))
+    out = tmp_path / "grid.png"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_convlstm.py")]
+    cmd += ["--from-json", str(runs), "--plot", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
