@@ -516,19 +516,7 @@ def main():
         return 0
     rows = []
     for backend in args.backends.split(","):
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        threads = str(args.threads)
-        env.update(
-            OMP_NUM_THREADS=threads,
-            TF_NUM_INTRAOP_THREADS=threads,
-            TF_NUM_INTEROP_THREADS=threads,
-        )
-        if args.threads == 1:
-            env["XLA_FLAGS"] = (
-                env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-                " intra_op_parallelism_threads=1"
-            ).strip()
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        env = _child_env(backend, args.threads)
         cmd = [sys.executable, os.path.abspath(__file__), "--child"]
         for key, value in vars(args).items():
             if key not in ("backends", "child"):

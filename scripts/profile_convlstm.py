@@ -20,16 +20,6 @@ import sys
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def _one_thread(backend):
-    os.environ["KERAS_BACKEND"] = backend
-    os.environ.update(OMP_NUM_THREADS="1", TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
-    if backend == "jax":
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "")
-            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        )
-
-
 def _profile_torch(backend, model, x, y, steps, title, top, by_name):
     import torch
 
@@ -59,8 +49,11 @@ def main(argv=None):
     parser.add_argument("--by-name", action="store_true", help="single ops, not op types")
     parser.add_argument("--layers", default="kzoo,keras", help="kzoo and/or keras")
     args = parser.parse_args(argv)
-    _one_thread(args.backend)
     sys.path[:0] = [os.path.dirname(ROOT), ROOT]
+    from bench_convlstm import _child_env
+
+    # One CPU thread, as the benchmark's processes run (set before keras picks the backend).
+    os.environ.update(_child_env(args.backend, 1))
     import keras
     import numpy as np
     from convlstm_grid import build_model, points

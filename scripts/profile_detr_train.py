@@ -75,8 +75,8 @@ def _heavy(op):
     """Whether an op is a convolution or a matrix product: torch's ``aten::`` ops, XLA's
     instructions (YNNPACK fusions hold XLA's convolutions and dots) or TensorFlow's op types."""
     op = op.lower()
-    products = ("aten::mm", "aten::addmm", "aten::bmm", "dot", "ynn_fusion", "matmul")
-    return "conv" in op or op.startswith(products) or "matmul" in op
+    products = ("aten::mm", "aten::addmm", "aten::bmm", "dot", "ynn_fusion")
+    return "conv" in op or "matmul" in op or op.startswith(products)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,9 @@ def test_self_time_takes_out_nested_events_once():
     assert sum(got.values()) == 130  # every instant counted once
 
 
+@pytest.mark.backends("tensorflow", "jax")  # torch traces with torch.profiler, not XSpace
 def test_a_real_trace_names_the_ops_that_ran():
     backend = keras.backend.backend()
-    if backend == "torch":
-        pytest.skip("torch traces with torch.profiler, not XSpace")
     a = np.random.default_rng(0).random((256, 256)).astype("float32")
     if backend == "jax":
         import jax
