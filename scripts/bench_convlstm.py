@@ -34,6 +34,18 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+CHILD_OPTIONS = (
+    "models",
+    "batch",
+    "batches",
+    "frames",
+    "size",
+    "filters",
+    "kernel_sizes",
+    "repeats",
+)
+
+
 def _bench_backend(args):
     import keras
     import numpy as np
@@ -518,9 +530,9 @@ def main():
     for backend in args.backends.split(","):
         env = _child_env(backend, args.threads)
         cmd = [sys.executable, os.path.abspath(__file__), "--child"]
-        for key, value in vars(args).items():
-            if key not in ("backends", "child"):
-                cmd += [f"--{key.replace('_', '-')}", str(value)]
+        # What the child's benchmark reads (flags and grid options are not passed on).
+        for key in CHILD_OPTIONS:
+            cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
         start = time.time()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -1,4 +1,5 @@
-"""scripts/bench_convlstm.py --from-json: grid figures of several runs merged and plotted."""
+"""scripts/bench_convlstm.py: its default mode at a toy size, and --from-json (grid figures
+of several runs merged and plotted)."""
 
 import json
 import pathlib
@@ -9,6 +10,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_convlstm  # noqa: E402
+import keras  # noqa: E402
+
+
+def test_the_default_mode_runs_both_layers_in_a_child_process():
+    backend = keras.backend.backend()
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_convlstm.py"), "--backends", backend]
+    cmd += ["--batches", "1", "--repeats", "1", "--no-memory", "--models", "next", "--batch", "2"]
+    cmd += ["--frames", "2", "--size", "12", "--filters", "4", "--kernel-sizes", "3"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith(f"| {backend} |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "next" and float(cells[-1]) < 1e-4  # same numbers from both layers
 
 
 def _row(backend, name, speedup):
