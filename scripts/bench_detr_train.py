@@ -8,7 +8,8 @@ transformers runs ``DetrForObjectDetection`` (its own ResNet-50, random weights,
 on) computing its own loss, ``torch.nn.utils.clip_grad_norm_`` and ``torch.optim.AdamW`` with
 two parameter groups. The two are timed in alternation in one process, after warm-up (JAX's
 compilation, TensorFlow's tracing); the script reports each side's median and the median of
-the per-round ratios kzoo / HF (< 1 means kzoo is faster).
+the per-round ratios kzoo / HF (< 1 means kzoo is faster). ``--pause S`` idles ``S`` seconds
+before every timed step, so that threads one framework leaves spinning cannot slow the other.
 
 Dropout: kzoo's DETR follows the official model (``dropout=0.1`` on the attention weights, after
 each attention, inside and after each feed-forward block); transformers' ``DetrConfig`` defaults
@@ -141,9 +142,11 @@ def child(args):
         step_kzoo()
     hf_times, kzoo_times = [], []
     for _ in range(args.rounds):
+        time.sleep(args.pause)
         start = time.perf_counter()
         step_hf()
         hf_times.append(time.perf_counter() - start)
+        time.sleep(args.pause)
         start = time.perf_counter()
         step_kzoo()
         kzoo_times.append(time.perf_counter() - start)
@@ -188,10 +191,16 @@ def main(argv=None):
         action="store_true",
         help="keep transformers' attention_dropout=activation_dropout=0 (kzoo keeps DETR's 0.1)",
     )
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        help="seconds idle before each timed step (lets the other side's threads go to sleep)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.warmup < 0 or not 1 <= args.batch <= 4:
-        parser.error("--rounds must be >= 1, --warmup >= 0 and --batch in 1..4")
+    if args.rounds < 1 or args.warmup < 0 or not 1 <= args.batch <= 4 or args.pause < 0:
+        parser.error("--rounds must be >= 1, --warmup >= 0, --batch in 1..4 and --pause >= 0")
     if args.child:
         child(args)
         return 0
@@ -199,7 +208,7 @@ def main(argv=None):
     for backend in args.backends:
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
         cmd = [sys.executable, os.path.abspath(__file__), "--child"]
-        for key in ("rounds", "warmup", "batch", "height", "width", "backbone"):
+        for key in ("rounds", "warmup", "batch", "height", "width", "backbone", "pause"):
             cmd += [f"--{key}", str(getattr(args, key))]
         if args.dtype_policy:
             cmd += ["--dtype-policy", args.dtype_policy]

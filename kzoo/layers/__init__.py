@@ -2,6 +2,7 @@
 
 from kzoo.layers.context_parallel_attention import ContextParallelAttention  # noqa: E402,F401
 from kzoo.layers.conv_lstm import ConvLSTM, ConvLSTM1D, ConvLSTM2D, ConvLSTM3D  # noqa: E402,F401
+from kzoo.layers.dropout import Dropout  # noqa: E402,F401
 from kzoo.layers.layer_normalization import LayerNormalization  # noqa: E402,F401
 from kzoo.layers.rms_normalization import RMSNormalization  # noqa: E402,F401
 
@@ -12,6 +13,7 @@ __all__ = [
     "ConvLSTM2D",
     "ConvLSTM3D",
     "DETRHead",
+    "Dropout",
     "LayerNormalization",
     "RMSNormalization",
 ]

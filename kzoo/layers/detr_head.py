@@ -16,6 +16,7 @@ from keras import ops
 from kzoo.models.detr.initializers import glorot_uniform, standard_normal
 from kzoo.models.detr.position_embedding import SinePositionEmbedding
 from kzoo.models.detr.transformer import DETRTransformer
+from kzoo.ops.pointwise import pointwise_conv
 
 
 def _int_at_least(name, value, minimum=1):
@@ -183,7 +184,11 @@ class DETRHead(keras.layers.Layer):
                     f"feature_mask must be shaped (batch, height, width) like the features "
                     f"{shape[:3]}; got {mask_shape}."
                 )
-        features = self.input_proj(features)
+        # input_proj's own call would run a 1x1 convolution; the flattened product is the same
+        # map with a cheaper gradient (kzoo.ops.pointwise).
+        kernel = ops.cast(self.input_proj.kernel, features.dtype)[0, 0]
+        bias = ops.cast(self.input_proj.bias, features.dtype)
+        features = pointwise_conv(features, kernel) + bias
         shape = ops.shape(features)
         batch, height, width = shape[0], shape[1], shape[2]
         if feature_mask is None:

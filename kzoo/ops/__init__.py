@@ -8,4 +8,5 @@ from kzoo.ops.layer_norm import (  # noqa: E402,F401
     layer_norm,
     rms_norm,
 )
+from kzoo.ops.pointwise import pointwise_conv  # noqa: E402,F401
 from kzoo.ops.ring_attention import exact_attention, ring_attention  # noqa: E402,F401

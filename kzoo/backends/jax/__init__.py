@@ -86,6 +86,15 @@ for _op, _what in (
         ),
     )
 register(
+    "dropout",
+    Implementation(
+        name="threefry-16bit-fields",
+        target="kzoo.backends.jax.dropout:dropout_fields",
+        backends=BACKEND,
+        description="mask from 16-bit fields of threefry hashes: four elements per hash",
+    ),
+)
+register(
     "detr_conv_bn",
     Implementation(
         name="xla-scale-after",

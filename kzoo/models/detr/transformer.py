@@ -14,6 +14,7 @@ original checkpoint's stacked ``in_proj_weight`` thirds maps to one kernel (tran
 import keras
 from keras import ops
 
+from kzoo.layers.dropout import Dropout
 from kzoo.layers.layer_normalization import LayerNormalization
 from kzoo.models.detr.initializers import glorot_uniform
 
@@ -74,7 +75,7 @@ class DETRAttention(keras.layers.Layer):
         self.k_proj = _dense(d_model, "k_proj")
         self.v_proj = _dense(d_model, "v_proj")
         self.out_proj = _dense(d_model, "out_proj")
-        self.attention_dropout = keras.layers.Dropout(self.dropout)
+        self.attention_dropout = Dropout(self.dropout)
 
     def build(self, query_shape=None, key_shape=None, value_shape=None, key_mask_shape=None):
         for layer in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
@@ -129,7 +130,7 @@ class _FeedForward:
     def make(layer, d_model, ffn_dim, dropout):
         layer.linear1 = _dense(ffn_dim, "linear1")
         layer.linear2 = _dense(d_model, "linear2")
-        layer.ffn_dropout = keras.layers.Dropout(dropout)
+        layer.ffn_dropout = Dropout(dropout)
 
     @staticmethod
     def apply(layer, x, training):
@@ -176,8 +177,8 @@ class TransformerEncoderLayer(keras.layers.Layer):
         _FeedForward.make(self, d_model, ffn_dim, self.dropout)
         self.norm1 = _norm("norm1")
         self.norm2 = _norm("norm2")
-        self.dropout1 = keras.layers.Dropout(self.dropout)
-        self.dropout2 = keras.layers.Dropout(self.dropout)
+        self.dropout1 = Dropout(self.dropout)
+        self.dropout2 = Dropout(self.dropout)
 
     def build(self, x_shape=None, pos_shape=None, key_mask_shape=None):
         self.self_attn.build()
@@ -246,9 +247,9 @@ class TransformerDecoderLayer(keras.layers.Layer):
         self.norm1 = _norm("norm1")
         self.norm2 = _norm("norm2")
         self.norm3 = _norm("norm3")
-        self.dropout1 = keras.layers.Dropout(self.dropout)
-        self.dropout2 = keras.layers.Dropout(self.dropout)
-        self.dropout3 = keras.layers.Dropout(self.dropout)
+        self.dropout1 = Dropout(self.dropout)
+        self.dropout2 = Dropout(self.dropout)
+        self.dropout3 = Dropout(self.dropout)
 
     def build(
         self,

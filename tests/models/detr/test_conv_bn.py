@@ -47,3 +47,52 @@ def test_equals_conv_then_batch_norm(kernel_size, stride, pad, fold):
 def test_the_dispatch_picks_the_backends_choice():
     expected = {"jax": "xla-scale-after", "torch": "torch-fused", "tensorflow": "portable"}
     assert dispatch.select("detr_conv_bn").name == expected[keras.backend.backend()]
+
+
+def _conv_grads_float64(x, kernel, g, stride):
+    """The gradients of ``sum(conv(x, kernel) * g)`` ('valid', channels last) in float64."""
+    x, kernel, g = (np.asarray(a, np.float64) for a in (x, kernel, g))
+    rows, cols = kernel.shape[:2]
+    out_h, out_w = g.shape[1:3]
+    dx, dk = np.zeros_like(x), np.zeros_like(kernel)
+    for i in range(rows):
+        for j in range(cols):
+            window = (slice(None), slice(i, i + stride * (out_h - 1) + 1, stride))
+            window += (slice(j, j + stride * (out_w - 1) + 1, stride),)
+            dk[i, j] = np.einsum("bhwc,bhwf->cf", x[window], g)
+            dx[window] += np.einsum("bhwf,cf->bhwc", g, kernel[i, j])
+    return dx, dk
+
+
+@pytest.mark.backends("jax")
+@pytest.mark.parametrize("size", [(10, 12), (9, 11)], ids=["even", "odd"])
+def test_jax_strided_conv_gradients_match_float64(size):
+    """JAX's strided 3x3 convolution (im2col kernel gradient) against float64 sums."""
+    import jax
+
+    from kzoo.backends.jax.detr_backbone import strided_conv
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, *size, 5)).astype("float32")
+    kernel = rng.normal(size=(3, 3, 5, 7)).astype("float32")
+    y, vjp = jax.vjp(lambda a, k: strided_conv(a, k, 2), x, kernel)
+    expected_y = keras.ops.convert_to_numpy(keras.ops.conv(x, kernel, strides=2))
+    np.testing.assert_allclose(np.asarray(y), expected_y, atol=1e-5, rtol=1e-5)
+    g = rng.normal(size=y.shape).astype("float32")
+    dx, dk = (np.asarray(a, np.float64) for a in vjp(g))
+    expected_dx, expected_dk = _conv_grads_float64(x, kernel, g, 2)
+    np.testing.assert_allclose(dx, expected_dx, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(dk, expected_dk, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.backends("jax")
+def test_jax_backbone_uses_the_strided_conv_only_for_strided_3x3():
+    """The ResNet's strided 3x3 convolutions take the im2col gradient, the others do not."""
+    import jax
+
+    conv, bn = _layers(3, 2, seed=5)
+    x = np.random.default_rng(1).normal(size=(1, 8, 8, 4)).astype("float32")
+    run = dispatch.select("detr_conv_bn").load()
+    for stride, expected in ((2, True), (1, False)):
+        jaxpr = str(jax.make_jaxpr(lambda a, s=stride: run(conv, bn, a, s, 1, "channels_last"))(x))
+        assert ("custom_vjp_call" in jaxpr) is expected, stride
