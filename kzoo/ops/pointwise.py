@@ -19,5 +19,9 @@ def pointwise_conv(x, kernel):
         ``(..., F)``.
     """
     shape = ops.shape(x)
+    if not all(isinstance(n, int) for n in shape):
+        # Sizes unknown until run (export with a dynamic batch or image size): the plain product,
+        # since converters such as jax2onnx cannot map a flattened symbolic size back to axes.
+        return ops.matmul(x, kernel)
     y = ops.matmul(ops.reshape(x, (-1, shape[-1])), kernel)
     return ops.reshape(y, (*shape[:-1], kernel.shape[-1]))

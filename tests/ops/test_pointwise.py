@@ -57,3 +57,25 @@ def test_same_as_keras_conv2d():
     expected = keras.ops.convert_to_numpy(conv(x))
     got = keras.ops.convert_to_numpy(pointwise_conv(x, conv.kernel[0, 0]))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.backends("jax")
+def test_symbolic_sizes_take_the_plain_product():
+    """With sizes unknown until run (shape-polymorphic export) no reshape is emitted: jax2onnx
+    cannot map a flattened symbolic size back to the input's axes."""
+    import jax
+    from jax import export
+
+    batch, height = export.symbolic_shape("b, h")
+    args = (
+        jax.ShapeDtypeStruct((batch, height, 3), np.float32),
+        jax.ShapeDtypeStruct((3, 4), np.float32),
+    )
+    exported = export.export(jax.jit(pointwise_conv))(*args)
+    assert "reshape" not in exported.mlir_module()
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 5, 3)).astype("float32")
+    kernel = rng.normal(size=(3, 4)).astype("float32")
+    np.testing.assert_allclose(
+        np.asarray(exported.call(x, kernel)), x.astype(np.float64) @ kernel, rtol=1e-5, atol=1e-5
+    )
