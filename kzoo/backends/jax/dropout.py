@@ -35,9 +35,8 @@ def dropout_fields(inputs, rate, noise_shape, seed_generator):
     counter = jnp.arange(hashes, dtype=jnp.uint32)
     # Counter pairs (i, i + hashes) are distinct for every hash, hence independent words.
     first, second = threefry2x32_p.bind(key[0], key[1], counter, counter + jnp.uint32(hashes))
-    mask = 2**FIELD_BITS - 1
-    fields = [first & mask, first >> FIELD_BITS, second & mask, second >> FIELD_BITS]
-    fields = jnp.concatenate(fields)[:size].reshape(shape)
-    keep = fields >= cut
+    low = 2**FIELD_BITS - 1
+    fields = [first & low, first >> FIELD_BITS, second & low, second >> FIELD_BITS]
+    keep = jnp.concatenate(fields)[:size].reshape(shape) >= cut
     kept = inputs / ((2**FIELD_BITS - cut) / 2**FIELD_BITS)
-    return jnp.where(jnp.broadcast_to(keep, inputs.shape), kept, jnp.zeros_like(inputs))
+    return jnp.where(keep, kept, jnp.zeros((), inputs.dtype))
