@@ -183,3 +183,42 @@ def test_context_parallel_matches_single_device_outputs_and_all_gradients():
         assert np.max(np.abs(np.asarray(a) - np.asarray(b_))) <= 1e-4, var.path
         if not var.path.endswith("key/bias"):  # softmax ignores a key bias: its gradient is 0
             assert np.max(np.abs(np.asarray(b_))) > 1e-3, var.path
+
+
+@pytest.mark.backends("jax")
+def test_eager_calls_under_context_parallel_reuse_one_compiled_program(monkeypatch):
+    # Issue #24, item 4: a notebook calls the layer eagerly; the second call of one shape must
+    # not trace (and run op by op) the sharded attention again. Inside a jitted function
+    # (keras's fit/predict steps) the attention is traced into that function, not cached.
+    import jax
+
+    from kzoo.backends.jax import ring_attention as jr
+    from kzoo.distribution import ContextParallel
+
+    traces, sharded = [], jr._sharded
+
+    def counting(fn, *args):
+        def body(*a):
+            traces.append(fn)
+            return fn(*a)
+
+        return sharded(body, *args)
+
+    monkeypatch.setattr(jr, "_sharded", counting)
+    x = _x(2, 24, 12, seed=4)
+    layer = ContextParallelAttention(num_heads=4, key_dim=4, num_key_value_heads=2, causal=True)
+    ref = np.asarray(layer(x, x))
+    cp = ContextParallel(keras.distribution.DeviceMesh((2, 4), ["batch", "context"]))
+    xl = cp.to_layout_order(x)
+    with cp.scope():
+        first, second = (np.asarray(layer(xl, xl)) for _ in range(2))
+    assert len(traces) == 1
+    for out in (first, second):
+        np.testing.assert_allclose(cp.from_layout_order(out), ref, atol=1e-5)
+    before = jr.eager_cache_info()
+    weights = [np.asarray(w) for w in layer.trainable_weights]
+    with cp.scope():
+        jitted = jax.jit(lambda w, x: layer.stateless_call(w, [], x, x)[0])(weights, xl)
+    assert len(traces) == 2
+    assert jr.eager_cache_info() == before
+    np.testing.assert_allclose(cp.from_layout_order(np.asarray(jitted)), ref, atol=1e-5)

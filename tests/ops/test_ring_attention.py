@@ -533,3 +533,52 @@ def test_context_parallel_refusals_come_before_any_device_work():
             ra.ring_attention(q, k, v, causal=True, segment_ids=segments)
         with pytest.raises(ValueError, match="divide by 2 \\* CP = 8"):
             ra.ring_attention(q[:, :28], k[:, :28], v[:, :28], causal=True)
+
+
+def _count_traces(monkeypatch):
+    """A list that grows by one each time a sharded attention program is traced."""
+    from kzoo.backends.jax import ring_attention as jr
+
+    traces, sharded = [], jr._sharded
+
+    def counting(fn, *args):
+        def body(*a):
+            traces.append(fn)
+            return fn(*a)
+
+        return sharded(body, *args)
+
+    monkeypatch.setattr(jr, "_sharded", counting)
+    return traces
+
+
+@pytest.mark.backends("jax")
+def test_eager_calls_compile_once_per_configuration_and_never_reuse_a_stale_program(
+    monkeypatch,
+):
+    # Issue #24, item 4: outside jit, every call used to trace and run the shard_map afresh.
+    # Now the program is traced once per configuration; a new shape, mesh or option traces a
+    # new one (and gives the right numbers), and the cache keeps at most EAGER_CACHE_SIZE.
+    from kzoo.backends.jax import ring_attention as jr
+
+    traces = _count_traces(monkeypatch)
+    monkeypatch.setattr(jr, "EAGER_CACHE_SIZE", 3, raising=False)
+
+    def call(cp, s, causal=True):
+        q, k, v, mask = _inputs(b=2, s=s, seed=s)
+        perm = cp.layout_permutation(s)
+        with cp.scope():
+            out = ra.ring_attention(*(a[:, perm] for a in (q, k, v, mask)), causal=causal)
+        got = np.asarray(out)[:, np.argsort(perm)]
+        np.testing.assert_allclose(got, _numpy_attention(q, k, v, mask, causal), atol=2e-5)
+        return len(traces)
+
+    one_by_four, two_by_four = _cp((1, 4)), _cp((2, 4))
+    assert call(one_by_four, 16) == 1
+    assert call(one_by_four, 16) == 1  # the same shape: the compiled program runs again
+    assert call(one_by_four, 32) == 2  # a new shape
+    assert call(two_by_four, 16) == 3  # a new mesh
+    assert call(one_by_four, 16, causal=False) == 4  # a new option; the oldest entry goes
+    assert jr.eager_cache_info()["size"] == 3
+    assert call(one_by_four, 16) == 5
+    assert call(two_by_four, 16) == 5
