@@ -19,6 +19,7 @@ import keras
 from keras import activations, constraints, initializers, ops, regularizers
 
 from kzoo.backends import dispatch
+from kzoo.utils.errors import ArgumentIndexError, ArgumentTypeError
 
 OP = "conv_lstm_forward"
 
@@ -34,23 +35,28 @@ dispatch.register(
 
 
 def _positive_tuple(value, rank, name):
-    """``value`` as a tuple of ``rank`` positive ints, or a ValueError naming ``name``."""
+    """``value`` as a tuple of ``rank`` positive ints.
+
+    Not an int or a sequence of ints: ``ArgumentTypeError`` (a ``ValueError`` and a
+    ``TypeError``: keras raises either, depending on the mistake); the wrong length or a value
+    below 1: ``ValueError``.
+    """
+    message = (
+        f"`{name}` must be a positive integer or a tuple of {rank} positive integers; "
+        f"got {value!r}."
+    )
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value,) * rank
+    if isinstance(value, (str, bytes)):
+        raise ArgumentTypeError(message)
     try:
         value = tuple(value)
     except TypeError:
-        raise ValueError(
-            f"`{name}` must be a positive integer or a tuple of {rank} positive integers; "
-            f"got {value!r}."
-        ) from None
-    if len(value) != rank or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive integer or a tuple of {rank} positive integers; "
-            f"got {value!r}."
-        )
+        raise ArgumentTypeError(message) from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ArgumentTypeError(message)
+    if len(value) != rank or min(value, default=0) <= 0:
+        raise ValueError(message)
     return value
 
 
@@ -203,7 +209,9 @@ class ConvLSTM(keras.layers.Layer):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         if rank not in (1, 2, 3):
             raise ValueError(f"`rank` must be 1, 2 or 3; got {rank!r}.")
-        if not isinstance(filters, int) or isinstance(filters, bool) or filters <= 0:
+        if not isinstance(filters, int) or isinstance(filters, bool):
+            raise ArgumentTypeError(f"`filters` must be a positive integer; got {filters!r}.")
+        if filters <= 0:
             raise ValueError(f"`filters` must be a positive integer; got {filters!r}.")
         self.rank = rank
         self.filters = filters
@@ -215,18 +223,27 @@ class ConvLSTM(keras.layers.Layer):
                 "`strides` > 1 cannot be combined with `dilation_rate` > 1; got "
                 f"strides={self.strides}, dilation_rate={self.dilation_rate}."
             )
-        if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
+        if not isinstance(padding, str):
+            raise ArgumentTypeError(f"`padding` must be 'valid' or 'same'; got {padding!r}.")
+        if padding.lower() not in ("valid", "same"):
             raise ValueError(f"`padding` must be 'valid' or 'same'; got {padding!r}.")
         self.padding = padding.lower()
         if data_format is None:
             data_format = keras.config.image_data_format()
-        if data_format not in ("channels_last", "channels_first"):
+        # Case-insensitive, as keras's layers read it.
+        if not isinstance(data_format, str):
+            raise ArgumentTypeError(
+                f"`data_format` must be 'channels_last' or 'channels_first'; got {data_format!r}."
+            )
+        if data_format.lower() not in ("channels_last", "channels_first"):
             raise ValueError(
                 f"`data_format` must be 'channels_last' or 'channels_first'; got {data_format!r}."
             )
-        self.data_format = data_format
+        self.data_format = data_format.lower()
         for name, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
-            if not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+            if not isinstance(rate, (int, float)):
+                raise ArgumentTypeError(f"`{name}` must be a number in [0, 1]; got {rate!r}.")
+            if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"`{name}` must be a number in [0, 1]; got {rate!r}.")
         self.activation = activations.get(activation)
         self.recurrent_activation = activations.get(recurrent_activation)
@@ -393,16 +410,33 @@ class ConvLSTM(keras.layers.Layer):
                 f"`inputs` of {type(self).__name__} must be floating point; got dtype {dtype}. "
                 "Cast it first (e.g. images scaled to [0, 1] as float32)."
             )
+        if self.stateful and self.states is not None:
+            carried = tuple(self.states[0].shape)
+            needed = self._state_shape(inputs.shape[0], self._spatial(tuple(inputs.shape)))
+            if any(a is not None and a != b for a, b in zip(needed, carried)):
+                raise ValueError(
+                    f"This stateful {type(self).__name__} carries states of shape {carried} "
+                    f"(batch size {carried[0]}); `inputs` of shape {tuple(inputs.shape)} need "
+                    f"states of shape {needed}. A stateful layer needs the same batch size and "
+                    "spatial shape on every call."
+                )
         if initial_state is None:
             if self.stateful:
                 # Copies: on torch, assigning the new state in place would otherwise corrupt
                 # tensors autograd saved from this very call.
                 initial_state = [ops.copy(v.value) for v in self.states]
         else:
-            if not isinstance(initial_state, (list, tuple)) or len(initial_state) != 2:
-                raise ValueError(
-                    "`initial_state` must be a list [h, c] of two tensors; got "
+            # keras's layer takes a lone tensor as a list of one state and fails on the missing
+            # second with an IndexError; this error is one too.
+            if not isinstance(initial_state, (list, tuple)):
+                raise ArgumentIndexError(
+                    "`initial_state` must be a list [h, c] of two tensors; got one "
                     f"{type(initial_state).__name__}."
+                )
+            if len(initial_state) != 2:
+                raise ArgumentIndexError(
+                    "`initial_state` must be a list [h, c] of two tensors; got a "
+                    f"{type(initial_state).__name__} of {len(initial_state)}."
                 )
             initial_state = [ops.cast(s, self.compute_dtype) for s in initial_state]
         # keras draws the dropout masks on every call, training or not, and uses them only in
@@ -429,7 +463,8 @@ class ConvLSTM(keras.layers.Layer):
             if len(mask.shape) != 2 or any(
                 a is not None and b is not None and a != b for a, b in zip(mask.shape, expected)
             ):
-                raise ValueError(
+                # An IndexError too: keras's layer fails with one on a mask of another rank.
+                raise ArgumentIndexError(
                     f"`mask` must have shape (batch, time) = {expected} to match `inputs`; got "
                     f"shape {tuple(mask.shape)}."
                 )

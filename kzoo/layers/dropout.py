@@ -1,8 +1,11 @@
 """``Dropout``: keras's layer, with a mask that costs JAX a quarter of the random hashing."""
 
+import numbers
+
 import keras
 
 from kzoo.backends import dispatch
+from kzoo.utils.errors import ArgumentTypeError
 
 OP = "dropout"
 
@@ -55,13 +58,42 @@ class Dropout(keras.layers.Dropout):
     True
     """
 
+    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+        # keras compares ``rate`` with 0 and 1 and fails with a bare TypeError on a string or
+        # None; this says which argument, and is still a TypeError (and a ValueError).
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+            raise ArgumentTypeError(
+                f"`rate` must be a float in [0, 1]; received {rate!r} of type "
+                f"{type(rate).__name__}."
+            )
+        super().__init__(rate, noise_shape=noise_shape, seed=seed, **kwargs)
+
     def call(self, inputs, training=False):
         if not training or self.rate == 0:
             return inputs
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        if "float" not in dtype:
+            # keras's dropout fails on integer inputs on every backend, in the backend's terms
+            # (a TypeError on JAX, a ValueError on TensorFlow, a RuntimeError on torch); kzoo's
+            # JAX mask would scale them with integer arithmetic.
+            raise ArgumentTypeError(
+                f"`inputs` of Dropout must be floating point in training; got dtype {dtype}."
+            )
         if self.rate >= 1:
             return keras.ops.zeros_like(inputs)
         noise_shape = self.noise_shape
         if noise_shape is not None:
+            shape = tuple(inputs.shape)
+            # Checked here so that every backend gives this error (keras's differ: a ValueError
+            # on JAX, TensorFlow's InvalidArgumentError, torch's RuntimeError).
+            if len(noise_shape) != len(shape) or any(
+                n is not None and d is not None and n not in (1, d)
+                for n, d in zip(noise_shape, shape)
+            ):
+                raise ValueError(
+                    f"`noise_shape`={noise_shape} does not broadcast to the inputs' shape "
+                    f"{shape}: it needs one entry per axis, each 1, None or the input's size."
+                )
             noise_shape = tuple(
                 inputs.shape[i] if size is None else size for i, size in enumerate(noise_shape)
             )

@@ -4,41 +4,36 @@
 optional ``residual`` call argument (fused residual add) and the checks of loaded weights.
 """
 
-import math
-
 import keras
 from keras import constraints, initializers, regularizers
 
-from kzoo.ops.layer_norm import add_layer_norm, layer_norm, normalize_axes
+from kzoo.ops.layer_norm import add_layer_norm, check_epsilon, layer_norm, normalize_axes
+from kzoo.utils.errors import ArgumentTypeError
 
 # Whether a backend dtype object names a given keras dtype, so that a call casts only when needed.
 _SAME_DTYPE = {}
 
 
 def _check_axis(axis):
-    """``axis`` as an int or a list of distinct ints, else a ``ValueError``."""
+    """``axis`` as an int or a list of distinct ints.
+
+    The wrong type is an ``ArgumentTypeError`` (keras raises ``TypeError`` for it); an empty or
+    repeated list a ``ValueError``. Whether the axes exist is checked at build, against the input.
+    """
     if isinstance(axis, bool) or not isinstance(axis, (int, list, tuple)):
-        raise ValueError(f"`axis` must be an int or a list of ints; received {axis!r}.")
+        raise ArgumentTypeError(
+            f"`axis` must be an int or a list of ints; received {axis!r} of type "
+            f"{type(axis).__name__}."
+        )
     if isinstance(axis, (list, tuple)):
-        if not axis or any(isinstance(a, bool) or not isinstance(a, int) for a in axis):
-            raise ValueError(
-                f"`axis` must be an int or a non-empty list of ints; received {axis!r}."
-            )
+        if any(isinstance(a, bool) or not isinstance(a, int) for a in axis):
+            raise ArgumentTypeError(f"`axis` must be an int or a list of ints; received {axis!r}.")
+        if not axis:
+            raise ValueError("`axis` must be an int or a non-empty list of ints; received [].")
         if len(set(axis)) != len(axis):
             raise ValueError(f"`axis`={axis!r} names the same axis more than once.")
         axis = list(axis)
     return axis
-
-
-def _check_epsilon(epsilon):
-    if (
-        isinstance(epsilon, bool)
-        or not isinstance(epsilon, (int, float))
-        or not math.isfinite(epsilon)
-        or epsilon < 0
-    ):
-        raise ValueError(f"`epsilon` must be a finite non-negative float; received {epsilon!r}.")
-    return float(epsilon)
 
 
 class _NormLayer(keras.layers.Layer):
@@ -125,7 +120,9 @@ class LayerNormalization(_NormLayer):
 
     Args:
         axis: Int or list of ints, the axes to normalise over. Defaults to -1.
-        epsilon: Non-negative float added to the variance. Defaults to 1e-3.
+        epsilon: Positive float added to the variance, at least 2**-126 (the smallest normal
+            float32): an all-zero row then normalises to ``beta``, where keras's layer with
+            ``epsilon=0`` returns NaN. Defaults to 1e-3.
         center: Whether to add the learned offset ``beta``. Defaults to True.
         scale: Whether to multiply by the learned scale ``gamma``. Defaults to True.
         rms_scaling: keras's deprecated variant: scale by the variance without centring (no
@@ -163,7 +160,7 @@ class LayerNormalization(_NormLayer):
     ):
         super().__init__(**kwargs)
         axis = _check_axis(axis)
-        epsilon = _check_epsilon(epsilon)
+        epsilon = check_epsilon(epsilon)
         for name, value in (("center", center), ("scale", scale), ("rms_scaling", rms_scaling)):
             if not isinstance(value, bool):
                 raise ValueError(f"`{name}` must be True or False; received {value!r}.")

@@ -2,8 +2,8 @@
 
 import keras
 
-from kzoo.layers.layer_normalization import _check_axis, _check_epsilon, _NormLayer
-from kzoo.ops.layer_norm import add_rms_norm, rms_norm
+from kzoo.layers.layer_normalization import _check_axis, _NormLayer
+from kzoo.ops.layer_norm import add_rms_norm, check_epsilon, rms_norm
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
@@ -25,7 +25,9 @@ class RMSNormalization(_NormLayer):
 
     Args:
         axis: Int or list of ints, the axes to normalise over. Defaults to -1.
-        epsilon: Non-negative float added to the mean square. Defaults to 1e-6.
+        epsilon: Positive float added to the mean square, at least 2**-126 (the smallest
+            normal float32): an all-zero row then normalises to 0, where keras's layer with
+            ``epsilon=0`` returns NaN. Defaults to 1e-6.
         **kwargs: Base layer arguments (``name``, ``dtype``, ...).
 
     Example:
@@ -41,7 +43,7 @@ class RMSNormalization(_NormLayer):
     def __init__(self, axis=-1, epsilon=1e-6, **kwargs):
         super().__init__(**kwargs)
         self.axis = _check_axis(axis)
-        self.epsilon = _check_epsilon(epsilon)
+        self.epsilon = check_epsilon(epsilon)
         self.supports_masking = True
         self.autocast = False
 

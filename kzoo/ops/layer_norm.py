@@ -24,6 +24,7 @@ import keras
 from keras import ops
 
 from kzoo.backends import dispatch
+from kzoo.utils.errors import ArgumentIndexError, ArgumentTypeError
 
 OP_NAME = "layer_norm"
 RMS_OP = "rms_norm"
@@ -40,22 +41,31 @@ def normalize_axes(axis, ndim, argument="axis"):
     """``axis`` (an int or a sequence of ints) as a sorted tuple of non-negative axes.
 
     Raises:
-        ValueError: when an axis is not an int, is out of range for ``ndim`` dimensions, or is
-            repeated (``-1`` and ``ndim - 1`` count as the same axis).
+        ArgumentTypeError: (a ``ValueError`` and a ``TypeError``) when an axis is not an int.
+        ArgumentIndexError: (a ``ValueError`` and an ``IndexError``) when an axis is out of
+            range for ``ndim`` dimensions.
+        ValueError: when no axis is given or one is repeated (``-1`` and ``ndim - 1`` count as
+            the same axis).
     """
     if isinstance(axis, bool):
-        raise ValueError(f"`{argument}` must be an int or a list of ints; received {axis!r}.")
+        raise ArgumentTypeError(
+            f"`{argument}` must be an int or a list of ints; received {axis!r}."
+        )
     axes = [axis] if isinstance(axis, int) else axis
-    if not isinstance(axes, (list, tuple)) or not axes:
+    if not isinstance(axes, (list, tuple)):
+        raise ArgumentTypeError(
+            f"`{argument}` must be an int or a non-empty list of ints; received {axis!r}."
+        )
+    if not axes:
         raise ValueError(
             f"`{argument}` must be an int or a non-empty list of ints; received {axis!r}."
         )
     result = []
     for a in axes:
         if isinstance(a, bool) or not isinstance(a, int):
-            raise ValueError(f"`{argument}` must contain only ints; received {axis!r}.")
+            raise ArgumentTypeError(f"`{argument}` must contain only ints; received {axis!r}.")
         if not -ndim <= a < ndim:
-            raise ValueError(
+            raise ArgumentIndexError(
                 f"`{argument}`={axis!r} is out of range for an input of rank {ndim}; "
                 f"expected axes in [{-ndim}, {ndim - 1}]."
             )
@@ -224,16 +234,34 @@ def _check_params(name, shape, expected):
         )
 
 
-def _epsilon(epsilon):
-    if epsilon.__class__ is float and epsilon >= 0:
+# The smallest epsilon accepted: the smallest normal float32. With epsilon = 0 a row of zero
+# variance (layer norm) or zero mean square (RMS norm), such as an all-zero row, computes
+# 0 * rsqrt(0) = NaN, as keras's layers do. The statistics are float32, where a smaller epsilon
+# rounds to zero (or, subnormal, is flushed to zero on GPUs). With epsilon >= this bound the
+# row's statistic plus epsilon is positive and the output finite (an all-zero row gives 0).
+MIN_EPSILON = 2.0**-126
+
+
+def check_epsilon(epsilon):
+    """``epsilon`` as a float: a finite number of at least ``MIN_EPSILON``.
+
+    Raises:
+        ArgumentTypeError: (a ``ValueError`` and a ``TypeError``) when it is not a number.
+        ValueError: when it is below ``MIN_EPSILON`` (0 included), infinite or NaN.
+    """
+    if epsilon.__class__ is float and MIN_EPSILON <= epsilon < math.inf:
         return epsilon
-    if (
-        not isinstance(epsilon, (int, float))
-        or isinstance(epsilon, bool)
-        or not epsilon >= 0  # also refuses NaN
-        or epsilon == float("inf")
-    ):
-        raise ValueError(f"`epsilon` must be a finite non-negative float; received {epsilon!r}.")
+    if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool):
+        raise ArgumentTypeError(
+            f"`epsilon` must be a positive float; received {epsilon!r} of type "
+            f"{type(epsilon).__name__}."
+        )
+    if not MIN_EPSILON <= epsilon < math.inf:  # also refuses NaN
+        raise ValueError(
+            "`epsilon` must be a finite float of at least 2**-126 (about 1.2e-38, the smallest "
+            "normal float32; the statistics are float32) so that an all-zero row normalises "
+            f"to 0 instead of NaN; received {epsilon!r}."
+        )
     return float(epsilon)
 
 
@@ -337,7 +365,8 @@ def layer_norm(x, gamma=None, beta=None, axis=-1, epsilon=1e-3, rms_scaling=Fals
             elements).
         beta: Optional offset, shaped like ``gamma``.
         axis: Int or list of ints: the axes to normalise over. Defaults to -1.
-        epsilon: Non-negative float added to the variance. Defaults to 1e-3 (keras's default).
+        epsilon: Positive float added to the variance, at least ``MIN_EPSILON`` (2**-126, so
+            that an all-zero row normalises to 0, not NaN). Defaults to 1e-3 (keras's default).
         rms_scaling: keras's deprecated variant: scale by the variance without centring and
             without ``beta``.
 
@@ -348,12 +377,12 @@ def layer_norm(x, gamma=None, beta=None, axis=-1, epsilon=1e-3, rms_scaling=Fals
 
     >>> import numpy as np
     >>> x = np.arange(6, dtype="float32").reshape(2, 3)
-    >>> y = layer_norm(x, epsilon=0.0)
+    >>> y = layer_norm(x, epsilon=1e-12)
     >>> np.round(keras.ops.convert_to_numpy(y), 4)
     array([[-1.2247,  0.    ,  1.2247],
            [-1.2247,  0.    ,  1.2247]], dtype=float32)
     """
-    epsilon = _epsilon(epsilon)
+    epsilon = check_epsilon(epsilon)
     if _symbolic(x, gamma, beta):
         return NormOp(OP_NAME, axis, epsilon, rms_scaling)(x, None, gamma, beta)
     x, gamma, beta = _tensor(x), _param(gamma), _param(beta)
@@ -374,7 +403,8 @@ def rms_norm(x, gamma=None, axis=-1, epsilon=1e-6):
         gamma: Optional scale with the shape of the normalised axes (or the same number of
             elements).
         axis: Int or list of ints: the axes to normalise over. Defaults to -1.
-        epsilon: Non-negative float added to the mean square. Defaults to 1e-6 (the default of
+        epsilon: Positive float added to the mean square, at least ``MIN_EPSILON`` (so that an
+            all-zero row normalises to 0, not NaN). Defaults to 1e-6 (the default of
             ``keras.layers.RMSNormalization``).
 
     Returns:
@@ -384,10 +414,10 @@ def rms_norm(x, gamma=None, axis=-1, epsilon=1e-6):
 
     >>> import numpy as np
     >>> x = np.array([[3.0, 4.0]], "float32")
-    >>> np.round(keras.ops.convert_to_numpy(rms_norm(x, epsilon=0.0)), 4)
+    >>> np.round(keras.ops.convert_to_numpy(rms_norm(x, epsilon=1e-12)), 4)
     array([[0.8485, 1.1314]], dtype=float32)
     """
-    epsilon = _epsilon(epsilon)
+    epsilon = check_epsilon(epsilon)
     if _symbolic(x, gamma):
         return NormOp(RMS_OP, axis, epsilon)(x, None, gamma)
     x, gamma = _tensor(x), _param(gamma)
@@ -417,11 +447,11 @@ def add_layer_norm(x, residual, gamma=None, beta=None, axis=-1, epsilon=1e-3):
     >>> import numpy as np
     >>> x = np.ones((2, 3), "float32")
     >>> r = np.arange(6, dtype="float32").reshape(2, 3)
-    >>> y, s = add_layer_norm(x, r, epsilon=0.0)
+    >>> y, s = add_layer_norm(x, r, epsilon=1e-12)
     >>> keras.ops.convert_to_numpy(s)[0], np.round(keras.ops.convert_to_numpy(y)[0], 4)
     (array([1., 2., 3.], dtype=float32), array([-1.2247,  0.    ,  1.2247], dtype=float32))
     """
-    epsilon = _epsilon(epsilon)
+    epsilon = check_epsilon(epsilon)
     if _symbolic(x, residual, gamma, beta):
         return NormOp(ADD_LAYER_OP, axis, epsilon)(x, residual, gamma, beta)
     x, residual, gamma, beta = _tensor(x), _tensor(residual), _param(gamma), _param(beta)
@@ -447,7 +477,7 @@ def add_rms_norm(x, residual, gamma=None, axis=-1, epsilon=1e-6):
     >>> keras.ops.convert_to_numpy(s)
     array([[3., 4.]], dtype=float32)
     """
-    epsilon = _epsilon(epsilon)
+    epsilon = check_epsilon(epsilon)
     if _symbolic(x, residual, gamma):
         return NormOp(ADD_RMS_OP, axis, epsilon)(x, residual, gamma)
     x, residual, gamma = _tensor(x), _tensor(residual), _param(gamma)

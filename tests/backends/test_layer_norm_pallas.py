@@ -244,3 +244,32 @@ def test_bad_input(ln):
         ln.norm_2d(jnp.ones((2, 3)), jnp.ones((2, 3), jnp.bfloat16), interpret=_interpret())
     with pytest.raises(ValueError, match="RMS norm takes no `beta`"):
         ln.norm_2d(jnp.ones((2, 3)), None, None, jnp.ones(3), rms=True, interpret=_interpret())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_all_zero_row_at_the_smallest_epsilon_gives_beta(ln, kind):
+    # Issue #24, item 11: the ops refuse epsilon below the smallest normal float32 (2**-126);
+    # at that bound the kernel normalises an all-zero row (of the sum, for the add kinds) to 0.
+    from kzoo.ops.layer_norm import MIN_EPSILON
+
+    x, r, w, b, dy, dz = inputs(kind, (3, 7), 1, "float32", 1.0, 0)
+    if r is None:
+        x = x.at[1].set(0.0)
+    else:
+        r = r.at[1].set(-x[1])
+    kw = {"interpret": _interpret()}
+    if kind == "layer":
+        y = ln.layer_norm(x, w, b, (1,), MIN_EPSILON, **kw)
+    elif kind == "rms":
+        y = ln.rms_norm(x, w, (1,), MIN_EPSILON, **kw)
+    elif kind == "add_layer":
+        y = ln.add_layer_norm(x, r, w, b, (1,), MIN_EPSILON, **kw)[0]
+    else:
+        y = ln.add_rms_norm(x, r, w, (1,), MIN_EPSILON, **kw)[0]
+    y = np.asarray(y)
+    z = np.asarray(x if r is None else x + r)
+    bias = None if b is None else np.asarray(b)
+    plain = kind.replace("add_", "")  # the norm of the sum z
+    want = reference(plain, z, None, np.asarray(w), bias, MIN_EPSILON, z, None, 7)[0]
+    np.testing.assert_array_equal(y[1], np.zeros(7) if b is None else bias)
+    np.testing.assert_allclose(y, want, rtol=2e-5, atol=2e-5)

@@ -313,3 +313,22 @@ def test_bad_input(ln):
         ln.norm_2d(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.float16))
     with pytest.raises(ValueError, match="RMS norm takes no `beta`"):
         ln.norm_2d(torch.ones(2, 3), None, None, torch.ones(3), rms=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_all_zero_row_at_the_smallest_epsilon_gives_beta(ln, kind):
+    # Issue #24, item 11: the ops refuse epsilon below the smallest normal float32 (2**-126);
+    # at that bound the kernel normalises an all-zero row (of the sum, for the add kinds) to 0.
+    from kzoo.ops.layer_norm import MIN_EPSILON
+
+    x, r, w, b, dy, dz = inputs(kind, (3, 7))
+    with torch.no_grad():
+        if r is None:
+            x[1] = 0.0
+        else:
+            r[1] = -x[1]
+    y = run(ln, kind, x, r, w, b, 1, MIN_EPSILON, dy, dz)[0]
+    want = reference(kind, x, r, w, b, 1, MIN_EPSILON, dy, dz)[0]
+    expected_row = torch.zeros(7) if b is None else b.detach().cpu()
+    torch.testing.assert_close(y[1].detach().cpu(), expected_row, rtol=0, atol=0)
+    torch.testing.assert_close(y.double(), want, rtol=2e-5, atol=2e-5)

@@ -264,3 +264,43 @@ def test_residual_call_in_a_functional_model_trains():
     norm = model.get_layer("norm")
     want = reference(x + r, [-1], norm.gamma.numpy(), norm.beta.numpy()) + x + r
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer_cls", [LayerNormalization, RMSNormalization])
+@pytest.mark.parametrize("epsilon", [0, 1e-40, "1e-3", None])
+def test_epsilon_must_keep_zero_rows_finite(layer_cls, epsilon):
+    # Issue #24, item 11: epsilon=0 turned a zero-variance row into NaN. A non-number is also
+    # a TypeError, the class keras raises when it first uses such an epsilon.
+    with pytest.raises(ValueError, match="`epsilon`") as error:
+        layer_cls(epsilon=epsilon)
+    assert isinstance(error.value, TypeError) == (not isinstance(epsilon, (int, float)))
+
+
+@pytest.mark.parametrize("rms_scaling", [False, True])
+def test_an_all_zero_row_at_the_smallest_epsilon_gives_beta(rms_scaling):
+    # At the smallest epsilon accepted an all-zero row normalises to 0, so the output is beta
+    # (0 without it), where keras's layer with epsilon=0 gives NaN; the other rows match
+    # keras's layer and float64. (A constant row of other values only has variance 0 when its
+    # float32 mean is exact, so it is not a case to promise anything about.)
+    from kzoo.ops.layer_norm import MIN_EPSILON
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 6)).astype("float32")
+    x[1] = 0.0
+    kwargs = {"epsilon": MIN_EPSILON, "rms_scaling": rms_scaling}
+    ours, theirs = LayerNormalization(**kwargs), keras.layers.LayerNormalization(**kwargs)
+    theirs.build(x.shape)
+    _random_weights(theirs)
+    ours.build(x.shape)
+    ours.set_weights(theirs.get_weights())
+    got = keras.ops.convert_to_numpy(ours(x))
+    gamma, beta = (theirs.get_weights() + [None])[:2]
+    np.testing.assert_array_equal(got[1], 0.0 if rms_scaling else beta)
+    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(theirs(x)), rtol=1e-5, atol=1e-5)
+    if rms_scaling:
+        # keras's deprecated variant: x * rsqrt(var + epsilon) * gamma, without centring.
+        x64 = x.astype(np.float64)
+        want = x64 / np.sqrt(x64.var(axis=-1, keepdims=True) + MIN_EPSILON) * gamma
+    else:
+        want = reference(x, [-1], gamma, beta, epsilon=MIN_EPSILON)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

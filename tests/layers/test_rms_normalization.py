@@ -153,3 +153,40 @@ def test_residual_of_another_shape_is_a_clear_error():
         layer(np.ones((2, 4), "float32"), residual=np.ones((2, 3), "float32"))
     with pytest.raises(ValueError, match="`residual` has shape"):
         layer(keras.Input((4,)), residual=keras.Input((3,)))
+
+
+@pytest.mark.parametrize("epsilon", [0, 0.0, 1e-40])
+def test_an_epsilon_that_leaves_zero_rows_nan_is_refused(epsilon):
+    # Issue #24, item 11: with epsilon=0 an all-zero row is 0 * rsqrt(0) = NaN (keras's layer
+    # returns NaN too); 1e-40 is 0 in the float32 statistics (or flushed to 0 on a GPU).
+    with pytest.raises(
+        ValueError, match="`epsilon` must be a finite float of at least 2\\*\\*-126"
+    ):
+        RMSNormalization(epsilon=epsilon)
+
+
+def test_an_all_zero_row_normalises_to_zero_at_the_smallest_epsilon():
+    # At the smallest epsilon accepted an all-zero row gives exactly 0 and the other rows
+    # match keras's layer (given the same epsilon) and float64, through the plain and the
+    # residual call (x + residual is zero on that row).
+    from kzoo.ops.layer_norm import MIN_EPSILON
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 8)).astype("float32")
+    x[1] = 0.0
+    ours = RMSNormalization(epsilon=MIN_EPSILON)
+    theirs = keras.layers.RMSNormalization(epsilon=MIN_EPSILON)
+    theirs.build(x.shape)
+    _random_weights(theirs)
+    ours.build(x.shape)
+    ours.set_weights(theirs.get_weights())
+    got = keras.ops.convert_to_numpy(ours(x))
+    np.testing.assert_array_equal(got[1], 0.0)
+    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(theirs(x)), rtol=1e-6, atol=1e-6)
+    want = reference(x, [-1], theirs.get_weights()[0], epsilon=MIN_EPSILON)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    y = rng.normal(size=x.shape).astype("float32")
+    residual = x - y
+    normed, total = (keras.ops.convert_to_numpy(t) for t in ours(y, residual=residual))
+    np.testing.assert_array_equal(normed[1], 0.0)
+    np.testing.assert_allclose(normed, want, rtol=1e-5, atol=1e-5)

@@ -104,8 +104,8 @@ def test_zero_rows():
 
 def test_large_mean_two_pass_statistics():
     x = (1e4 + np.random.default_rng(1).normal(0, 1, (4, 256))).astype("float32")
-    y = keras.ops.convert_to_numpy(layer_norm(x, epsilon=0.0))
-    np.testing.assert_allclose(y, reference(x, None, None, [-1], 0.0), atol=1e-2)
+    y = keras.ops.convert_to_numpy(layer_norm(x, epsilon=1e-12))
+    np.testing.assert_allclose(y, reference(x, None, None, [-1], 1e-12), atol=1e-2)
 
 
 @pytest.mark.parametrize("dtype, atol", [("float16", 1e-2), ("bfloat16", 6e-2)])
@@ -252,3 +252,39 @@ def test_import_kzoo_imports_no_kernel_framework():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "torch-native"
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"])
+def test_epsilon_rule_every_op_refuses_zero_and_keeps_zero_rows_finite(op):
+    # Issue #24, item 11: epsilon=0 made an all-zero row NaN. Every op refuses an epsilon below
+    # the smallest normal float32 (a ValueError naming it; a TypeError too for a non-number), and
+    # at that bound an all-zero row normalises to 0 (plus beta) and the others match float64.
+    from kzoo import ops as kops
+    from kzoo.ops.layer_norm import MIN_EPSILON
+
+    fn = getattr(kops, op)
+    add = op.startswith("add")
+    x = np.random.default_rng(5).normal(size=(3, 7)).astype("float32")
+    r = np.random.default_rng(6).normal(size=(3, 7)).astype("float32")
+    r[1] = -x[1]  # the sum's row 1 is zero
+    if not add:
+        x[1] = 0.0
+    args = (x, r) if add else (x,)
+    for bad in (0, 1e-40, float("nan")):
+        with pytest.raises(ValueError, match="`epsilon` must be a finite float of at least"):
+            fn(*args, epsilon=bad)
+    with pytest.raises(TypeError, match="`epsilon` must be a positive float"):
+        fn(*args, epsilon="1e-3")
+    gamma = np.linspace(0.5, 2.0, 7).astype("float32")
+    beta = np.linspace(-1.0, 1.0, 7).astype("float32")
+    params = {"gamma": gamma} if "rms" in op else {"gamma": gamma, "beta": beta}
+    out = fn(*args, epsilon=MIN_EPSILON, **params)
+    y = keras.ops.convert_to_numpy(out[0] if add else out)
+    z = (x + r) if add else x
+    np.testing.assert_array_equal(y[1], beta if "beta" in params else 0.0)
+    if "rms" in op:
+        z64 = z.astype(np.float64)
+        want = z64 / np.sqrt((z64**2).mean(-1, keepdims=True) + MIN_EPSILON) * gamma
+    else:
+        want = reference(z, gamma, beta, [-1], MIN_EPSILON)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
