@@ -15,6 +15,8 @@ differs is how the recurrence is computed:
   computes the recurrent kernel's gradient once for all timesteps).
 """
 
+import numbers
+
 import keras
 from keras import activations, constraints, initializers, ops, regularizers
 
@@ -241,7 +243,7 @@ class ConvLSTM(keras.layers.Layer):
             )
         self.data_format = data_format.lower()
         for name, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
-            if not isinstance(rate, (int, float)):
+            if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
                 raise ArgumentTypeError(f"`{name}` must be a number in [0, 1]; got {rate!r}.")
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"`{name}` must be a number in [0, 1]; got {rate!r}.")
