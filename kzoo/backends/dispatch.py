@@ -148,9 +148,7 @@ def find(op, backend=None, platform=None, dtype=None, shape=None, **kwargs):
     ``backend`` defaults to keras's, ``platform`` to the device platform keras computes on
     (looked up only when an entry names platforms).
     """
-    from kzoo.backends import environment
-
-    backend = backend or environment.backend_name()
+    backend = backend or _backend_name()
     enabled = kernels_enabled()
     try:
         key = (op, backend, platform, enabled, dtype, shape, tuple(sorted(kwargs.items())))
@@ -160,7 +158,10 @@ def find(op, backend=None, platform=None, dtype=None, shape=None, **kwargs):
     if key is not None and key in _SELECTED:
         return _SELECTED[key]
     if platform is None:
-        platform_of = environment.platform
+
+        def platform_of():
+            return current_platform(backend)
+
     else:
 
         def platform_of():
@@ -172,11 +173,25 @@ def find(op, backend=None, platform=None, dtype=None, shape=None, **kwargs):
     return impl
 
 
+def _backend_name():
+    import keras
+
+    return keras.backend.backend()
+
+
+@functools.cache
+def current_platform(backend):
+    """The platform ``backend`` computes on here (``"cpu"``, ``"gpu"``, ``"tpu"``), asked once of
+    the backend's ``device_platform`` implementation: the devices a process sees do not change
+    while it runs."""
+    return select("device_platform", backend=backend, platform="any").load()()
+
+
 def select(op, backend=None, platform=None, dtype=None, shape=None, **kwargs):
     """The implementation ``op`` gets for these conditions (the fallback when none fits)."""
     impl = find(op, backend=backend, platform=platform, dtype=dtype, shape=shape, **kwargs)
     if impl is None:
-        backend = backend or __import__("keras").backend.backend()
+        backend = backend or _backend_name()
         raise ValueError(f"kzoo op {op!r} has no implementation for backend {backend!r}.")
     return impl
 

@@ -5,8 +5,9 @@ turns a misspelt backend into a clear error instead of keras's import-time trace
 the backend's own package (through the dispatch) which platform and devices it computes on.
 """
 
-import functools
 import os
+
+from kzoo.backends import dispatch
 
 KNOWN_BACKENDS = ("jax", "tensorflow", "torch", "numpy", "openvino")
 FRAMEWORK_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch", "numpy": "numpy"}
@@ -38,25 +39,16 @@ def framework_version(backend=None):
     return getattr(importlib.import_module(module), "__version__", "unknown")
 
 
-@functools.cache
-def _platform(backend):
-    from kzoo.backends import dispatch
-
-    return dispatch.select("device_platform", backend=backend, platform="any").load()()
-
-
 def platform():
     """The platform keras computes on for this backend: ``"gpu"``, ``"tpu"`` or ``"cpu"``.
 
     Cached: the devices a process sees do not change while it runs.
     """
-    return _platform(backend_name())
+    return dispatch.current_platform(backend_name())
 
 
 def devices():
     """Names of the devices the backend can see."""
-    from kzoo.backends import dispatch
-
     return dispatch.select("device_list", platform="any").load()()
 
 
@@ -89,22 +81,22 @@ def keras_devices():
 
 
 def _register_fallbacks():
-    from kzoo.backends.dispatch import Implementation, register
-
     here = "kzoo.backends.environment"
-    register(
+    dispatch.register(
         "device_platform",
-        Implementation("cpu", f"{here}:default_platform", description="the CPU"),
+        dispatch.Implementation("cpu", f"{here}:default_platform", description="the CPU"),
         fallback=True,
     )
-    register(
+    dispatch.register(
         "device_list",
-        Implementation("keras", f"{here}:keras_devices", description="keras.distribution"),
+        dispatch.Implementation("keras", f"{here}:keras_devices", description="keras.distribution"),
         fallback=True,
     )
-    register(
+    dispatch.register(
         "tensor_platform",
-        Implementation("default", f"{here}:default_tensor_platform", description="platform()"),
+        dispatch.Implementation(
+            "default", f"{here}:default_tensor_platform", description="platform()"
+        ),
         fallback=True,
     )
 

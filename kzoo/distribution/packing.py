@@ -15,7 +15,7 @@ tokens and targets, and weight the loss with ``segment_ids > 0`` to ignore the p
 
 import numpy as np
 
-from kzoo.ops.ring_attention import packed_device_work
+from kzoo.backends.common.ring_schedule import packed_device_work
 
 
 def _rows(document_lengths, seq_len):
@@ -247,7 +247,7 @@ def balance_documents(document_lengths, seq_len, distribution, seed=0, evaluatio
     depends on where the documents fall; the zigzag layout balances one long causal sequence,
     not a few documents of middling length. Documents are independent under ``segment_ids``
     (and positions restart at each), so their order in a row changes no result. This helper
-    scores orders with the ring's own skip rule (``kzoo.ops.ring_attention.packed_device_work``)
+    scores orders with the ring's own skip rule (``kzoo.backends.common.ring_schedule.packed_device_work``)
     and keeps the one whose busiest device computes the fewest blocks (ties: the lowest
     max/mean imbalance). It tries the given order, an order that puts document boundaries on
     chunk boundaries (exact subset sums; then no block straddles two documents there), random

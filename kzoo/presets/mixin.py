@@ -15,6 +15,9 @@ class PresetMixin:
     ```
     """
 
+    # What preset_io checks a class by (it does not import this module).
+    _kzoo_preset_model = True
+
     @classmethod
     def from_preset(cls, preset, load_weights=True, sha256=None, **kwargs):
         """Build a model from a registered preset name, a preset directory or an archive URL.

@@ -46,6 +46,9 @@ PYTHON_OPTIONS = {
     "force": "pass force=True",
 }
 
+# The class attribute kzoo.presets.PresetMixin sets on the models it serves.
+PRESET_MODEL_MARK = "_kzoo_preset_model"
+
 
 def is_preset_directory(path):
     """Whether ``path`` is a directory holding a kzoo preset and nothing else."""
@@ -128,15 +131,13 @@ def save_preset(model, path, overwrite=True, extra_metadata=None, force=False):
     A crash at any instant leaves ``path`` holding the old preset or the new one (see
     ``kzoo.utils.files.atomic_directory``).
     """
-    from kzoo.presets.mixin import PresetMixin
-
     for name, value in (("overwrite", overwrite), ("force", force)):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be True or False; got {value!r}.")
     if force and not overwrite:
         raise ValueError("force=True replaces whatever is at the path; it needs overwrite=True.")
 
-    if not isinstance(model, PresetMixin):
+    if not is_preset_model(type(model)):
         raise ValueError(
             f"save_to_preset needs a kzoo model; got {type(model).__name__}, which kzoo does "
             "not register as a preset model."
@@ -286,12 +287,16 @@ def _read_config(preset_dir):
     return config
 
 
-def _registered_class(config):
-    from kzoo.presets.mixin import PresetMixin
+def is_preset_model(cls):
+    """Whether ``cls`` is a kzoo preset model (a subclass of ``kzoo.presets.PresetMixin``, which
+    marks its subclasses so that this module need not import it)."""
+    return isinstance(cls, type) and getattr(cls, PRESET_MODEL_MARK, False) is True
 
+
+def _registered_class(config):
     name = config.get("registered_name") or config.get("class_name")
     cls = keras.saving.get_registered_object(name)
-    if cls is None or not (isinstance(cls, type) and issubclass(cls, PresetMixin)):
+    if cls is None or not is_preset_model(cls):
         raise ValueError(
             f"The preset's config names class {name!r}, which kzoo did not register as a "
             "preset model."

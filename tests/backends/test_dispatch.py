@@ -97,15 +97,13 @@ def test_unknown_op_and_missing_implementation_are_clear_errors():
 
 
 def test_platform_is_asked_only_when_an_entry_names_platforms(monkeypatch):
-    from kzoo.backends import environment
-
     calls = []
 
-    def counting():
-        calls.append(1)
+    def counting(backend):
+        calls.append(backend)
         return "cpu"
 
-    monkeypatch.setattr(environment, "platform", counting)
+    monkeypatch.setattr(dispatch, "current_platform", counting)
     dispatch._SELECTED.clear()
     dispatch.select("detr_stem_pool", backend="jax")
     assert not calls

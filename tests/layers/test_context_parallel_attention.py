@@ -192,10 +192,10 @@ def test_eager_calls_under_context_parallel_reuse_one_compiled_program(monkeypat
     # (keras's fit/predict steps) the attention is traced into that function, not cached.
     import jax
 
-    from kzoo.backends.jax import ring_attention as jr
+    from kzoo.backends.jax import sharded as jr
     from kzoo.distribution import ContextParallel
 
-    traces, sharded = [], jr._sharded
+    traces, sharded = [], jr.over_mesh
 
     def counting(fn, *args):
         def body(*a):
@@ -204,7 +204,7 @@ def test_eager_calls_under_context_parallel_reuse_one_compiled_program(monkeypat
 
         return sharded(body, *args)
 
-    monkeypatch.setattr(jr, "_sharded", counting)
+    monkeypatch.setattr(jr, "over_mesh", counting)
     x = _x(2, 24, 12, seed=4)
     layer = ContextParallelAttention(num_heads=4, key_dim=4, num_key_value_heads=2, causal=True)
     ref = np.asarray(layer(x, x))

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 
+from kzoo.backends.common import ring_schedule
 from kzoo.distribution import pack_documents
 
 # kzoo.ops exports the function ring_attention, which hides the module of the same name.
@@ -246,7 +247,7 @@ def test_packed_work_counts_exactly_the_blocks_documents_meet_in(block, monkeypa
     from kzoo.distribution import zigzag_permutation
 
     if block is not None:
-        monkeypatch.setattr(ra, "ATTENTION_BLOCK", block)
+        monkeypatch.setattr(ring_schedule, "ATTENTION_BLOCK", block)
     rng = np.random.default_rng(0)
     n, chunk = 4, 4
     m = 1 if block is None else chunk // block
@@ -390,7 +391,7 @@ def test_strategies_match_single_device_output_and_gradients(
     strategy, mesh, causal, load_balance, packed, window, heads, block, monkeypatch
 ):
     if block is not None:
-        monkeypatch.setattr(ra, "ATTENTION_BLOCK", block)
+        monkeypatch.setattr(ring_schedule, "ATTENTION_BLOCK", block)
     # Grouped-query attention and key padding; 4 rows so that a 4-way batch axis divides them.
     q, k, v, mask = _inputs(b=4, s=32, h=heads, hk=2)
     cot = np.random.default_rng(5).normal(size=q.shape).astype("float32")
@@ -537,9 +538,9 @@ def test_context_parallel_refusals_come_before_any_device_work():
 
 def _count_traces(monkeypatch):
     """A list that grows by one each time a sharded attention program is traced."""
-    from kzoo.backends.jax import ring_attention as jr
+    from kzoo.backends.jax import sharded as jr
 
-    traces, sharded = [], jr._sharded
+    traces, sharded = [], jr.over_mesh
 
     def counting(fn, *args):
         def body(*a):
@@ -548,7 +549,7 @@ def _count_traces(monkeypatch):
 
         return sharded(body, *args)
 
-    monkeypatch.setattr(jr, "_sharded", counting)
+    monkeypatch.setattr(jr, "over_mesh", counting)
     return traces
 
 
@@ -559,7 +560,7 @@ def test_eager_calls_compile_once_per_configuration_and_never_reuse_a_stale_prog
     # Issue #24, item 4: outside jit, every call used to trace and run the shard_map afresh.
     # Now the program is traced once per configuration; a new shape, mesh or option traces a
     # new one (and gives the right numbers), and the cache keeps at most EAGER_CACHE_SIZE.
-    from kzoo.backends.jax import ring_attention as jr
+    from kzoo.backends.jax import sharded as jr
 
     traces = _count_traces(monkeypatch)
     monkeypatch.setattr(jr, "EAGER_CACHE_SIZE", 3, raising=False)

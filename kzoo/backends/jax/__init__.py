@@ -49,7 +49,7 @@ register(
     "context_parallel_all_to_all",
     Implementation(
         name="jax-shard-map",
-        target="kzoo.backends.jax.ring_attention:all_to_all_attention",
+        target="kzoo.backends.jax.all_to_all_attention:all_to_all_attention",
         backends=BACKEND,
         optional=False,
         description="shard_map + two all_to_alls (sequence <-> heads), custom_vjp backward",

@@ -13,7 +13,7 @@ collective-permute.
 
 * The send of the next block is issued before the current block is computed, so the transfer
   can overlap the compute (the steps are unrolled: ``CP - 1`` sends in the forward pass).
-* The schedule is ``kzoo.ops.ring_attention.step_pairs``: with the zigzag layout every
+* The schedule is ``kzoo.backends.common.ring_schedule.step_pairs``: with the zigzag layout every
   off-diagonal step computes exactly half a block on every device; fully masked blocks are
   never computed (each block runs under a ``lax.cond`` on the device's rank). A chunk pair
   longer than ``ATTENTION_BLOCK`` tokens is computed in blocks of at most that size, so the scores
@@ -30,240 +30,34 @@ collective-permute.
   home (``2 * CP - 1`` sends). Plain autodiff through the loop would keep every remote
   key/value block alive. With skipped steps, each block's dK/dV goes straight back.
 
-**All-to-all** (``all_to_all_attention``). One all-to-all re-shards the packed query, key,
-value and ids from the sequence to the heads (copying key/value heads first when only the
-query heads divide by CP); each device then attends over the whole sequence for ``1/CP`` of
-the heads, in natural order, in blocks of at most ``ATTENTION_BLOCK`` tokens, with the causal
-and window skips decided statically and the document skip by ``lax.cond``; a second
-all-to-all brings the output back. The backward pass has two more all-to-alls (the output
-gradient in, the query/key/value gradients out).
-
-**Eager calls** (outside any traced function, e.g. a layer called in a notebook) run a jitted
-program cached per configuration (``eager_cache_info``; see "Eager calls" below); traced
-calls put the attention into the caller's program.
+The block math both strategies share is ``attention_blocks.py``; the shard_map wrapper and
+the eager-call cache are ``sharded.py``.
 """
 
-import collections
 import functools
-import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import PartitionSpec as P
 
-from kzoo.ops.ring_attention import (
+from kzoo.backends.common.ring_schedule import (
     block_reaches,
     block_split,
     chunk_ids,
     ring_steps,
     step_pairs,
-    validate_ring_shapes,
     window_covers,
 )
-
-F32 = jnp.float32
-_INT_MAX = np.iinfo(np.int32).max
-_UINT = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
-
-
-# ---------------------------------------------------------------------------------------------
-# One block: scores, masks, forward and backward.
-
-
-def _scores(q, k, scale):
-    # q (B, Lq, Hk, G, D), k (B, Lk, Hk, D) -> (B, Hk, G, Lq, Lk) in float32.
-    return jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=F32) * scale
-
-
-def _valid(q_ids, k_ids, offset, window):
-    """(B, 1, 1, Lq, Lk): same document (key padding has id -1), causal and in the window.
-
-    ``offset`` is the position of the block's first query minus that of its first key
-    (``None`` when every pair of the block is causally visible and in the window).
-    """
-    valid = q_ids[:, :, None] == k_ids[:, None, :]
-    if offset is not None:
-        shape = (q_ids.shape[1], k_ids.shape[1])
-        # Built from iotas, not stored: a constant per block would be S/CP squared integers.
-        distance = offset + lax.broadcasted_iota(jnp.int32, shape, 0)
-        distance = distance - lax.broadcasted_iota(jnp.int32, shape, 1)
-        ok = distance >= 0
-        if window is not None:
-            ok = ok & (distance < window)
-        valid = valid & ok[None]
-    return valid[:, None, None]
-
-
-def _block_forward(q, k, v, valid, scale):
-    """Attention of q against one key block: (out float32, lse float32 (B, Lq, Hk, G))."""
-    s = jnp.where(valid, _scores(q, k, scale), -jnp.inf)
-    m = jnp.max(s, axis=-1, keepdims=True)
-    m = jnp.where(jnp.isfinite(m), m, 0.0)
-    p = jnp.exp(s - m)
-    den = jnp.sum(p, axis=-1, keepdims=True)
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", p.astype(v.dtype), v, preferred_element_type=F32)
-    den_t = jnp.moveaxis(den[..., 0], -1, 1)  # (B, Lq, Hk, G)
-    out = out / jnp.where(den_t > 0, den_t, 1.0)[..., None]
-    m_t = jnp.moveaxis(m[..., 0], -1, 1)
-    lse = jnp.where(den_t > 0, m_t + jnp.log(jnp.where(den_t > 0, den_t, 1.0)), -jnp.inf)
-    return out, lse
-
-
-def _merge(out, lse, out_b, lse_b):
-    new_lse = jnp.logaddexp(lse, lse_b)
-    finite = jnp.isfinite(new_lse)
-    weight = jnp.where(finite, jnp.exp(lse_b - jnp.where(finite, new_lse, 0.0)), 0.0)
-    return out + weight[..., None] * (out_b - out), new_lse
-
-
-def _block_backward(q, k, v, valid, do, lse, delta, scale):
-    """Gradient contributions (dq, dk, dv, float32) of one block given the final lse."""
-    lse_t = jnp.moveaxis(jnp.where(jnp.isfinite(lse), lse, 0.0), 1, -1)[..., None]
-    p = jnp.where(valid, jnp.exp(_scores(q, k, scale) - lse_t), 0.0)
-    dv = jnp.einsum("bhgqk,bqhgd->bkhd", p.astype(do.dtype), do, preferred_element_type=F32)
-    dp = jnp.einsum("bqhgd,bkhd->bhgqk", do, v, preferred_element_type=F32)
-    ds = p * (dp - jnp.moveaxis(delta, 1, -1)[..., None])
-    dq = jnp.einsum("bhgqk,bkhd->bqhgd", ds.astype(k.dtype), k, preferred_element_type=F32)
-    dk = jnp.einsum("bhgqk,bqhgd->bkhd", ds.astype(q.dtype), q, preferred_element_type=F32)
-    return dq * scale, dk * scale, dv
-
-
-def _id_range(ids):
-    """Lowest and highest document id (> 0) of each batch row of a block."""
-    real = ids > 0
-    return jnp.min(jnp.where(real, ids, _INT_MAX), axis=1), jnp.max(jnp.where(real, ids, -1), 1)
-
-
-def _meet(q_range, k_range):
-    """Whether some document has queries in one block and keys in the other (any batch row);
-    the same test as ``kzoo.ops.ring_attention.blocks_meet``."""
-    return jnp.any((q_range[0] <= k_range[1]) & (k_range[0] <= q_range[1]))
-
-
-def _visible(q_ids, k_ids, offset, window):
-    """Whether any pair of the block is visible: a document meets in it and, when ``offset``
-    is given (a causal block), its positions reach the causal mask and the window."""
-    meet = _meet(_id_range(q_ids), _id_range(k_ids))
-    if offset is None:
-        return meet
-    reach = offset + (q_ids.shape[1] - 1) >= 0
-    if window is not None:
-        reach = reach & (offset - (k_ids.shape[1] - 1) <= window - 1)
-    return meet & reach
-
-
-def _attend_block(carry, q, k, v, q_ids, k_ids, offset, window, scale, active=True):
-    """Merge one block into the running (out, lse), if any of its pairs is visible.
-
-    The ``lax.cond`` also bounds memory: each block's scores live inside its own branch, where
-    XLA frees them, instead of in one flat program where the CPU scheduler keeps every
-    block's scores alive at once (measured: 2.6 GiB against 0.3 GiB for 10 blocks).
-    """
-
-    def compute(out, lse):
-        valid = _valid(q_ids, k_ids, offset, window)
-        return _merge(out, lse, *_block_forward(q, k, v, valid, scale))
-
-    visible = _visible(q_ids, k_ids, offset, window) & active
-    return lax.cond(visible, compute, lambda out, lse: (out, lse), *carry)
-
-
-def _grad_block(acc, q, k, v, q_ids, k_ids, offset, do, lse, delta, window, scale, active=True):
-    """Add one block's (dq, dk, dv) to the accumulators ``acc`` (skipped as ``_attend_block``)."""
-
-    def compute(dq, dk, dv):
-        valid = _valid(q_ids, k_ids, offset, window)
-        a, b, c = _block_backward(q, k, v, valid, do, lse, delta, scale)
-        return dq + a, dk + b, dv + c
-
-    visible = _visible(q_ids, k_ids, offset, window) & active
-    return lax.cond(visible, compute, lambda *a: a, *acc)
-
-
-# ---------------------------------------------------------------------------------------------
-# Packing: float blocks and int32 ids in one array of unsigned integers, so a block and its ids
-# travel in one collective and no id is rounded (or a NaN payload canonicalised) on the way.
-
-
-def _as_uint(x):
-    return lax.bitcast_convert_type(x, _UINT[jnp.dtype(x.dtype).itemsize])
-
-
-def _from_uint(x, dtype):
-    return lax.bitcast_convert_type(x, dtype)
-
-
-def _id_channels(itemsize):
-    return 2 if itemsize == 2 else 1
-
-
-def _ids_to_uint(ids, itemsize):
-    """(B, L) int32 -> (B, L, channels) unsigned integers of ``itemsize`` bytes."""
-    ids = ids.astype(jnp.int32)
-    if itemsize == 2:
-        return lax.bitcast_convert_type(ids, jnp.uint16)
-    if itemsize == 4:
-        return lax.bitcast_convert_type(ids, jnp.uint32)[..., None]
-    return lax.bitcast_convert_type(jnp.stack([ids, ids], -1), jnp.uint64)[..., None]
-
-
-def _ids_from_uint(u):
-    itemsize = jnp.dtype(u.dtype).itemsize
-    if itemsize == 2:
-        return lax.bitcast_convert_type(u, jnp.int32)
-    if itemsize == 4:
-        return lax.bitcast_convert_type(u[..., 0], jnp.int32)
-    return lax.bitcast_convert_type(u[..., 0], jnp.int32)[..., 0]
-
-
-def _pack(arrays, ids, heads):
-    """Concatenate (B, L, heads, ·) float arrays of one dtype and (B, L) int32 id arrays."""
-    itemsize = jnp.dtype(arrays[0].dtype).itemsize
-    parts = [_as_uint(a) for a in arrays]
-    if ids:
-        channels = jnp.concatenate([_ids_to_uint(i, itemsize) for i in ids], axis=-1)
-        b, length, width = channels.shape
-        parts.append(jnp.broadcast_to(channels[:, :, None, :], (b, length, heads, width)))
-    return jnp.concatenate(parts, axis=-1)
-
-
-def _unpack(packed, widths, dtype, num_ids):
-    """Inverse of ``_pack``: the float arrays (of the given last-axis widths) and the ids."""
-    out, start = [], 0
-    for w in widths:
-        out.append(_from_uint(packed[..., start : start + w], dtype))
-        start += w
-    per_id = _id_channels(jnp.dtype(dtype).itemsize)
-    for i in range(num_ids):
-        out.append(_ids_from_uint(packed[:, :, 0, start + i * per_id : start + (i + 1) * per_id]))
-    return out
-
-
-def _key_ids(segment_ids, key_mask, b, tq, tk):
-    """Query ids and key ids; a key that may not be attended to gets id -1 (matches nothing).
-
-    Without documents every query has id 1 and every unmasked key id 1; with documents the
-    ids are the documents', and padding (id 0) queries match no key.
-    """
-    if segment_ids is None:
-        q_ids = jnp.ones((b, tq), jnp.int32)
-        k_ids = jnp.ones((b, tk), jnp.int32)
-    else:
-        q_ids = jnp.asarray(segment_ids).astype(jnp.int32)
-        k_ids = jnp.where(q_ids > 0, q_ids, -1)
-    if key_mask is not None:
-        k_ids = jnp.where(jnp.asarray(key_mask).astype(bool), k_ids, -1)
-    # Opaque to XLA: ids it could fold to constants would fold the blocks' lax.cond away and
-    # leave one flat program that holds every block's scores at once.
-    return lax.optimization_barrier((q_ids, k_ids))
-
-
-def _shift(num_shards, shift):
-    """``ppermute`` pairs sending every device's block ``shift`` devices on."""
-    return [(j, (j + shift) % num_shards) for j in range(num_shards)]
-
+from kzoo.backends.jax import sharded
+from kzoo.backends.jax.attention_blocks import (
+    F32,
+    _attend_block,
+    _grad_block,
+    _pack,
+    _shift,
+    _unpack,
+)
 
 # ---------------------------------------------------------------------------------------------
 # The ring.
@@ -485,36 +279,6 @@ def _make_ring(num_shards, axis, causal, load_balance, scale, window, chunk, m):
     return attend
 
 
-def _check(query, key, value, key_mask, mesh, sequence_axis, batch_axis, causal):
-    """The ``ValueError`` checks, from shapes only: run before any tracing or device work."""
-    num_shards = mesh.shape[sequence_axis]
-    batch_shards = mesh.shape[batch_axis] if batch_axis is not None else 1
-    validate_ring_shapes(query, key, value, key_mask, causal, num_shards, batch_shards)
-    return num_shards
-
-
-def _prepare(query, key, value, key_mask, segment_ids, mesh, sequence_axis, batch_axis, causal):
-    num_shards = _check(query, key, value, key_mask, mesh, sequence_axis, batch_axis, causal)
-    b, tq, h, d = query.shape
-    tk, hk = key.shape[1], key.shape[2]
-    q_ids, k_ids = _key_ids(segment_ids, key_mask, b, tq, tk)
-    q = jnp.reshape(query, (b, tq, hk, h // hk, d))
-    return num_shards, q, q_ids, k_ids
-
-
-def _sharded(fn, mesh, sequence_axis, batch_axis):
-    spec5 = P(batch_axis, sequence_axis, None, None, None)
-    spec4 = P(batch_axis, sequence_axis, None, None)
-    spec2 = P(batch_axis, sequence_axis)
-    return jax.shard_map(
-        fn,
-        mesh=mesh,
-        in_specs=(spec5, spec4, spec4, spec2, spec2),
-        out_specs=spec5,
-        check_vma=False,
-    )
-
-
 def ring_attention(
     query,
     key,
@@ -537,9 +301,9 @@ def ring_attention(
     (zigzag or contiguous, as ``load_balance`` says) and sharded over ``sequence_axis`` (and the
     batch over ``batch_axis``); inputs laid out otherwise are resharded by XLA first.
     ``segment_ids`` (``(batch, seq)`` int, 0 = padding) mark packed documents. Called outside
-    a traced function, the compiled program is cached (``eager_cache_info``).
+    a traced function, the compiled program is cached (``kzoo.backends.jax.sharded.eager_cache_info``).
     """
-    _check(query, key, value, key_mask, mesh, sequence_axis, batch_axis, causal)
+    sharded.check_shapes(query, key, value, key_mask, mesh, sequence_axis, batch_axis, causal)
     options = dict(
         mesh=mesh,
         sequence_axis=sequence_axis,
@@ -549,12 +313,12 @@ def ring_attention(
         scale=None if scale is None else float(scale),
         window_size=None if window_size is None else int(window_size),
     )
-    return _run(_ring_program, (query, key, value, key_mask, segment_ids), options)
+    return sharded.run(_ring_program, (query, key, value, key_mask, segment_ids), options)
 
 
 def _ring_program(query, key, value, key_mask, segment_ids, *, mesh, sequence_axis, batch_axis,
                   causal, load_balance, scale, window_size):  # fmt: skip
-    num_shards, q, q_ids, k_ids = _prepare(
+    num_shards, q, q_ids, k_ids = sharded.prepare(
         query, key, value, key_mask, segment_ids, mesh, sequence_axis, batch_axis, causal
     )
     b, tq, h, d = query.shape
@@ -571,250 +335,5 @@ def _ring_program(query, key, value, key_mask, segment_ids, *, mesh, sequence_ax
         block_split(chunk),
     )
     value = value.astype(key.dtype) if value.dtype != key.dtype else value
-    out = _sharded(attend, mesh, sequence_axis, batch_axis)(q, key, value, q_ids, k_ids)
+    out = sharded.over_mesh(attend, mesh, sequence_axis, batch_axis)(q, key, value, q_ids, k_ids)
     return jnp.reshape(out, (b, tq, h, value.shape[-1]))
-
-
-# ---------------------------------------------------------------------------------------------
-# All-to-all.
-
-
-@functools.cache
-def _local_plan(causal, window, seq, blocks):
-    """For each query block of the whole sequence (natural order, in ``blocks`` blocks), the key
-    blocks it needs and their position offsets (``None`` where every pair is visible)."""
-    size = seq // blocks
-    plan = []
-    for i in range(blocks):
-        row = []
-        for j in range(blocks):
-            offset = (i - j) * size
-            if not block_reaches(offset, size, size, causal, window):
-                continue
-            needs = causal and (i == j or not window_covers(i - j, size, window))
-            row.append((j, offset if needs else None))
-        plan.append(tuple(row))
-    return size, tuple(plan)
-
-
-@functools.cache
-def _make_all_to_all(num_shards, axis, causal, load_balance, scale, window, repl, seq, blocks):
-    size, plan = _local_plan(causal, window, seq, blocks)
-    # After the all-to-all each device holds the whole sequence in layout order; its attention
-    # runs in natural order (static slices), where blocks are contiguous.
-    chunk = seq // (2 * num_shards)
-    slot_of = {chunk_ids(i // 2, num_shards, load_balance)[i % 2]: i for i in range(2 * num_shards)}
-    chunk_of = {i: g for g, i in slot_of.items()}
-
-    def reorder(x, source_of):
-        parts = [
-            x[:, source_of[t] * chunk : (source_of[t] + 1) * chunk] for t in range(len(slot_of))
-        ]
-        return jnp.concatenate(parts, axis=1)
-
-    def to_natural(x):
-        return reorder(x, slot_of)
-
-    def to_layout(x):
-        return reorder(x, chunk_of)
-
-    def part(x, i):
-        return x[:, i * size : (i + 1) * size]
-
-    def seq_to_heads(x):
-        return lax.all_to_all(x, axis, split_axis=2, concat_axis=1, tiled=True)
-
-    def heads_to_seq(x):
-        return lax.all_to_all(x, axis, split_axis=1, concat_axis=2, tiled=True)
-
-    def local_forward(q, k, v, q_ids, k_ids):
-        outs, lses = [], []
-        for i, row in enumerate(plan):
-            qi, qid = part(q, i), part(q_ids, i)
-            carry = (jnp.zeros(qi.shape[:-1] + (v.shape[-1],), F32),)
-            carry += (jnp.full(qi.shape[:-1], -jnp.inf, F32),)
-            for j, offset in row:
-                carry = _attend_block(
-                    carry, qi, part(k, j), part(v, j), qid, part(k_ids, j), offset, window, scale
-                )
-            outs.append(carry[0])
-            lses.append(carry[1])
-        return jnp.concatenate(outs, 1), jnp.concatenate(lses, 1)
-
-    def local_backward(q, k, v, q_ids, k_ids, do, lse, delta):
-        n2 = len(plan)
-        dk = [jnp.zeros(part(k, j).shape, F32) for j in range(n2)]
-        dv = [jnp.zeros(part(v, j).shape, F32) for j in range(n2)]
-        dqs = []
-        for i, row in enumerate(plan):
-            qi, qid = part(q, i), part(q_ids, i)
-            dq = jnp.zeros(qi.shape, F32)
-            for j, offset in row:
-                dq, dk[j], dv[j] = _grad_block(
-                    (dq, dk[j], dv[j]), qi, part(k, j), part(v, j), qid, part(k_ids, j), offset,
-                    part(do, i), part(lse, i), part(delta, i), window, scale,
-                )  # fmt: skip
-            dqs.append(dq)
-        return (jnp.concatenate(x, 1) for x in (dqs, dk, dv))
-
-    def forward(q, k, v, q_ids, k_ids):
-        b, length, hk, g, d = q.shape
-        dv = v.shape[-1]
-        if repl > 1:
-            k, v = jnp.repeat(k, repl, axis=2), jnp.repeat(v, repl, axis=2)
-        heads, group = hk * repl, g // repl
-        packed = _pack([q.reshape(b, length, heads, group * d), k, v], [q_ids, k_ids], heads)
-        heads_layout = _unpack(seq_to_heads(packed), (group * d, d, dv), q.dtype, 2)
-        qh, kh, vh, qid, kid = (to_natural(x) for x in heads_layout)
-        qh = qh.reshape(qh.shape[:3] + (group, d))
-        out_h, lse_h = local_forward(qh, kh, vh, qid, kid)
-        out_h = out_h.astype(q.dtype)
-        out = heads_to_seq(to_layout(out_h.reshape(out_h.shape[:3] + (group * dv,))))
-        return out.reshape(b, length, hk, g, dv), (qh, kh, vh, qid, kid, out_h, lse_h)
-
-    @jax.custom_vjp
-    def attend(q, k, v, q_ids, k_ids):
-        return forward(q, k, v, q_ids, k_ids)[0]
-
-    def attend_bwd(res, dout):
-        qh, kh, vh, qid, kid, out_h, lse_h = res
-        b, length, hk, g, dv = dout.shape
-        heads, group, d = hk * repl, g // repl, qh.shape[-1]
-        dout_h = to_natural(seq_to_heads(dout.reshape(b, length, heads, group * dv)))
-        dout_h = dout_h.reshape(dout_h.shape[:3] + (group, dv))
-        delta = jnp.sum(dout_h.astype(F32) * out_h.astype(F32), axis=-1)
-        dq, dk, dvv = local_backward(qh, kh, vh, qid, kid, dout_h.astype(qh.dtype), lse_h, delta)
-        # Copies of a key/value head live on different devices: their gradients are summed
-        # after the all-to-all, in float32.
-        dtype = qh.dtype if repl == 1 else F32
-        flat = jnp.concatenate([dq.reshape(dq.shape[:3] + (group * d,)), dk, dvv], -1)
-        grads = heads_to_seq(to_layout(flat.astype(dtype)))
-        dq = grads[..., : group * d].reshape(b, length, hk, g, d)
-        dk = grads[..., group * d : group * d + d]
-        dvv = grads[..., group * d + d :]
-        if repl > 1:
-            dk = dk.reshape(b, length, hk, repl, d).sum(3)
-            dvv = dvv.reshape(b, length, hk, repl, dv).sum(3)
-        return dq.astype(qh.dtype), dk.astype(kh.dtype), dvv.astype(vh.dtype), None, None
-
-    attend.defvjp(forward, attend_bwd)
-    return attend
-
-
-def all_to_all_attention(
-    query,
-    key,
-    value,
-    key_mask=None,
-    segment_ids=None,
-    *,
-    mesh,
-    sequence_axis,
-    batch_axis=None,
-    causal=False,
-    load_balance="zigzag",
-    scale=None,
-    window_size=None,
-    kv_replication=1,
-):
-    """All-to-all ("Ulysses") attention over ``mesh``'s ``sequence_axis``.
-
-    Arguments as :func:`ring_attention`; ``kv_replication`` copies each key/value head that
-    many times so that the heads divide by CP (``kzoo.ops.ring_attention.kv_replication``).
-    """
-    num_shards = _check(query, key, value, key_mask, mesh, sequence_axis, batch_axis, causal)
-    h, hk = query.shape[2], key.shape[2]
-    if (hk * kv_replication) % num_shards or (h // hk) % kv_replication:
-        raise ValueError(
-            f"all-to-all needs the key/value heads ({hk}) times kv_replication "
-            f"({kv_replication}) to divide by CP = {num_shards}."
-        )
-    options = dict(
-        mesh=mesh,
-        sequence_axis=sequence_axis,
-        batch_axis=batch_axis,
-        causal=bool(causal),
-        load_balance=load_balance,
-        scale=None if scale is None else float(scale),
-        window_size=None if window_size is None else int(window_size),
-        kv_replication=int(kv_replication),
-    )
-    return _run(_all_to_all_program, (query, key, value, key_mask, segment_ids), options)
-
-
-def _all_to_all_program(query, key, value, key_mask, segment_ids, *, mesh, sequence_axis,
-                        batch_axis, causal, load_balance, scale, window_size,
-                        kv_replication):  # fmt: skip
-    num_shards, q, q_ids, k_ids = _prepare(
-        query, key, value, key_mask, segment_ids, mesh, sequence_axis, batch_axis, causal
-    )
-    b, tq, h, d = query.shape
-    scale = float(scale if scale is not None else 1.0 / np.sqrt(d))
-    attend = _make_all_to_all(
-        num_shards,
-        sequence_axis,
-        causal,
-        load_balance,
-        scale,
-        window_size,
-        kv_replication,
-        tq,
-        2 * block_split(tq // 2),  # at least 2 blocks, of at most ATTENTION_BLOCK tokens
-    )
-    # One all-to-all carries query, key and value, so they share the query's dtype.
-    key, value = key.astype(query.dtype), value.astype(query.dtype)
-    out = _sharded(attend, mesh, sequence_axis, batch_axis)(q, key, value, q_ids, k_ids)
-    return jnp.reshape(out, (b, tq, h, value.shape[-1]))
-
-
-# ---------------------------------------------------------------------------------------------
-# Eager calls. Outside a traced function, jax runs a shard_map by tracing it afresh and
-# dispatching its operations one by one on every call (measured: 35 s a call for 32 tokens on
-# 8 CPU devices). An eager call therefore goes through a jitted program, kept here per
-# configuration: everything that changes the traced program is in the key (the program, the
-# mesh - its devices and axis names -, axes, masks and schedule options, and every input's
-# shape and dtype), so a changed mesh or option never reuses an entry. The cache is bounded
-# (least recently used first out): it holds meshes and compiled executables. Calls inside a
-# traced function (keras's jitted ``fit``/``predict`` steps, ``jax.jit``, ``jax.grad``) trace the
-# program into that function as before.
-
-EAGER_CACHE_SIZE = 32
-_EAGER = collections.OrderedDict()
-_EAGER_STATS = {"hits": 0, "misses": 0}
-_EAGER_LOCK = threading.Lock()
-
-
-def _signature(x):
-    if x is None:
-        return None
-    return tuple(x.shape), str(jnp.dtype(x.dtype))
-
-
-def _run(program, arrays, options):
-    """``program(*arrays, **options)``: traced in place under a trace, else jitted and cached."""
-    if any(isinstance(x, jax.core.Tracer) for x in arrays):
-        return program(*arrays, **options)
-    key = (program.__name__, tuple(sorted(options.items())), tuple(map(_signature, arrays)))
-    with _EAGER_LOCK:
-        fn = _EAGER.get(key)
-        if fn is not None:
-            _EAGER.move_to_end(key)
-            _EAGER_STATS["hits"] += 1
-        else:
-            _EAGER_STATS["misses"] += 1
-            fn = _EAGER[key] = jax.jit(functools.partial(program, **options))
-            while len(_EAGER) > max(EAGER_CACHE_SIZE, 1):
-                _EAGER.popitem(last=False)
-    return fn(*arrays)
-
-
-def eager_cache_info():
-    """``{"hits", "misses", "size", "maxsize"}`` of the cache of eagerly called programs."""
-    with _EAGER_LOCK:
-        return {**_EAGER_STATS, "size": len(_EAGER), "maxsize": EAGER_CACHE_SIZE}
-
-
-def clear_eager_cache():
-    """Drop every cached eager program (and the meshes and executables it holds)."""
-    with _EAGER_LOCK:
-        _EAGER.clear()
