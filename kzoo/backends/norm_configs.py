@@ -36,19 +36,24 @@ PALLAS_DWDB_WARPS = 4
 # The targets the compile check covers: compute capability 9.0 (H100, H200) and 10.0 (B200).
 TARGETS = (90, 100)
 
-# (backend, kernel, element size in bytes, block) -> {target: why it is removed there}, from
-# scripts/tools/gpu_compile_check.py; docs/gpu_kernels.md has each compile's registers and
-# spilled bytes. All of these hold a row of 8192 or more float32 values per program in registers
-# at 16 warps, where ptxas caps a thread at 128 registers.
+# (backend, kernel, element size in bytes, block, rows per program) -> {target: why it is removed
+# there}, from scripts/tools/gpu_compile_check.py; docs/gpu_kernels.md has each compile's
+# registers and spilled bytes (every dtype, form and row-length specialisation of the key).
 _SPILLS = "spills registers at 128 per thread"
 REMOVED = {
-    # Rows of 16385-32768 half-precision values: the looped forward instead.
-    ("triton", "_fwd_fused", 2, 32768): {90: _SPILLS, 100: _SPILLS},
-    # Rows of 4097-8192 values: the two-kernel backward (row sums, then column tiles) instead.
-    ("triton", "_bwd_fused", 4, 8192): {90: _SPILLS, 100: _SPILLS},
-    ("triton", "_bwd_fused", 2, 8192): {90: _SPILLS, 100: _SPILLS},
-    # Rows of 16385-32768 half-precision values: the looped dx kernel instead.
-    ("pallas", "dx", 2, 32768): {90: _SPILLS, 100: _SPILLS},
+    # A row of 32768 half-precision values held at 16 warps: the looped forward instead (rows of
+    # 16385-32768 values).
+    ("triton", "_fwd_fused", 2, 32768, 1): {90: _SPILLS, 100: _SPILLS},
+    # A row of x and dy and two float32 accumulators of 8192: the two-kernel backward (row sums,
+    # then column tiles) instead, for rows of 4097-8192 values.
+    ("triton", "_bwd_fused", 4, 8192, 1): {90: _SPILLS, 100: _SPILLS},
+    ("triton", "_bwd_fused", 2, 8192, 1): {90: _SPILLS, 100: _SPILLS},
+    # sm_100's ptxas spills a few bytes well below the register cap (the RMS form, N % 16 != 0):
+    # half the rows per program (rows of 17-32 float32 values), half the loop block.
+    ("triton", "_fwd_rows", 4, 32, 128): {100: "spills 4 bytes at 80 registers"},
+    ("triton", "_bwd_row_sums", 2, 4096, 1): {100: "spills 8 bytes at 40 registers"},
+    # The one-block dx kernel of 32768 half-precision values: the looped dx kernel instead.
+    ("pallas", "dx", 2, 32768, 1): {90: _SPILLS, 100: _SPILLS},
 }
 
 
@@ -78,7 +83,7 @@ def block_limit(element_size, max_block=0):
     return 1 << (max(int(limit), 1).bit_length() - 1)
 
 
-def is_removed(backend, kernel, element_size, block, target):
+def is_removed(backend, kernel, element_size, block, target, rows=1):
     """Whether the configuration is removed for ``target`` (a compute capability such as 90).
 
     ``None`` (no GPU: the interpreters) removes nothing; a target the compile check does not
@@ -87,7 +92,7 @@ def is_removed(backend, kernel, element_size, block, target):
     """
     if target is None:
         return False
-    where = REMOVED.get((backend, kernel, element_size, block), {})
+    where = REMOVED.get((backend, kernel, element_size, block, rows), {})
     return target in where if target in TARGETS else bool(where)
 
 
@@ -108,13 +113,17 @@ def triton_forward(n, element_size, max_block=0, target=None):
     start = min(limit, LOOP_BLOCK)
     if block >= n:
         if block <= MAX_ROWS_TILE // 4:
+            # Several rows to a program; a removed tile is tried again with half the rows.
             rows = min(MAX_TILE_ROWS, MAX_ROWS_TILE // block)
-            warps = max(1, min(8, rows * block * element_size // 512))
-            config = Config("_fwd_rows", block, warps, rows)
+            while rows >= 1:
+                warps = max(1, min(8, rows * block * element_size // 512))
+                if not is_removed("triton", "_fwd_rows", element_size, block, target, rows):
+                    return Config("_fwd_rows", block, warps, rows)
+                rows //= 2
         else:
             config = Config("_fwd_fused", block, warps_for(block, element_size))
-        if not is_removed("triton", config.kernel, element_size, block, target):
-            return config
+            if not is_removed("triton", config.kernel, element_size, block, target):
+                return config
         start = min(start, block // 2)
     return _looped("triton", "_fwd_looped", n, element_size, start, target)
 

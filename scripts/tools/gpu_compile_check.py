@@ -209,8 +209,10 @@ def pallas_cases(dtypes=DTYPES, variants=VARIANTS, targets=nc.TARGETS, hidden=PA
                             "dtype": dtype,
                             "rows": PALLAS_ROWS,
                             "n": n,
-                            # The target the chooser is asked for (None: nothing removed).
+                            # The target the chooser is asked for (None: nothing removed),
+                            # and every target (None included) that chooses the same.
                             "target": chosen_by[0],
+                            "chosen_by": chosen_by,
                             "kernels": {
                                 name: {
                                     "kernel": c.kernel,
@@ -477,9 +479,10 @@ def _compile_pallas_case(case, targets):
         got = lowered.get(name) if "error" not in lowered else None
         kernel["results"] = {}
         for t in targets:
-            # A lowering for a target's own choice compiles only for the targets that pick it;
-            # the unrestricted one (target None) also for those it is removed on, to show why.
-            if not kernel["pickable"][str(t)] and case["target"] is not None:
+            # Compiled for the targets that choose this lowering, and the unrestricted lowering
+            # (target None) also, for the targets it is removed on, where it shows why.
+            own = t in case["chosen_by"]
+            if not own and not (None in case["chosen_by"] and not kernel["pickable"][str(t)]):
                 continue
             if got is None:
                 error = lowered.get("error", f"no {name} kernel in the lowering")
@@ -618,6 +621,7 @@ def _rows(case, targets):
                 "blocks_per_sm": blocks,
                 "occupancy": occ,
                 "pickable": pickable[str(t)],
+                "removed": _is_removed(row, t),
             }
         rows.append(row)
     return rows
@@ -639,15 +643,9 @@ def summary(rows, targets):
         entries = [(r, r["targets"][key]) for r in rows if key in r["targets"]]
         picked = [(r, e) for r, e in entries if e["pickable"]]
         bad = [(r, e) for r, e in picked if e["status"] != "OK"]
-        removed = [(r, e) for r, e in entries if not e["pickable"]]
-        removed_keys = {
-            (r["backend"], r["kernel"], ELEMENT_SIZE[r["dtype"]], r["block"]) for r, _ in removed
-        }
-        spilling_keys = {
-            (r["backend"], r["kernel"], ELEMENT_SIZE[r["dtype"]], r["block"])
-            for r, e in removed
-            if e["status"] != "OK"
-        }
+        removed = [(r, e) for r, e in entries if not e["pickable"] and _is_removed(r, t)]
+        removed_keys = {_removal_key(r) for r, _ in removed}
+        spilling_keys = {_removal_key(r) for r, e in removed if e["status"] != "OK"}
         stale = sorted(
             k
             for k, where in nc.REMOVED.items()
@@ -664,11 +662,38 @@ def summary(rows, targets):
             "pickable_spill": sum(e["status"] == "SPILL" for _, e in picked),
             "pickable_spill_le_8192": len(small),
             "bad": [_label(r) + f": {e['status']} {e['why']}" for r, e in bad],
-            "removed": [_label(r) + f": {e['status']} {e['why']}" for r, e in removed],
+            "removed": _removed_lines(removed),
             "stale": [" ".join(map(str, k)) for k in stale],
             "max_registers": max((e.get("registers", 0) for _, e in picked), default=0),
         }
     return out
+
+
+def _is_removed(row, target):
+    backend, kernel, size, block, rows = _removal_key(row)
+    return nc.is_removed(backend, kernel, size, block, target, rows)
+
+
+def _removed_lines(removed):
+    """One line per removed configuration and dtype: how many of its compiles (forms and
+    row-length specialisations) spill or fail, and the worst."""
+    groups = {}
+    for r, e in removed:
+        groups.setdefault(_removal_key(r) + (r["dtype"],), []).append((r, e))
+    lines = []
+    for (backend, kernel, _, block, rows, dtype), items in groups.items():
+        bad = [(r, e) for r, e in items if e["status"] != "OK"]
+        worst = max((e.get("spill_stores", 0) for _, e in bad), default=0)
+        config = f"block {block}" + (f", {rows} rows" if kernel == "_fwd_rows" else "")
+        text = f"{backend} {kernel} {dtype} ({config}; {items[0][0]['shape']}): "
+        text += f"{len(bad)} of {len(items)} compiles "
+        text += f"spill or fail (up to {worst} bytes spilled)" if bad else "spill or fail"
+        lines.append(text)
+    return lines
+
+
+def _removal_key(row):
+    return (row["backend"], row["kernel"], ELEMENT_SIZE[row["dtype"]], row["block"], row["rows"])
 
 
 def _label(row):
@@ -691,7 +716,9 @@ def _cell(entry):
         return "", "", "", "", ""
     if "error" in entry:
         return "-", "-", "-", "-", f"FAIL: {entry['why'][:80]}"
-    status = entry["status"] if entry["pickable"] else f"removed ({entry['status']})"
+    status = entry["status"]
+    if not entry["pickable"]:
+        status = f"{'removed' if entry.get('removed') else 'not picked'} ({status})"
     return (
         str(entry["registers"]),
         str(entry["spill_stores"]),
@@ -761,22 +788,25 @@ def roofline_table():
 
 
 def _versions():
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import triton, jax; from triton.backends.nvidia.compiler import get_ptxas;"
-            "import subprocess;"
-            "v = subprocess.run([get_ptxas(90).path, '--version'], capture_output=True, "
-            "text=True).stdout.strip().splitlines()[-2];"
-            "print(triton.__version__, jax.__version__, v, sep='|')",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
-    parts = out.stdout.strip().split("|")
-    return parts if len(parts) == 3 else ["?", "?", "?"]
+    """The triton and jax versions and the wheel's ptxas, without importing either."""
+    from importlib import metadata
+
+    spec = importlib.util.find_spec("triton")
+    bin_dir = os.path.join(os.path.dirname(spec.origin), "backends", "nvidia", "bin")
+    try:
+        listed = (
+            subprocess.run(
+                [os.path.join(bin_dir, "ptxas-blackwell"), "--version"],
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
+        ptxas = listed[-2] if len(listed) >= 2 else "?"
+    except OSError:
+        ptxas = "?"
+    return metadata.version("triton"), metadata.version("jax"), ptxas
 
 
 def markdown(rows, targets, stats):
@@ -822,7 +852,8 @@ def markdown(rows, targets, stats):
         "## Triton kernels (torch)",
         "",
         "Every configuration the choosers can return, for any row length; `shape` is the range "
-        "of row lengths that picks it.",
+        "of row lengths that picks it. `removed (...)`: in `REMOVED` for that target, with its "
+        "verdict there; `not picked (...)`: compiled because another target picks it.",
         "",
     ]
     lines += table(rows, targets, "triton")

@@ -161,36 +161,45 @@ def test_half_precision(ln, kind, dtype, tol):
 class _Launches:
     """Wraps a kernel and records each launch under its name."""
 
-    def __init__(self, kernel, name, seen):
-        self.kernel, self.name, self.seen = kernel, name, seen
+    def __init__(self, kernel, name, seen, grids):
+        self.kernel, self.name, self.seen, self.grids = kernel, name, seen, grids
 
     def __getitem__(self, grid):
         self.seen.append(self.name)
+        self.grids.append(tuple(grid))
         return self.kernel[grid]
 
 
 @pytest.mark.parametrize(
-    "kind, shape, dtype, tol, launched",
+    "target, kind, shape, dtype, tol, launched",
     [
-        # The bfloat16 block of 32768 spills on sm_90: the looped forward takes the row.
-        ("layer", (2, 20000), "bfloat16", 2e-2, ["_fwd_looped", "_bwd_row_sums", "_bwd_tiles"]),
-        ("add_rms", (2, 20000), "bfloat16", 2e-2, ["_fwd_looped", "_bwd_row_sums", "_bwd_tiles"]),
+        # The half-precision block of 32768 spills on sm_90: the looped forward takes the row.
+        (90, "layer", (2, 20000), "bfloat16", 2e-2, ["_fwd_looped", "_bwd_row_sums", "_bwd_tiles"]),
+        (90, "add_rms", (2, 20000), "bfloat16", 2e-2, ["_fwd_looped", "_bwd_row_sums", "_bwd_tiles"]),
         # The fused backward of 8192 spills: rows of 4097-8192 take the two-kernel backward.
-        ("add_layer", (3, 5000), "float32", 2e-5, ["_fwd_fused", "_bwd_row_sums", "_bwd_tiles"]),
-        ("rms", (3, 4100), "float16", 2e-3, ["_fwd_fused", "_bwd_row_sums", "_bwd_tiles"]),
+        (90, "add_layer", (3, 5000), "float32", 2e-5, ["_fwd_fused", "_bwd_row_sums", "_bwd_tiles"]),
+        (100, "rms", (3, 4100), "float16", 2e-3, ["_fwd_fused", "_bwd_row_sums", "_bwd_tiles"]),
+        # sm_100: 64 rows of 17-32 float32 values to a program instead of 128 (130 rows: three
+        # programs, the last partial).
+        (100, "rms", (130, 20), "float32", 2e-5, ["_fwd_rows", "_bwd_fused"]),
     ],
-)
+)  # fmt: skip
 def test_configurations_removed_for_the_gpu_target_are_never_launched(
-    ln, monkeypatch, kind, shape, dtype, tol, launched
+    ln, monkeypatch, target, kind, shape, dtype, tol, launched
 ):
-    # As on an H100 (compute capability 9.0): the chooser skips what spills there
-    # (kzoo.backends.norm_configs.REMOVED) and the replacement computes the same norm.
-    seen = []
-    monkeypatch.setattr(ln, "_target", lambda device: 90)
+    # As on an H100 (compute capability 9.0) or a B200 (10.0): the chooser skips what spills
+    # there (kzoo.backends.norm_configs.REMOVED) and the replacement computes the same norm.
+    from kzoo.backends import norm_configs
+
+    seen, grids = [], []
+    monkeypatch.setattr(ln, "_target", lambda device: target)
     for name in ln.KERNEL_NAMES:
-        monkeypatch.setattr(ln, name, _Launches(getattr(ln, name), name, seen))
+        monkeypatch.setattr(ln, name, _Launches(getattr(ln, name), name, seen, grids))
     check(ln, kind, shape, dtype=dtype, tol=tol)
     assert seen == launched
+    if launched[0] == "_fwd_rows":
+        assert norm_configs.triton_forward(20, 4, target=target).rows == 64
+        assert grids[0] == (3,)
 
 
 @pytest.mark.parametrize("kind", KINDS)

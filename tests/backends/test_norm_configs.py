@@ -51,26 +51,34 @@ def test_removed_configurations_are_skipped_on_their_targets():
         # What is not removed is unchanged.
         assert nc.triton_backward(4096, 2, target=target) == (Config("_bwd_fused", 4096, 16),)
         assert nc.pallas_forward(20000, 2, target=target) == Config("fwd", 32768, 16)
+    # sm_100 only: half the rows per program for rows of 17-32 float32 values, half the loop
+    # block of the half-precision row sums.
+    assert nc.triton_forward(20, 4, target=100) == Config("_fwd_rows", 32, 8, 64)
+    assert nc.triton_forward(20, 4, target=90) == Config("_fwd_rows", 32, 8, 128)
+    assert nc.triton_backward(9000, 2, target=100)[0] == Config("_bwd_row_sums", 2048, 16)
+    assert nc.triton_backward(9000, 2, target=90)[0] == Config("_bwd_row_sums", 4096, 16)
     # No GPU (the interpreters): nothing removed; a target the check does not cover: all of it.
     assert nc.triton_backward(5000, 4) == (Config("_bwd_fused", 8192, 16),)
     assert nc.triton_backward(5000, 4, target=80)[0].kernel == "_bwd_row_sums"
     assert nc.is_removed("triton", "_fwd_fused", 2, 32768, 120)
     assert not nc.is_removed("triton", "_fwd_fused", 2, 32768, None)
     assert not nc.is_removed("triton", "_fwd_fused", 4, 16384, 90)
+    assert nc.is_removed("triton", "_fwd_rows", 4, 32, 100, rows=128)
+    assert not nc.is_removed("triton", "_fwd_rows", 4, 32, 100, rows=64)
 
 
 def test_a_removed_loop_block_falls_back_to_a_smaller_one(monkeypatch):
     removed = {
-        ("triton", "_fwd_fused", 2, 8192): {90: "test"},
-        ("triton", "_fwd_looped", 2, 4096): {90: "test"},
-        ("triton", "_fwd_looped", 2, 2048): {90: "test"},
+        ("triton", "_fwd_fused", 2, 8192, 1): {90: "test"},
+        ("triton", "_fwd_looped", 2, 4096, 1): {90: "test"},
+        ("triton", "_fwd_looped", 2, 2048, 1): {90: "test"},
     }
     monkeypatch.setattr(nc, "REMOVED", removed)
     # The looped kernel starts below the removed fused block and skips removed loop blocks.
     assert nc.triton_forward(5000, 2, target=90) == Config("_fwd_looped", 1024, 8)
     assert nc.triton_forward(5000, 2, target=100) == Config("_fwd_fused", 8192, 16)
     monkeypatch.setattr(
-        nc, "REMOVED", {("triton", "_fwd_looped", 4, 1 << k): {90: "x"} for k in range(20)}
+        nc, "REMOVED", {("triton", "_fwd_looped", 4, 1 << k, 1): {90: "x"} for k in range(20)}
     )
     with pytest.raises(RuntimeError, match="no triton _fwd_looped configuration"):
         nc.triton_forward(20000, 4, target=90)
