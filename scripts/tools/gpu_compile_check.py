@@ -787,6 +787,19 @@ def roofline_table():
     return lines
 
 
+def ptxas_path(target):
+    """The triton wheel's ptxas for ``target``, asked in a subprocess (importing triton next to
+    another framework's runtime can abort a process); ``None`` when it has none."""
+    code = (
+        "import os, sys; from triton.backends.nvidia.compiler import get_ptxas; "
+        f"p = get_ptxas({int(target)}).path; print(p if p and os.path.exists(p) else '')"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    path = result.stdout.strip()
+    return path or None
+
+
 def _versions():
     """The triton and jax versions and the wheel's ptxas, without importing either."""
     from importlib import metadata
