@@ -203,6 +203,73 @@ def _functions(variant, ours, theirs, call, with_ops, with_portable):
     return fns
 
 
+# HBM bandwidth (bytes per second) of the cards the roofline predicts times for: H100 SXM, H200,
+# B200 (NVIDIA's data sheets).
+HBM_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "B200": 8.0e12}
+
+
+def roofline_bytes(variant, mode, rows, hidden, dtype, param_size=4):
+    """The bytes a pass must move at least, with parameters of ``param_size`` bytes.
+
+    Forward: read x (and the residual), gamma (and beta); write y (and the sum), the float32
+    row statistics (1/std, and the mean for layer norm). Backward: read the normalised input (x,
+    or the sum), dy (and the sum's gradient), gamma and the statistics; write dx (the residual's
+    gradient is the same tensor) and the parameter gradients. ``mode`` is ``fwd``, ``bwd`` or
+    ``fwd+bwd``.
+    """
+    size = 2 if dtype in ("bfloat16", "float16") else 4
+    fused = variant.startswith("add")
+    rms = variant.endswith("rms")
+    params = 1 if rms else 2
+    stats = rows * 4 * (1 if rms else 2)  # float32 1/std (and the mean) per row
+    row_tensor = rows * hidden * size
+    inputs = 2 if fused else 1
+    fwd = 2 * inputs * row_tensor + params * hidden * param_size + stats
+    bwd = (1 + inputs + 1) * row_tensor + (1 + params) * hidden * param_size + stats
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
+
+
+def predicted_seconds(nbytes, bandwidth):
+    """The roofline time of a memory-bound pass: its bytes over the memory bandwidth."""
+    return nbytes / bandwidth
+
+
+def card_bandwidth(device):
+    """``(card, bytes per second)`` for a device name such as ``NVIDIA H100 80GB HBM3``, or
+    ``None`` for a card without a prediction (the H100 PCIe and NVL have other bandwidths)."""
+    name = (device or "").upper()
+    if "H100" in name and ("PCIE" in name or "NVL" in name):
+        return None
+    for card, bandwidth in HBM_BANDWIDTH.items():
+        if card in name:
+            return card, bandwidth
+    return None
+
+
+def roofline(results, device):
+    """Measured time over the roofline time of each GPU result (the copy excepted)."""
+    card = card_bandwidth(device)
+    if card is None:
+        return []
+    out = []
+    for r in results:
+        if r.get("platform") != "gpu" or r["impl"] == "copy":
+            continue
+        moved = roofline_bytes(r["variant"], r["mode"], r["rows"], r["hidden"], r["dtype"])
+        predicted_ms = predicted_seconds(moved, card[1]) * 1e3
+        out.append(
+            {
+                **{k: r[k] for k in CASE},
+                "impl": r["impl"],
+                "card": card[0],
+                "measured_ms": r["ms"],
+                "predicted_ms": predicted_ms,
+                "of_roofline": predicted_ms / r["ms"],
+            }
+        )
+    return out
+
+
 def _bytes_moved(variant, mode, impl, elems, hidden, size):
     """The bytes an implementation must move (see the module docstring)."""
     fused = variant.startswith("add")

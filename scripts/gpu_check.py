@@ -24,15 +24,23 @@ figure goes to ``gpu_check.json`` and the tables, ready for docs/benchmarks.md, 
 ``gpu_check.md``, in ``--out`` (a new time-stamped folder under ``out/gpu_check/`` by default;
 an existing report is replaced only with ``--overwrite``); the sections' logs go to ``logs/``.
 
+For every benchmark shape the measured time is also set against its roofline: the bytes the
+pass must move (``bench_layernorm.roofline_bytes``) over the card's HBM bandwidth (H100 3.35,
+H200 4.8, B200 8 TB/s), printed as the section ends and tabled in ``gpu_check.md`` ("% of
+roofline" = predicted time / measured time). ``docs/gpu_kernels.md`` has the predictions for
+the whole benchmark grid.
+
 ``--dry-run`` prints the plan and the budget and runs nothing. ``--cpu`` runs the same plan on a
 machine without a GPU at toy sizes, through the Triton and Pallas interpreters: a check of this
-script, not of the GPU. The script installs nothing. Exit status: 0 when every section passed,
-1 otherwise, 2 for a bad command line.
+script, not of the GPU. Otherwise a machine where the NVIDIA driver reports no GPU is refused
+before anything runs. The script installs nothing. Exit status: 0 when every section passed,
+1 otherwise, 2 for a bad command line, 3 when the machine has no NVIDIA GPU.
 """
 
 import argparse
 import dataclasses
 import datetime
+import glob
 import importlib.util
 import json
 import os
@@ -323,6 +331,19 @@ def _bench_module():
     return module
 
 
+def nvidia_gpus():
+    """The NVIDIA GPUs the driver reports (none without the driver): its entries under
+    ``/proc/driver/nvidia/gpus``, else the ``GPU ...`` lines of ``nvidia-smi -L``."""
+    found = sorted(glob.glob("/proc/driver/nvidia/gpus/*"))
+    if found:
+        return found
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line for line in listed.stdout.splitlines() if line.startswith("GPU ")]
+
+
 def collect(name, workdir, log_text):
     """The figures a section left in ``workdir`` and its log (partial when it was stopped)."""
     device = re.search(r"^gpu_check device: (.+)$", log_text, re.M)
@@ -351,7 +372,11 @@ def collect(name, workdir, log_text):
         bench = _bench_module()
         table, summary = bench._summarise(results) if results else ([], [])
         figures.update(
-            results=results, verdicts=bench.verdicts(results), table=table, summary=summary
+            results=results,
+            verdicts=bench.verdicts(results),
+            table=table,
+            summary=summary,
+            roofline=bench.roofline(results, figures["device"]),
         )
     elif name == "convlstm":
         figures["rows"] = [
@@ -426,6 +451,8 @@ def run(args, out):
                 + (f" ({error})" if error else ""),
                 flush=True,
             )
+            for line in roofline_lines(figures.get("roofline") or []):
+                print(f"gpu_check: {section.name}: {line}", flush=True)
         sections.append(entry)
     device = next(
         (s["figures"].get("device") for s in sections if s["figures"].get("device")), None
@@ -456,6 +483,17 @@ def _atomic_write(path, text):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def roofline_lines(rows, impls=("kzoo",)):
+    """One line per measured shape: measured over predicted time, as % of the roofline."""
+    return [
+        f"roofline {r['impl']} {r['variant']} {r['dtype']} {r['rows']}x{r['hidden']} "
+        f"{r['mode']}: {r['measured_ms']:.4f} ms measured / {r['predicted_ms']:.4f} ms "
+        f"predicted on {r['card']} = {r['of_roofline']:.0%} of roofline"
+        for r in rows
+        if r["impl"] in impls
+    ]
 
 
 def markdown(report):
@@ -499,6 +537,23 @@ def markdown(report):
                     lines.append(
                         f"| {v['variant']} | {v['dtype']} | {v['rows']}x{v['hidden']} | {v['mode']} "
                         f"| {v['target']} | {v['value']:.3f} | {'meets' if v['met'] else 'misses'} |"
+                    )
+            roof = fig.get("roofline") or []
+            if roof:
+                lines += [
+                    "",
+                    f"Against the roofline ({roof[0]['card']} HBM bandwidth; predicted time = "
+                    "bytes that must move / bandwidth):",
+                    "",
+                    "| variant | dtype | rows x hidden | mode | impl | measured ms | predicted ms "
+                    "| % of roofline |",
+                    "| --- | --- | --- | --- | --- | ---: | ---: | ---: |",
+                ]
+                for r in roof:
+                    lines.append(
+                        f"| {r['variant']} | {r['dtype']} | {r['rows']}x{r['hidden']} "
+                        f"| {r['mode']} | {r['impl']} | {r['measured_ms']:.4f} "
+                        f"| {r['predicted_ms']:.4f} | {r['of_roofline']:.0%} |"
                     )
         elif s["name"] == "convlstm":
             lines += [
@@ -551,6 +606,14 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 2
+    if not args.cpu and not nvidia_gpus():
+        print(
+            "gpu_check: error: no NVIDIA GPU on this machine (no /proc/driver/nvidia/gpus entry "
+            "and `nvidia-smi -L` lists none); nothing was run. --cpu runs the same sections at "
+            "toy sizes through the interpreters, --dry-run prints the plan.",
+            file=sys.stderr,
+        )
+        return 3
     report = run(args, out)
     print(f"gpu_check: wrote {os.path.join(out, 'gpu_check.json')} and gpu_check.md")
     return 0 if all(s["status"] == "ok" for s in report["sections"]) else 1

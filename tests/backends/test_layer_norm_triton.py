@@ -158,6 +158,50 @@ def test_half_precision(ln, kind, dtype, tol):
     check(ln, kind, (2, 300), dtype=dtype, tol=tol, max_block=128)
 
 
+class _Launches:
+    """Wraps a kernel and records each launch under its name."""
+
+    def __init__(self, kernel, name, seen, grids):
+        self.kernel, self.name, self.seen, self.grids = kernel, name, seen, grids
+
+    def __getitem__(self, grid):
+        self.seen.append(self.name)
+        self.grids.append(tuple(grid))
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize(
+    "target, kind, shape, dtype, tol, launched",
+    [
+        # The half-precision block of 32768 spills on sm_90: the looped forward takes the row.
+        (90, "layer", (2, 20000), "bfloat16", 2e-2, ["_fwd_looped", "_bwd_row_sums", "_bwd_tiles"]),
+        (90, "add_rms", (2, 20000), "bfloat16", 2e-2, ["_fwd_looped", "_bwd_row_sums", "_bwd_tiles"]),
+        # The fused backward of 8192 spills: rows of 4097-8192 take the two-kernel backward.
+        (90, "add_layer", (3, 5000), "float32", 2e-5, ["_fwd_fused", "_bwd_row_sums", "_bwd_tiles"]),
+        (100, "rms", (3, 4100), "float16", 2e-3, ["_fwd_fused", "_bwd_row_sums", "_bwd_tiles"]),
+        # sm_100: 64 rows of 17-32 float32 values to a program instead of 128 (130 rows: three
+        # programs, the last partial).
+        (100, "rms", (130, 20), "float32", 2e-5, ["_fwd_rows", "_bwd_fused"]),
+    ],
+)  # fmt: skip
+def test_configurations_removed_for_the_gpu_target_are_never_launched(
+    ln, monkeypatch, target, kind, shape, dtype, tol, launched
+):
+    # As on an H100 (compute capability 9.0) or a B200 (10.0): the chooser skips what spills
+    # there (kzoo.backends.norm_configs.REMOVED) and the replacement computes the same norm.
+    from kzoo.backends import norm_configs
+
+    seen, grids = [], []
+    monkeypatch.setattr(ln, "_target", lambda device: target)
+    for name in ln.KERNEL_NAMES:
+        monkeypatch.setattr(ln, name, _Launches(getattr(ln, name), name, seen, grids))
+    check(ln, kind, shape, dtype=dtype, tol=tol)
+    assert seen == launched
+    if launched[0] == "_fwd_rows":
+        assert norm_configs.triton_forward(20, 4, target=target).rows == 64
+        assert grids[0] == (3,)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_zero_rows(ln, kind):
     x, r, w, b, dy, dz = inputs(kind, (0, 3, 7))
@@ -223,6 +267,7 @@ import json, re
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from kzoo.backends import norm_configs
 from kzoo.backends.torch import layer_norm_triton as ln
 
 # Each kernel in its plain layer-norm form and in its RMS + residual form.
@@ -259,7 +304,7 @@ for name, variant, types, flags, block, size in cases:
     kernel = triton.compile(
         ASTSource(fn=fn, signature=signature, constexprs=consts),
         target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": ln._num_warps(block, size)},
+        options={"num_warps": norm_configs.warps_for(block, size)},
     )
     ptx = kernel.asm["ptx"]
     report[f"{name}[{variant}]"] = {

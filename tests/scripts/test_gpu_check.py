@@ -301,14 +301,102 @@ def test_a_section_that_hangs_or_fails_loses_only_itself(tmp_path):
     assert (out / "logs" / "detr.log").exists()
 
 
-@pytest.mark.skipif(os.path.exists("/dev/nvidia0"), reason="this machine has a GPU")
-def test_a_gpu_section_without_a_gpu_fails_with_a_clear_reason(tmp_path):
+def test_without_a_gpu_the_script_refuses_before_running_anything(gpu_check, tmp_path):
+    if gpu_check.nvidia_gpus():
+        pytest.skip("this machine has an NVIDIA GPU")
     out = tmp_path / "report"
-    result = _run("--sections", "kernels-triton", "--out", str(out))
-    assert result.returncode == 1
-    section = json.loads((out / "gpu_check.json").read_text())["sections"][0]
-    assert section["status"] == "failed"
-    assert "exit 3" in section["error"] and "no CUDA device visible to torch" in section["error"]
+    result = _run("--out", str(out), timeout=120)
+    assert result.returncode == 3, result.stdout + result.stderr
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gpu_check: error: no NVIDIA GPU"), err
+    assert "--cpu" in err[0] and not out.exists() and "gpu_check:" not in result.stdout
+
+
+def test_a_gpu_section_without_a_gpu_fails_with_a_clear_reason(gpu_check, tmp_path):
+    # A section run where its framework sees no GPU (a CPU build of torch on a GPU machine)
+    # stops at its device probe with the reason.
+    if gpu_check.nvidia_gpus():
+        pytest.skip("this machine has an NVIDIA GPU")
+    result = _run("--run-section", "kernels-triton", "--workdir", str(tmp_path / "w"))
+    assert result.returncode == 3
+    assert "no CUDA device visible to torch" in result.stdout
+
+
+def test_roofline_bytes_and_times_by_hand():
+    bench = _load("bench_layernorm")
+    # LayerNorm, bfloat16, 4096 x 1024. Forward: x read and y written (2 bytes each), gamma and
+    # beta read (float32), mean and 1/std written (float32 per row).
+    fwd = 2 * 4096 * 1024 * 2 + 2 * 1024 * 4 + 4096 * 8
+    assert fwd == 16_818_176
+    assert bench.roofline_bytes("layer", "fwd", 4096, 1024, "bfloat16") == fwd
+    # Backward: x, dy read and dx written; gamma read, dgamma and dbeta written; stats read.
+    bwd = 3 * 4096 * 1024 * 2 + 3 * 1024 * 4 + 4096 * 8
+    assert bench.roofline_bytes("layer", "bwd", 4096, 1024, "bfloat16") == bwd == 25_210_880
+    assert bench.roofline_bytes("layer", "fwd+bwd", 4096, 1024, "bfloat16") == fwd + bwd
+    # Fused residual RMS norm, float32, 16384 x 4096: x and r read, y and z written, gamma read,
+    # 1/std written.
+    assert bench.roofline_bytes("add_rms", "fwd", 16384, 4096, "float32") == 1_073_823_744
+    # At H100's 3.35 TB/s: 16818176 / 3.35e12 s = 5.0203 us; at B200's 8 TB/s 2.1023 us.
+    assert bench.predicted_seconds(fwd, bench.HBM_BANDWIDTH["H100"]) == pytest.approx(
+        5.0203e-6, rel=1e-4
+    )
+    assert bench.predicted_seconds(fwd, bench.HBM_BANDWIDTH["B200"]) == pytest.approx(
+        2.1023e-6, rel=1e-4
+    )
+    # Without the row statistics the roofline is the bytes the benchmark's bandwidth counts.
+    for variant in ("layer", "rms", "add_layer", "add_rms"):
+        for mode in ("fwd", "fwd+bwd"):
+            stats = 4096 * 4 * (1 if variant.endswith("rms") else 2) * (2 if "bwd" in mode else 1)
+            assert bench.roofline_bytes(variant, mode, 4096, 1024, "bfloat16") - stats == (
+                bench._bytes_moved(variant, mode, "kzoo", 4096 * 1024, 1024, 2)
+            )
+
+
+def test_cards_are_told_apart_by_name():
+    bench = _load("bench_layernorm")
+    assert bench.card_bandwidth("NVIDIA H100 80GB HBM3") == ("H100", 3.35e12)
+    assert bench.card_bandwidth("NVIDIA H200") == ("H200", 4.8e12)
+    assert bench.card_bandwidth("NVIDIA B200") == ("B200", 8.0e12)
+    # Other bandwidths than the SXM card's, or no prediction at all.
+    assert bench.card_bandwidth("NVIDIA H100 PCIe") is None
+    assert bench.card_bandwidth("NVIDIA A100-SXM4-80GB") is None
+    assert bench.card_bandwidth(None) is None
+
+
+def test_bench_figures_are_set_against_the_roofline(gpu_check, tmp_path):
+    rows = [
+        _bench_rows(impl="kzoo", ms=0.1, gbps=1.0),
+        _bench_rows(impl="torch", ms=0.2, gbps=1.0),
+        _bench_rows(impl="copy", ms=0.09, gbps=1.0),
+    ]
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    figures = gpu_check.collect(
+        "bench-torch", str(tmp_path), "gpu_check device: NVIDIA H100 80GB HBM3\n"
+    )
+    roof = {r["impl"]: r for r in figures["roofline"]}
+    assert set(roof) == {"kzoo", "torch"}  # the copy moves other bytes
+    # 16384 x 4096 bfloat16 layer norm forward: 268599296 bytes / 3.35e12 B/s = 0.0801789 ms.
+    assert roof["kzoo"]["predicted_ms"] == pytest.approx(0.0801789, rel=1e-6)
+    assert roof["kzoo"]["of_roofline"] == pytest.approx(0.801789, rel=1e-6)
+    assert roof["torch"]["of_roofline"] == pytest.approx(0.4008945, rel=1e-6)
+    assert gpu_check.roofline_lines(figures["roofline"]) == [
+        "roofline kzoo layer bfloat16 16384x4096 fwd: 0.1000 ms measured / 0.0802 ms "
+        "predicted on H100 = 80% of roofline"
+    ]
+    section = {
+        "name": "bench-torch",
+        "title": "bench",
+        "status": "ok",
+        "seconds": 60.0,
+        "error": None,
+        "figures": figures,
+    }
+    gpu_check.write_report(_report([section]), str(tmp_path / "report"))
+    md = (tmp_path / "report" / "gpu_check.md").read_text()
+    assert "| layer | bfloat16 | 16384x4096 | fwd | kzoo | 0.1000 | 0.0802 | 80% |" in md
+    # No prediction for a card of unknown bandwidth.
+    unknown = gpu_check.collect("bench-torch", str(tmp_path), "gpu_check device: NVIDIA L4\n")
+    assert unknown["roofline"] == []
 
 
 @pytest.mark.slow

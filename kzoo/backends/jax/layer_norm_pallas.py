@@ -3,7 +3,9 @@
 Forward and backward run under ``jax.custom_vjp``. The input is viewed as ``(rows, N)`` with the
 normalised (trailing) axes flattened into ``N``. Rows are independent programs (``grid=(rows,)``);
 inside a program a row is read in blocks of a power-of-two width with masked loads, so any ``N``
-works: one block when the row fits (up to 64 KiB of input), a loop over blocks otherwise.
+works: one block when the row fits (up to 64 KiB of input), a loop over blocks of 4096 otherwise
+(block widths and warps from ``kzoo.backends.norm_configs``, which drops per GPU what spills
+there: the one-block dx kernel of 32768 half-precision values on sm_90 and sm_100).
 Statistics are float32; layer norm's are two-pass (mean, then the mean of squared deviations),
 which keeps inputs with a large mean accurate. The same kernels serve four ops through static
 flags: ``rms`` (no centring and no beta) and ``residual`` (``z = x + residual`` is written in
@@ -29,22 +31,26 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-_MAX_FUSED_BYTES = 65536
+from kzoo.backends import norm_configs
+
 # Rows and columns of one tile of the dgamma/dbeta kernel.
-_TILE_ROWS = 32
-_TILE_COLS = 256
+_TILE_ROWS = norm_configs.PALLAS_TILE_ROWS
+_TILE_COLS = norm_configs.PALLAS_TILE_COLS
 # Upper bound on row chunks (programs along the rows) of the dgamma/dbeta kernel.
 _MAX_CHUNKS = 512
 
 
-def _block(n, itemsize, max_block):
-    limit = _MAX_FUSED_BYTES // itemsize if not max_block else max_block
-    limit = 1 << (max(int(limit), 1).bit_length() - 1)
-    return min(pl.next_power_of_2(n), limit)
-
-
-def _num_warps(block, itemsize):
-    return max(1, min(16, block * itemsize // 256))
+def _target():
+    """The compute capability of JAX's first GPU (``None`` without one)."""
+    try:
+        device = jax.local_devices(backend="gpu")[0]
+    except RuntimeError:
+        return None
+    capability = getattr(device, "compute_capability", None)
+    if not capability:
+        return None
+    major, _, minor = str(capability).partition(".")
+    return 10 * int(major) + int(minor or 0)
 
 
 def _cols(i, block):
@@ -203,14 +209,14 @@ def _whole_spec(shape):
     return pl.BlockSpec(shape, lambda *_: (0,) * len(shape))
 
 
-def _forward(x, r, w, b, eps, rms, interpret, max_block):
+def _forward(x, r, w, b, eps, rms, interpret, max_block, target):
     """``(y, z, mean, rstd)``; ``z`` is ``None`` without a residual, ``mean`` for RMS."""
     m, n = x.shape
     has_r = r is not None
     if m == 0:
         empty = jnp.zeros((0,), jnp.float32)
         return jnp.zeros_like(x), (jnp.zeros_like(x) if has_r else None), empty, empty
-    block = _block(n, x.dtype.itemsize, max_block)
+    config = norm_configs.pallas_forward(n, x.dtype.itemsize, max_block, target)
     row = jax.ShapeDtypeStruct((m, n), x.dtype)
     stat = jax.ShapeDtypeStruct((m,), jnp.float32)
     inputs = [x] + ([r] if has_r else []) + [w] + ([] if rms else [b])
@@ -219,12 +225,12 @@ def _forward(x, r, w, b, eps, rms, interpret, max_block):
     out_specs = [_row_spec(n)] * (2 if has_r else 1) + [_scalar_spec()] * (1 if rms else 2)
     results = iter(
         pl.pallas_call(
-            functools.partial(_fwd_kernel, n=n, eps=eps, block=block, has_r=has_r, rms=rms),
+            functools.partial(_fwd_kernel, n=n, eps=eps, block=config.block, has_r=has_r, rms=rms),
             grid=(m,),
             in_specs=in_specs,
             out_specs=out_specs,
             out_shape=outputs,
-            compiler_params=plgpu.CompilerParams(num_warps=_num_warps(block, x.dtype.itemsize)),
+            compiler_params=plgpu.CompilerParams(num_warps=config.warps),
             interpret=interpret,
             name=f"kzoo_{'rms' if rms else 'layer'}_norm_fwd",
         )(*inputs)
@@ -232,24 +238,24 @@ def _forward(x, r, w, b, eps, rms, interpret, max_block):
     return _take(results, True, has_r, not rms, True)
 
 
-def _backward(x, w, mean, rstd, dy, dz, rms, interpret, max_block):
+def _backward(x, w, mean, rstd, dy, dz, rms, interpret, max_block, target):
     m, n = x.shape
     if m == 0:
         zeros = jnp.zeros((n,), jnp.float32)
         return jnp.zeros_like(x), zeros, zeros
-    block = _block(n, x.dtype.itemsize, max_block)
+    config = norm_configs.pallas_dx(n, x.dtype.itemsize, max_block, target)
     has_dz = dz is not None
     kind = "rms" if rms else "layer"
     stats = ([] if rms else [mean]) + [rstd]
     dx = pl.pallas_call(
-        functools.partial(_dx_kernel, n=n, block=block, rms=rms, has_dz=has_dz),
+        functools.partial(_dx_kernel, n=n, block=config.block, rms=rms, has_dz=has_dz),
         grid=(m,),
         in_specs=[_row_spec(n)] * (3 if has_dz else 2)
         + [_whole_spec((n,))]
         + [_scalar_spec()] * len(stats),
         out_specs=_row_spec(n),
         out_shape=jax.ShapeDtypeStruct((m, n), x.dtype),
-        compiler_params=plgpu.CompilerParams(num_warps=_num_warps(block, x.dtype.itemsize)),
+        compiler_params=plgpu.CompilerParams(num_warps=config.warps),
         interpret=interpret,
         name=f"kzoo_{kind}_norm_dx",
     )(x, dy, *([dz] if has_dz else []), w, *stats)
@@ -268,7 +274,7 @@ def _backward(x, w, mean, rstd, dy, dz, rms, interpret, max_block):
         in_specs=[_whole_spec((m, n))] * 2 + [_whole_spec((m,))] * len(stats),
         out_specs=[part_spec] * parts,
         out_shape=[jax.ShapeDtypeStruct((chunks, width), jnp.float32)] * parts,
-        compiler_params=plgpu.CompilerParams(num_warps=4),
+        compiler_params=plgpu.CompilerParams(num_warps=norm_configs.PALLAS_DWDB_WARPS),
         interpret=interpret,
         name=f"kzoo_{kind}_norm_dwdb",
     )(x, dy, *stats)
@@ -277,22 +283,23 @@ def _backward(x, w, mean, rstd, dy, dz, rms, interpret, max_block):
     return dx, dw, (None if rms else jnp.sum(sums[1], axis=0)[:n])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _norm(x, r, w, b, eps, rms, interpret, max_block):
-    y, z, _, _ = _forward(x, r, w, b, eps, rms, interpret, max_block)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _norm(x, r, w, b, eps, rms, interpret, max_block, target):
+    y, z, _, _ = _forward(x, r, w, b, eps, rms, interpret, max_block, target)
     return y, z
 
 
-def _norm_fwd(x, r, w, b, eps, rms, interpret, max_block):
-    y, z, mean, rstd = _forward(x, r, w, b, eps, rms, interpret, max_block)
+def _norm_fwd(x, r, w, b, eps, rms, interpret, max_block, target):
+    y, z, mean, rstd = _forward(x, r, w, b, eps, rms, interpret, max_block, target)
     # The backward reads the normalised input: the sum when there is a residual.
     return (y, z), (x if z is None else z, w, b, mean, rstd, r is not None)
 
 
-def _norm_bwd(eps, rms, interpret, max_block, residuals, cotangents):
+def _norm_bwd(eps, rms, interpret, max_block, target, residuals, cotangents):
     x, w, b, mean, rstd, has_r = residuals
     dy, dz = cotangents
-    dx, dw, db = _backward(x, w, mean, rstd, dy, dz if has_r else None, rms, interpret, max_block)
+    dz = dz if has_r else None
+    dx, dw, db = _backward(x, w, mean, rstd, dy, dz, rms, interpret, max_block, target)
     return (
         dx,
         dx if has_r else None,
@@ -305,7 +312,15 @@ _norm.defvjp(_norm_fwd, _norm_bwd)
 
 
 def norm_2d(
-    x, residual=None, weight=None, bias=None, eps=1e-5, rms=False, interpret=None, max_block=0
+    x,
+    residual=None,
+    weight=None,
+    bias=None,
+    eps=1e-5,
+    rms=False,
+    interpret=None,
+    max_block=0,
+    target=None,
 ):
     """Normalise the rows of the 2-D array ``x`` (plus ``residual``) with the Pallas kernels.
 
@@ -313,6 +328,9 @@ def norm_2d(
     residual). ``rms=True`` is RMS norm (no centring; ``bias`` must be ``None``).
     ``interpret=None`` interprets the kernels unless JAX runs on a GPU. ``max_block`` caps the
     block width (0: up to 64 KiB of input); a small cap makes the tests cover the looped path.
+    ``target`` is the compute capability (e.g. 90) whose configurations are chosen
+    (``kzoo.backends.norm_configs``; default: the GPU's, none when interpreting), which is how
+    the compile check lowers for a GPU that is not there.
     """
     x = jnp.asarray(x)
     if x.ndim != 2:
@@ -336,10 +354,13 @@ def norm_2d(
             raise ValueError(f"`{name}` has {math.prod(p.shape)} elements; expected {n}.")
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
+    if target is None and not interpret:
+        target = _target()
     # Missing parameters become constants: their cotangents are computed and dropped.
     w = jnp.ones((n,), jnp.float32) if weight is None else jnp.reshape(weight, (n,))
     b = None if rms else jnp.zeros((n,), jnp.float32) if bias is None else jnp.reshape(bias, (n,))
-    return _norm(x, residual, w, b, float(eps), bool(rms), bool(interpret), int(max_block))
+    target = None if target is None else int(target)
+    return _norm(x, residual, w, b, float(eps), bool(rms), bool(interpret), int(max_block), target)
 
 
 def layer_norm_2d(x, weight=None, bias=None, eps=1e-5, interpret=None, max_block=0):

@@ -10,7 +10,8 @@ Forward: statistics in float32. When a row fits one block (``N`` up to ``max_blo
 it is loaded once, centred in registers (two-pass variance, no cancellation for inputs with a
 large mean) and written: rows of up to 1024 values several to a program (a 2-D tile), wider rows
 one per program. Rows wider than a block take a looped path that reads the row three times
-(mean, centred variance, output). The per-row mean and 1/std are kept for the backward pass.
+(mean, centred variance, output) in blocks of 4096. The per-row mean and 1/std are kept for the
+backward pass.
 
 Backward: ``dx = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy*xhat))`` (RMS: without the
 ``mean(w*dy)`` term), plus the gradient arriving at ``z`` for the fused residual ops; ``x`` and the
@@ -20,6 +21,11 @@ of a ``(programs, N)`` buffer, which is then summed in a fixed order. No atomics
 bitwise reproducible. Rows of up to 8192 values use a single fused kernel (x and dy read once);
 wider rows use two kernels: per-row reductions, then an elementwise pass over ``(row chunk,
 column block)`` tiles that writes dx and the partial sums.
+
+Which kernel, block and warps a launch uses comes from ``kzoo.backends.norm_configs``, which
+also drops, per GPU (compute capability), the configurations that spill or fail there (found by
+``scripts/tools/gpu_compile_check.py``): on sm_90 and sm_100 the fused backward of 8192 and the
+half-precision forward block of 32768.
 
 The kernels are wrapped in ``torch.library`` custom ops with a fake (meta) implementation and an
 autograd formula, so they work under autograd and ``torch.compile``. This module imports triton
@@ -33,14 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
-# A row is held in registers when it fits this many bytes (per input tensor).
-_MAX_FUSED_BYTES = 65536
-# Rows of at most a quarter of this many elements are normalised several to a program, in tiles
-# of up to this many elements and at most _MAX_TILE_ROWS rows.
-_MAX_ROWS_TILE = 4096
-_MAX_TILE_ROWS = 128
-# The fused backward keeps x, dy and two float32 accumulators per column live: keep it smaller.
-_MAX_FUSED_BWD_ELEMENTS = 8192
+from kzoo.backends import norm_configs
+
 KERNEL_NAMES = (
     "_fwd_fused",
     "_fwd_rows",
@@ -326,14 +326,17 @@ def _bwd_tiles(
         tl.store(DB_part + pid * N + cols, db_acc, mask=mask)
 
 
-def _block(n, element_size, max_block):
-    limit = _MAX_FUSED_BYTES // element_size if max_block is None or max_block <= 0 else max_block
-    limit = 1 << (max(int(limit), 1).bit_length() - 1)  # a power of two, as tl.arange needs
-    return min(triton.next_power_of_2(n), limit)
+@functools.cache
+def _capability(index):
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor
 
 
-def _num_warps(block, element_size):
-    return max(1, min(16, block * element_size // 256))
+def _target(device):
+    """The compute capability the launch configurations are chosen for (``None``: no GPU)."""
+    if device.type != "cuda":
+        return None
+    return _capability(device.index if device.index is not None else torch.cuda.current_device())
 
 
 @functools.cache
@@ -386,29 +389,28 @@ def _norm_fwd(
         "RMS": rms,
     }
     pointers = (x, r, y, z if residual is not None else y, w, b, mean if not rms else rstd, rstd)
-    block = _block(n, x.element_size(), max_block)
-    if block >= n and block <= _MAX_ROWS_TILE // 4:
+    config = norm_configs.triton_forward(n, x.element_size(), max_block, _target(x.device))
+    if config.kernel == "_fwd_rows":
         # Narrow rows: several per program, so that a program still moves a useful tile.
-        tile_rows = min(_MAX_TILE_ROWS, _MAX_ROWS_TILE // block)
-        _fwd_rows[(triton.cdiv(rows, tile_rows),)](
+        _fwd_rows[(triton.cdiv(rows, config.rows),)](
             *pointers,
             rows,
             n,
             eps,
             **flags,
-            BLOCK=block,
-            ROWS=tile_rows,
-            num_warps=max(1, min(8, tile_rows * block * x.element_size() // 512)),
+            BLOCK=config.block,
+            ROWS=config.rows,
+            num_warps=config.warps,
         )
         return y, z, mean, rstd
-    kernel = _fwd_fused if block >= n else _fwd_looped
+    kernel = _fwd_fused if config.kernel == "_fwd_fused" else _fwd_looped
     kernel[(rows,)](
         *pointers,
         n,
         eps,
         **flags,
-        BLOCK=block,
-        num_warps=_num_warps(block, x.element_size()),
+        BLOCK=config.block,
+        num_warps=config.warps,
     )
     return y, z, mean, rstd
 
@@ -441,12 +443,9 @@ def _norm_bwd(
     dy = dy.contiguous()
     dz = None if dz is None else dz.contiguous()
     dx = torch.empty_like(x)
-    fused = triton.next_power_of_2(n) <= min(
-        _MAX_FUSED_BWD_ELEMENTS, _block(n, x.element_size(), max_block)
-    )
-    tile = min(_block(n, x.element_size(), max_block), 1024)
-    warps = _num_warps(triton.next_power_of_2(n) if fused else tile, 4)
-    programs = _programs(rows, x.device, warps)
+    configs = norm_configs.triton_backward(n, x.element_size(), max_block, _target(x.device))
+    fused = len(configs) == 1
+    programs = _programs(rows, x.device, configs[-1].warps)
     # Every program writes its whole row of partial sums (zeros when it has no rows), so the
     # buffers need no clearing unless no kernel runs at all.
     alloc = torch.empty if rows > 0 else torch.zeros
@@ -473,11 +472,11 @@ def _norm_bwd(
                 n,
                 rows_per_program,
                 **part_flags,
-                BLOCK=triton.next_power_of_2(n),
-                num_warps=warps,
+                BLOCK=configs[0].block,
+                num_warps=configs[0].warps,
             )
         else:
-            block = _block(n, x.element_size(), max_block)
+            sums, tiles = configs
             c1 = torch.empty((rows,), dtype=torch.float32, device=x.device)
             c2 = torch.empty((0 if rms else rows,), dtype=torch.float32, device=x.device)
             c2_ptr = c2 if not rms else c1
@@ -489,10 +488,10 @@ def _norm_bwd(
                 c2_ptr,
                 n,
                 **flags,
-                BLOCK=block,
-                num_warps=_num_warps(block, x.element_size()),
+                BLOCK=sums.block,
+                num_warps=sums.warps,
             )
-            _bwd_tiles[(programs, triton.cdiv(n, tile))](
+            _bwd_tiles[(programs, triton.cdiv(n, tiles.block))](
                 x,
                 dy,
                 dz_ptr,
@@ -506,8 +505,8 @@ def _norm_bwd(
                 n,
                 rows_per_program,
                 **part_flags,
-                BLOCK=tile,
-                num_warps=warps,
+                BLOCK=tiles.block,
+                num_warps=tiles.warps,
             )
     # A fixed-order sum of the per-program partials: deterministic, unlike atomics.
     dw = dw_part.sum(dim=0)
