@@ -2,7 +2,7 @@
 
 No GPU is needed. For each target (compute capability 9.0: H100/H200; 10.0: B200):
 
-- **Triton (torch)**: every configuration the choosers in ``kzoo.backends.norm_configs`` can
+- **Triton (torch)**: every configuration the choosers in ``kzoo.backends.common.norm_configs`` can
   return (kernel, block, warps, rows per program) for float32, float16 and bfloat16 rows of any
   width, in each of the four forms (layer norm, RMS norm and their fused residual forms; forward
   and backward kernels), is compiled by ``triton.compile`` for the target exactly as a launch
@@ -49,7 +49,7 @@ if __name__ == "__main__":
     # The parent process needs only kzoo's pure-Python configurations: keep keras's import light.
     os.environ.setdefault("KERAS_BACKEND", "torch")
 
-from kzoo.backends import norm_configs as nc  # noqa: E402
+from kzoo.backends.common import norm_configs as nc  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOCS_PAGE = os.path.join(ROOT, "docs", "gpu_kernels.md")
@@ -854,7 +854,11 @@ def markdown(rows, targets, stats):
             f"| {s['fail']} | {s['pickable_fail']} | {s['pickable_spill']} "
             f"| {s['pickable_spill_le_8192']} | {s['max_registers']} |"
         )
-    lines += ["", "### Removed from the choosers' lists (`kzoo/backends/norm_configs.py`)", ""]
+    lines += [
+        "",
+        "### Removed from the choosers' lists (`kzoo/backends/common/norm_configs.py`)",
+        "",
+    ]
     for t in targets:
         for item in stats[str(t)]["removed"]:
             lines.append(f"- sm_{t}: {item}")

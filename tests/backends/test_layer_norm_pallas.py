@@ -168,10 +168,10 @@ def test_parameter_gradients_are_deterministic(ln, kind):
 @pytest.mark.parametrize("kind", ["layer", "add_rms"])
 def test_configurations_removed_for_the_gpu_target_compute_the_same(ln, kind):
     # On sm_90 the one-block dx kernel of 32768 half-precision values spills, so the chooser
-    # (kzoo.backends.norm_configs) gives rows of 16385-32768 the looped dx kernel there.
+    # (kzoo.backends.common.norm_configs) gives rows of 16385-32768 the looped dx kernel there.
     import jax
 
-    from kzoo.backends import norm_configs
+    from kzoo.backends.common import norm_configs
 
     n = 20000
     assert norm_configs.pallas_dx(n, 2, target=90) == norm_configs.Config("dx_looped", 4096, 16)

@@ -188,8 +188,8 @@ def test_configurations_removed_for_the_gpu_target_are_never_launched(
     ln, monkeypatch, target, kind, shape, dtype, tol, launched
 ):
     # As on an H100 (compute capability 9.0) or a B200 (10.0): the chooser skips what spills
-    # there (kzoo.backends.norm_configs.REMOVED) and the replacement computes the same norm.
-    from kzoo.backends import norm_configs
+    # there (kzoo.backends.common.norm_configs.REMOVED) and the replacement computes the same norm.
+    from kzoo.backends.common import norm_configs
 
     seen, grids = [], []
     monkeypatch.setattr(ln, "_target", lambda device: target)
@@ -267,7 +267,7 @@ import json, re
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kzoo.backends import norm_configs
+from kzoo.backends.common import norm_configs
 from kzoo.backends.torch import layer_norm_triton as ln
 
 # Each kernel in its plain layer-norm form and in its RMS + residual form.

@@ -2,8 +2,8 @@
 
 import pytest
 
-from kzoo.backends import norm_configs as nc
-from kzoo.backends.norm_configs import Config
+from kzoo.backends.common import norm_configs as nc
+from kzoo.backends.common.norm_configs import Config
 
 # Pure Python: the same under every backend, so one run is enough.
 pytestmark = pytest.mark.backends("torch")

@@ -65,7 +65,7 @@ def test_verdicts(tool):
 
 
 def test_every_configuration_the_choosers_return_is_compiled(tool):
-    from kzoo.backends import norm_configs as nc
+    from kzoo.backends.common import norm_configs as nc
 
     cases = tool.triton_cases()
     for dtype, size in (("float32", 4), ("bfloat16", 2), ("float16", 2)):
@@ -160,7 +160,7 @@ def test_the_grid_configurations_compile_for_sm90_without_failing_or_spilling(to
     # that spills or does not fit, too many warps) makes this fail.
     # Triton and JAX run in subprocesses of their own, so any backend's test process will do
     # (CI's slow step runs under JAX).
-    from kzoo.backends import norm_configs as nc
+    from kzoo.backends.common import norm_configs as nc
 
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed")

@@ -4,7 +4,7 @@ Forward and backward run under ``jax.custom_vjp``. The input is viewed as ``(row
 normalised (trailing) axes flattened into ``N``. Rows are independent programs (``grid=(rows,)``);
 inside a program a row is read in blocks of a power-of-two width with masked loads, so any ``N``
 works: one block when the row fits (up to 64 KiB of input), a loop over blocks of 4096 otherwise
-(block widths and warps from ``kzoo.backends.norm_configs``, which drops per GPU what spills
+(block widths and warps from ``kzoo.backends.common.norm_configs``, which drops per GPU what spills
 there: the one-block dx kernel of 32768 half-precision values on sm_90 and sm_100).
 Statistics are float32; layer norm's are two-pass (mean, then the mean of squared deviations),
 which keeps inputs with a large mean accurate. The same kernels serve four ops through static
@@ -31,7 +31,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kzoo.backends import norm_configs
+from kzoo.backends.common import norm_configs
 
 # Rows and columns of one tile of the dgamma/dbeta kernel.
 _TILE_ROWS = norm_configs.PALLAS_TILE_ROWS
@@ -329,7 +329,7 @@ def norm_2d(
     ``interpret=None`` interprets the kernels unless JAX runs on a GPU. ``max_block`` caps the
     block width (0: up to 64 KiB of input); a small cap makes the tests cover the looped path.
     ``target`` is the compute capability (e.g. 90) whose configurations are chosen
-    (``kzoo.backends.norm_configs``; default: the GPU's, none when interpreting), which is how
+    (``kzoo.backends.common.norm_configs``; default: the GPU's, none when interpreting), which is how
     the compile check lowers for a GPU that is not there.
     """
     x = jnp.asarray(x)

@@ -22,7 +22,7 @@ bitwise reproducible. Rows of up to 8192 values use a single fused kernel (x and
 wider rows use two kernels: per-row reductions, then an elementwise pass over ``(row chunk,
 column block)`` tiles that writes dx and the partial sums.
 
-Which kernel, block and warps a launch uses comes from ``kzoo.backends.norm_configs``, which
+Which kernel, block and warps a launch uses comes from ``kzoo.backends.common.norm_configs``, which
 also drops, per GPU (compute capability), the configurations that spill or fail there (found by
 ``scripts/tools/gpu_compile_check.py``): on sm_90 and sm_100 the fused backward of 8192 and the
 half-precision forward block of 32768.
@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kzoo.backends import norm_configs
+from kzoo.backends.common import norm_configs
 
 KERNEL_NAMES = (
     "_fwd_fused",
