@@ -1,6 +1,6 @@
 """The portable norms under ``jax.jit``: one compiled XLA computation per call, also when eager.
 
-``kzoo.ops.layer_norm``'s ``keras.ops`` compositions are what XLA compiles under ``jax.jit``
+The portable norms' ``keras.ops`` compositions (``kzoo.backends.common.layer_norm``) are what XLA compiles under ``jax.jit``
 anyway (where a nested ``jit`` is inlined); run eagerly, the same composition would dispatch
 about ten ops one at a time, each through ``keras.ops``. Jitting it makes an eager call one
 dispatch of a fused computation. Axes, epsilon and ``rms_scaling`` are static (hashable).
@@ -8,7 +8,7 @@ dispatch of a fused computation. Axes, epsilon and ``rms_scaling`` are static (h
 
 import jax
 
-from kzoo.ops.layer_norm import (
+from kzoo.backends.common.layer_norm import (
     add_layer_norm_portable,
     add_rms_norm_portable,
     layer_norm_portable,
