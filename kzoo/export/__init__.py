@@ -17,9 +17,13 @@ format          backends                     written by
 
 Every artifact takes named inputs whose batch dimension is free, plus the model's other free
 dimensions (``kzoo.export.signatures``); on torch, dimensions a traced Python loop runs over
-(the time axis of ConvLSTM models) are fixed to a given size (``fixed_sizes``), since
-``torch.onnx``'s tracer unrolls the loop. Outputs are named: a model returning one tensor
-gives ``output_0``, a model returning a dict gives its keys.
+(the time axis of keras's own recurrent layers, or of a kzoo ConvLSTM whose activation has no
+TorchScript form) are fixed to a given size (``fixed_sizes``), since ``torch.onnx``'s tracer
+unrolls the loop; kzoo's ConvLSTMs otherwise export a real ``Loop``. Outputs are named: a
+model returning one tensor gives ``output_0``, a model returning a dict gives its keys.
+
+kzoo's models inherit ``ExportMixin``: their ``model.export(path, format=...)`` (keras's
+signature) writes through ``export_model``.
 
 See ``docs/export.md`` for the model x backend x format table and the tolerances.
 """
@@ -31,10 +35,12 @@ import tempfile
 import keras
 import numpy as np
 
+from kzoo.backends.common import export_state
 from kzoo.export import runtimes, signatures, writers
 from kzoo.export.detr import DETRDetections
+from kzoo.export.mixin import KERAS_TO_KZOO, ExportMixin
 from kzoo.export.runtimes import load
-from kzoo.export.signatures import InputSpec, Signature, signature_for
+from kzoo.export.signatures import InputSpec, Signature, image_signature, signature_for
 from kzoo.export.writers import KERAS_FORMATS, fixed_dims
 from kzoo.ops.host_call import without_host_checks
 
@@ -142,8 +148,9 @@ def export_model(
     """Export ``model`` for inference to ``path`` in ``format``; returns the absolute path.
 
     Args:
-        model: A built ``keras.Model`` (kzoo's or any other). Subclassed models other than
-            DETR and CausalLM must have been called once (their input shapes come from it).
+        model: A built ``keras.Model`` (kzoo's or any other). Subclassed models without an
+            ``export_signature()`` of their own (DETR and CausalLM have one) must have been
+            called once (their input shapes come from it).
         path: Destination: a directory for ``"saved_model"``, a file otherwise (``.tflite``
             for ``"litert"``).
         format: ``"saved_model"``, ``"onnx"`` or ``"litert"`` (see the module docstring for
@@ -151,7 +158,8 @@ def export_model(
         input_signature: Optional keras-style input specs (``keras.InputSpec`` or a dict of
             them) replacing the model's own signature (``kzoo.export.signatures``).
         fixed_sizes: ``{dimension name: size}`` for free dimensions to fix, e.g.
-            ``{"time": 10}``; the torch ONNX export needs the ConvLSTM time axis fixed.
+            ``{"time": 10}``; the torch ONNX export needs the time axis of keras's own
+            recurrent layers fixed (``fixed_dims`` lists what a backend must fix).
         overwrite: Replace an existing ``path`` (atomically); without it an existing
             destination is an error.
         verbose: Let keras print its export messages.
@@ -183,7 +191,9 @@ def export_model(
         target = os.path.join(tmp_dir, os.path.basename(path))
         # A served artifact has no Python to call back into: input checks that run on the host
         # (DETR's pixel_mask) stay out of the exported graph.
-        with without_host_checks():
+        # The traced code learns which dimensions this export fixed (a ConvLSTM that cannot
+        # loop in the exported graph may then unroll for the fixed length).
+        with without_host_checks(), export_state.fixing(fixed):
             writers.writer()(serving, target, format, signature, fixed, verbose=verbose)
         if format == "onnx":
             _name_onnx_io(target, signature, serving.output_keys)
@@ -242,6 +252,17 @@ def _name_onnx_io(path, signature, output_keys):
         rename_inputs(graph)
         for value in graph.output:
             value.name = renames.get(value.name, value.name)
+    # Free dimensions by the signature's names ("batch", "time", "height", ...); the converters
+    # number them per input ("dim_0_1"), so two inputs of one height got two names.
+    dim_names = {}
+    for value, spec in zip(inputs, signature.specs):
+        for dim, name in zip(value.type.tensor_type.shape.dim, spec.dims):
+            if dim.HasField("dim_param") and isinstance(name, str):
+                dim_names[dim.dim_param] = name
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in dim_names:
+                dim.dim_param = dim_names[dim.dim_param]
     # Outputs: an Identity per output, so no node inside the graph changes.
     for value, name in zip(graph.output, output_keys):
         if value.name != name:
@@ -294,14 +315,17 @@ def max_differences(model, artifact, inputs, signature=None):
 __all__ = [
     "BACKEND_FORMATS",
     "DETRDetections",
+    "ExportMixin",
     "FORMATS",
     "InputSpec",
     "KERAS_FORMATS",
+    "KERAS_TO_KZOO",
     "Signature",
     "TOLERANCES",
     "check_format",
     "export_model",
     "fixed_dims",
+    "image_signature",
     "keras_outputs",
     "load",
     "max_differences",

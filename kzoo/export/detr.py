@@ -10,6 +10,8 @@ threshold and sort (a fixed-shape output; a client keeps the queries whose score
 import keras
 from keras import ops
 
+from kzoo.export.mixin import ExportMixin
+from kzoo.export.signatures import image_signature
 from kzoo.ops.shapes import arange
 
 
@@ -22,7 +24,7 @@ def unpadded_sizes(pixel_mask, dtype):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class DETRDetections(keras.Model):
+class DETRDetections(ExportMixin, keras.Model):
     """A DETR followed by its post-processing (softmax, no-object dropped, boxes in pixels).
 
     Args:
@@ -92,6 +94,10 @@ class DETRDetections(keras.Model):
             axis=-1,
         )
         return {"scores": scores, "labels": labels, "boxes": xyxy}
+
+    def export_signature(self):
+        """DETR's inputs: ``images`` and ``pixel_mask`` sharing height and width."""
+        return image_signature()
 
     def get_config(self):
         config = super().get_config()

@@ -42,8 +42,10 @@ class Signature:
     """The inputs of one call: ``inputs`` is an ``InputSpec`` or a dict of them.
 
     ``eager_dims``: dimensions that eager Python code turns into constants when one run is
-    traced (torch): a ConvLSTM's loop over time is unrolled, and a strided ``"same"``
-    ConvLSTM's padding is computed from the frame size; such an exporter fixes them.
+    traced (torch): keras's own recurrent layers unroll their loop over time and pad a strided
+    ``"same"`` ConvLSTM by the frame size computed in Python, and a kzoo ConvLSTM whose
+    activation has no TorchScript form unrolls its loop; such an exporter fixes them. (kzoo's
+    ConvLSTMs otherwise export a real loop and traced padding: nothing to fix.)
     ``merged``: free dimensions the model reshapes into one axis (DETR's height x width
     feature map into tokens); jax2onnx cannot express that reshape, so its export fixes them.
     """
@@ -142,12 +144,25 @@ def _has_time_loop(model):
     return bool(_recurrent_layers(model))
 
 
-def _size_dependent_padding(model):
-    """Whether a ConvLSTM pads by the frame size (``"same"`` with strides > 1)."""
-    return any(
-        getattr(layer, "padding", None) == "same" and max(getattr(layer, "strides", (1,))) > 1
-        for layer in _recurrent_layers(model)
-    )
+def _eager_dims(model, signature):
+    """The free dimensions of ``signature`` that a traced run of ``model`` records as constants.
+
+    keras's own recurrent layers loop in eager Python on torch (time) and pad a strided "same"
+    ConvLSTM by the frame size computed in Python (the spatial sizes); kzoo's ConvLSTMs say
+    which dimensions this backend's export must fix (``export_fixed_dims``: none, except the
+    time axis on torch for an activation without a TorchScript form).
+    """
+    free = signature.free_dims()
+    eager = set()
+    for layer in _recurrent_layers(model):
+        if isinstance(layer, keras.layers.RNN):
+            eager.add("time")
+            strides = getattr(layer, "strides", None) or (1,)
+            if getattr(layer, "padding", None) == "same" and max(strides) > 1:
+                eager.update(d for d in free if d not in ("batch", "time"))
+        else:
+            eager.update(layer.export_fixed_dims())
+    return tuple(d for d in free if d in eager)
 
 
 def _functional_signature(model):
@@ -187,19 +202,18 @@ def _functional_signature(model):
     else:
         sig_inputs = {f"input_{i}": spec_for(t, i) for i, t in enumerate(flat)}
         sig_inputs = {k: dataclasses.replace(s, name=k) for k, s in sig_inputs.items()}
-    eager = ("time",) if loops else ()
-    signature = Signature(sig_inputs)
-    if loops and _size_dependent_padding(model):
-        eager += tuple(d for d in signature.free_dims() if d not in ("batch", "time"))
-    return Signature(sig_inputs, eager_dims=eager)
+    return Signature(sig_inputs, eager_dims=_eager_dims(model, Signature(sig_inputs)))
 
 
-def _detr_signature():
+def image_signature(with_pixel_mask=True):
+    """Images ``(batch, height, width, 3)`` and, by default, their ``pixel_mask`` (batch,
+    height, width): DETR's inputs. The model flattens the feature map's height x width into
+    tokens (``merged``)."""
+    images = InputSpec("images", ("batch", "height", "width", 3))
+    if not with_pixel_mask:
+        return Signature(images)
     return Signature(
-        {
-            "images": InputSpec("images", ("batch", "height", "width", 3)),
-            "pixel_mask": InputSpec("pixel_mask", ("batch", "height", "width")),
-        },
+        {"images": images, "pixel_mask": InputSpec("pixel_mask", ("batch", "height", "width"))},
         merged=("height", "width"),
     )
 
@@ -229,15 +243,12 @@ def _called_signature(model):
 def signature_for(model):
     """The ``Signature`` a model is exported with.
 
-    DETR takes ``images (batch, height, width, 3)`` and ``pixel_mask (batch, height, width)``;
-    CausalLM ``token_ids (batch, sequence)`` (int32); functional models their ``keras.Input``
-    shapes with the batch free (and, in models with a recurrent layer, axis 1 named
-    ``"time"``); other subclassed models the shapes of their first call with the batch free.
+    A model's own ``export_signature()`` when it has one that returns a signature (DETR:
+    ``images (batch, height, width, 3)`` and ``pixel_mask (batch, height, width)``; CausalLM:
+    ``token_ids (batch, sequence)``, int32); functional models their ``keras.Input`` shapes with
+    the batch free (and, in models with a recurrent layer, axis 1 named ``"time"``); other
+    subclassed models the shapes of their first call with the batch free.
     """
-    from kzoo.export.detr import DETRDetections
-    from kzoo.models.causal_lm import CausalLM
-    from kzoo.models.detr import DETR
-
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model; got {type(model).__name__}.")
     if not model.built:
@@ -245,10 +256,15 @@ def signature_for(model):
             f"{type(model).__name__} has never been built or called: call it once on a sample "
             "batch (`model(x)`) or build it (`model.build(input_shape)`) before exporting."
         )
-    if isinstance(model, (DETR, DETRDetections)):
-        return _detr_signature()
-    if isinstance(model, CausalLM):
-        return Signature(InputSpec("token_ids", ("batch", "sequence"), "int32"))
+    own = getattr(model, "export_signature", None)
+    signature = own() if callable(own) else None
+    if signature is not None:
+        if not isinstance(signature, Signature):
+            raise ValueError(
+                f"{type(model).__name__}.export_signature() must return a "
+                f"kzoo.export.Signature or None; got {type(signature).__name__}."
+            )
+        return signature
     if isinstance(model, (Functional, keras.Sequential)):
         return _functional_signature(model)
     return _called_signature(model)
@@ -257,8 +273,15 @@ def signature_for(model):
 def from_keras(input_signature, model=None):
     """A ``Signature`` from keras-style specs: a ``keras.InputSpec`` (or anything with
     ``shape`` and ``dtype``), a dict of them, or a one-element list holding either. A free
-    axis 1 of a ``model`` with a recurrent layer is its ``"time"``."""
+    axis 1 of a ``model`` with a recurrent layer is its ``"time"``. A free dimension of an
+    input the ``model``'s own ``export_signature()`` names (same key, same rank) keeps that
+    signature's name, so inputs still share their sizes (DETR's height and width)."""
     loops = model is not None and _has_time_loop(model)
+    own = getattr(model, "export_signature", None)
+    own = own() if callable(own) else None
+    own_specs = {}
+    if isinstance(own, Signature):
+        own_specs = own.inputs if isinstance(own.inputs, dict) else {own.inputs.name: own.inputs}
     if isinstance(input_signature, (list, tuple)):
         if len(input_signature) != 1:
             raise ValueError(
@@ -271,10 +294,14 @@ def from_keras(input_signature, model=None):
         shape = getattr(spec, "shape", None)
         if shape is None:
             raise ValueError(f"Input signature entry {name!r} has no shape: {spec!r}.")
+        known = own_specs.get(name)
+        known = known.dims if known is not None and len(known.dims) == len(shape) else None
         dims = []
         for i, d in enumerate(shape):
             if d is not None:
                 dims.append(int(d))
+            elif known is not None and isinstance(known[i], str):
+                dims.append(known[i])
             elif i == 0:
                 dims.append("batch")
             else:
@@ -283,13 +310,11 @@ def from_keras(input_signature, model=None):
         dtype = keras.backend.standardize_dtype(getattr(spec, "dtype", None) or "float32")
         return InputSpec(name, dims, dtype)
 
-    loop_dims = ("time",) if loops else ()
     if isinstance(input_signature, dict):
         inputs = {k: convert(v, k) for k, v in input_signature.items()}
     else:
         inputs = convert(input_signature, getattr(input_signature, "name", None) or "inputs")
-    signature = Signature(inputs)
-    eager = tuple(d for d in loop_dims if d in signature.free_dims())
-    if loops and _size_dependent_padding(model):
-        eager += tuple(d for d in signature.free_dims() if d not in ("batch", "time"))
-    return Signature(inputs, eager_dims=eager)
+    free = Signature(inputs).free_dims()
+    eager = _eager_dims(model, Signature(inputs)) if loops else ()
+    merged = tuple(d for d in own.merged if d in free) if isinstance(own, Signature) else ()
+    return Signature(inputs, eager_dims=eager, merged=merged)

@@ -12,7 +12,11 @@ differs is how the recurrence is computed:
 - backends that need it get their own loop (the dispatch op ``conv_lstm_forward``:
   ``kzoo/backends/torch/conv_lstm.py`` keeps the state channels-first so no step pays a layout
   transpose; ``kzoo/backends/tensorflow/conv_lstm.py`` has a hand-written backward pass that
-  computes the recurrent kernel's gradient once for all timesteps).
+  computes the recurrent kernel's gradient once for all timesteps);
+- exported graphs keep a loop over any number of steps, keras's ``model.export`` included (on
+  torch, whose exporter traces one eager run, the loop is a TorchScript function:
+  ``kzoo/backends/torch/conv_lstm_traced.py``; ``export_fixed_dims()`` names what an export
+  must fix where that is impossible).
 """
 
 import numbers
@@ -31,6 +35,26 @@ dispatch.register(
         name="portable",
         target="kzoo.layers.conv_lstm_portable:conv_lstm_forward",
         description="hoisted input conv + one fused recurrent conv per step (keras.ops.scan)",
+    ),
+    fallback=True,
+)
+
+# The free dimensions an export must fix in size for a layer of this configuration: every
+# backend's exported graph has a real loop over time, except where the backend says otherwise
+# (torch's traced export, for activations without a TorchScript form).
+EXPORT_FIXED_DIMS_OP = "conv_lstm_export_fixed_dims"
+
+
+def no_export_fixed_dims(config):
+    return ()
+
+
+dispatch.register(
+    EXPORT_FIXED_DIMS_OP,
+    dispatch.Implementation(
+        name="portable",
+        target="kzoo.layers.conv_lstm:no_export_fixed_dims",
+        description="none: the exported graph loops over any number of steps",
     ),
     fallback=True,
 )
@@ -493,6 +517,11 @@ class ConvLSTM(keras.layers.Layer):
         if self.return_state:
             return output, h, c
         return output
+
+    def export_fixed_dims(self):
+        """The input dimensions (``"time"``) an export on this backend must fix in size for
+        this layer; none where the exported graph loops over any number of steps."""
+        return tuple(dispatch.select(EXPORT_FIXED_DIMS_OP).load()(self._forward_config()))
 
     def _forward_config(self):
         return dict(

@@ -4,6 +4,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from kzoo.export.mixin import ExportMixin
+from kzoo.export.signatures import InputSpec, Signature
 from kzoo.layers.context_parallel_attention import ContextParallelAttention
 from kzoo.layers.layer_normalization import LayerNormalization
 from kzoo.ops.ring_attention import active_context_parallel, validate_segment_ids
@@ -106,7 +108,7 @@ class CausalLMBlock(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class CausalLM(PresetMixin, keras.Model):
+class CausalLM(PresetMixin, ExportMixin, keras.Model):
     """A decoder-only transformer language model whose attention can be context parallel.
 
     Token and learned position embeddings, ``num_layers`` pre-norm blocks of
@@ -301,6 +303,11 @@ class CausalLM(PresetMixin, keras.Model):
         if isinstance(input_shape, dict):
             input_shape = input_shape["token_ids"]
         return tuple(input_shape) + (self.vocabulary_size,)
+
+    def export_signature(self):
+        """int32 ``token_ids`` (batch, sequence), what ``model.export`` and ``kzoo.export`` take
+        (packed inputs are a training layout; an exported model serves plain sequences)."""
+        return Signature(InputSpec("token_ids", ("batch", "sequence"), "int32"))
 
     def get_config(self):
         config = super().get_config()

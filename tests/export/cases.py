@@ -181,10 +181,6 @@ UNSUPPORTED = {
         "jax2onnx 0.17 lowers 1D and 2D convolutions only (the Conv3D head)",
         "Unsupported conv layouts",
     ),
-    ("NextFramePredictor", "torch", "onnx"): (
-        "keras 3.15's torch Conv3D is rejected by torch.onnx's TorchScript exporter",
-        "memory_format",
-    ),
 }
 
 

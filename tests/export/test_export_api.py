@@ -146,10 +146,18 @@ def test_fixed_sizes_must_name_free_dimensions_with_positive_sizes(tmp_path):
         export.export_model(_video_model(), _path(tmp_path), FORMAT, fixed_sizes={"time": 0})
 
 
+def _keras_conv_lstm_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, 5, 5, 2), name="frames")
+    outputs = keras.layers.ConvLSTM2D(3, 3, padding="same", name="conv_lstm")(inputs)
+    return keras.Model(inputs, outputs)
+
+
 @pytest.mark.backends("torch")
-def test_torch_onnx_asks_for_the_time_axis_it_must_fix(tmp_path):
+def test_torch_onnx_asks_for_the_time_axis_of_a_loop_it_cannot_export(tmp_path):
+    # keras's own ConvLSTM2D loops in Python on torch: the tracer would unroll it.
     with pytest.raises(ValueError, match=r"fixes the 'time'.*fixed_sizes=\{'time': N\}"):
-        export.export_model(_video_model(), _path(tmp_path), "onnx")
+        export.export_model(_keras_conv_lstm_model(), _path(tmp_path), "onnx")
     assert os.listdir(tmp_path) == []
 
 
@@ -169,7 +177,10 @@ def test_signatures_name_the_dimensions_and_share_them_between_inputs():
     lm.build((None, None))
     tokens = signatures.signature_for(lm).inputs
     assert (tokens.name, tokens.dims, tokens.dtype) == ("token_ids", ("batch", "sequence"), "int32")
-    assert export.fixed_dims(video, "onnx") == (("time",) if BACKEND == "torch" else ())
+    # kzoo's ConvLSTM exports a real loop everywhere (torch: a TorchScript loop, an ONNX Loop).
+    assert export.fixed_dims(video, "onnx") == ()
+    keras_video = signatures.signature_for(_keras_conv_lstm_model())
+    assert export.fixed_dims(keras_video, "onnx") == (("time",) if BACKEND == "torch" else ())
     assert export.fixed_dims(detr, "onnx") == (("height", "width") if BACKEND == "jax" else ())
 
 
@@ -234,19 +245,27 @@ def test_artifact_serves_from_a_process_without_kzoo(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, atol=1e-5, rtol=0)
 
 
-def test_strided_same_conv_lstm_makes_the_frame_size_an_eager_dimension(tmp_path):
+def test_strided_same_padding_is_an_eager_dimension_only_for_keras_own_conv_lstm(tmp_path):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((None, None, None, 2), name="frames")
     outputs = kzoo.layers.ConvLSTM2D(3, 3, strides=2, padding="same")(inputs)
     model = keras.Model(inputs, outputs)
-    signature = signatures.signature_for(model)
-    # The "same" padding of a strided convolution depends on the frame size, which torch's
-    # tracer would record as a constant.
-    assert signature.eager_dims == ("time", "height", "width")
-    assert signatures.signature_for(_video_model()).eager_dims == ("time",)
-    if BACKEND == "torch":
-        with pytest.raises(ValueError, match=r"fixed_sizes=\{'height': N, 'width': N\}"):
-            export.export_model(model, _path(tmp_path), "onnx", fixed_sizes={"time": 3})
+    # kzoo's layer records its strided "same" padding as arithmetic on the traced frame size:
+    # nothing to fix, and the artifact is right at frame sizes of both parities.
+    assert signatures.signature_for(model).eager_dims == ()
+    path = export.export_model(model, _path(tmp_path), FORMAT)
+    artifact = export.load(path, FORMAT)
+    for shape in ((2, 3, 8, 8, 2), (1, 2, 9, 7, 2)):
+        x = np.random.default_rng(0).random(shape, dtype=np.float32)
+        assert export.max_differences(model, artifact, x)["output_0"] <= 1e-5
+    # keras's own strided "same" ConvLSTM pads by sizes computed in Python.
+    inputs = keras.Input((None, 6, 6, 2), name="frames")
+    outputs = keras.layers.ConvLSTM2D(3, 3, strides=2, padding="same")(inputs)
+    keras_model = keras.Model(inputs, outputs)
+    signature = signatures.from_keras(
+        keras.InputSpec(shape=(None, None, None, None, 2)), keras_model
+    )
+    assert signature.eager_dims == ("time", "inputs_2", "inputs_3")
 
 
 # On JAX keras's own export also traces gradient functions (about 30 s here): the slow step.

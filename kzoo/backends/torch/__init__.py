@@ -64,6 +64,30 @@ register(
         description="hoisted input conv, state kept channels-first through the eager loop",
     ),
 )
+register(
+    "conv_lstm_forward",
+    Implementation(
+        name="torch-traced",
+        target="kzoo.backends.torch.conv_lstm:conv_lstm_forward",
+        backends=BACKEND,
+        supports="kzoo.backends.torch.conv_lstm_traced:supports_tracing",
+        priority=20,
+        # An export traced with KZOO_KERNELS=off needs the scripted loop all the same: keras's
+        # scan runs a Python loop on torch, which the tracer would unroll.
+        optional=False,
+        description="graphs traced for export: the time loop as TorchScript (an ONNX Loop)",
+    ),
+)
+register(
+    "conv_lstm_export_fixed_dims",
+    Implementation(
+        name="torch-traced",
+        target="kzoo.backends.torch.conv_lstm_traced:export_fixed_dims",
+        backends=BACKEND,
+        optional=False,
+        description="the time axis, where an activation has no TorchScript form",
+    ),
+)
 # One set of Triton kernels (kzoo/backends/torch/layer_norm_triton.py) serves the four norm ops.
 for _op, _what in (
     ("layer_norm", ("layer norm", "F.layer_norm")),

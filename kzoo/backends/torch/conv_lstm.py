@@ -29,6 +29,7 @@ import keras
 import torch
 import torch.nn.functional as tnn
 
+from kzoo.backends.torch import conv_lstm_traced
 from kzoo.layers.conv_lstm import same_padding
 
 _CONV = {1: tnn.conv1d, 2: tnn.conv2d, 3: tnn.conv3d}
@@ -65,13 +66,26 @@ def _pad_for_same(x, kernel_size, strides, dilation):
     """Pad ``x`` (channels-first) as TF's "same"; returns (tensor, padding for the conv)."""
     rank = len(kernel_size)
     spatial = x.shape[-rank:]
-    pads = [same_padding(n, k, s, d) for n, k, s, d in zip(spatial, kernel_size, strides, dilation)]
+    if torch.jit.is_tracing() and max(strides) > 1:
+        # The padding depends on the frame size: kept as arithmetic on the traced sizes.
+        pads = conv_lstm_traced.same_pads(spatial, kernel_size, strides, dilation)
+        return tnn.pad(x, [p for pair in reversed(pads) for p in pair]), 0
+    pads = [
+        same_padding(n, k, s, d) if s > 1 else _stride_one_pads(k, d)
+        for n, k, s, d in zip(spatial, kernel_size, strides, dilation)
+    ]
     if all(a == b for a, b in pads):
         return x, [a for a, _ in pads]
     flat = []
     for before, after in reversed(pads):
         flat += [before, after]
     return tnn.pad(x, flat), 0
+
+
+def _stride_one_pads(kernel, dilation):
+    """(before, after) "same" padding of a stride-1 convolution: the same for every size."""
+    total = (kernel - 1) * dilation
+    return total // 2, total - total // 2
 
 
 _FAST_ACTIVATIONS = {
@@ -274,7 +288,7 @@ def conv_lstm_forward(
 
     rk = _torch_kernel(_value(recurrent_kernel), rank)
     ones = (1,) * rank
-    pads = [same_padding(n, k, 1, 1) for n, k in zip(state_shape[2:], config["kernel_size"])]
+    pads = [_stride_one_pads(k, 1) for k in config["kernel_size"]]
     symmetric = all(a == b for a, b in pads)
     flat_pad = [p for pair in reversed(pads) for p in pair]
 
@@ -287,6 +301,15 @@ def conv_lstm_forward(
     if rec_masks is not None:
         rec_masks = [_to_channels_first(m, rank) if channels_last else m for m in rec_masks]
         rec_ws = rk.chunk(4, dim=0)
+
+    if torch.jit.is_tracing():
+        traced = _traced_recurrence(z, h, c, rk, pads, mask, rec_masks, config)
+        if traced is not None:
+            output, h, c = traced
+            if channels_last:
+                output = _to_channels_last(output, rank)
+                h, c = _to_channels_last(h, rank), _to_channels_last(c, rank)
+            return output, h, c
 
     fast_math = act in _FAST_ACTIVATIONS.values() and rec_act in _FAST_ACTIVATIONS.values()
     if (
@@ -346,3 +369,22 @@ def conv_lstm_forward(
         output = _to_channels_last(output, rank)
         h, c = _to_channels_last(h, rank), _to_channels_last(c, rank)
     return output, h, c
+
+
+def _traced_recurrence(z, h, c, rk, pads, mask, rec_masks, config):
+    """The loop as a TorchScript function while torch.onnx's tracer records (see
+    ``conv_lstm_traced``); None where the eager loop may run (the exporter fixed the time
+    axis), a ValueError where it may not."""
+    loop = None
+    if rec_masks is None:
+        loop = conv_lstm_traced.scripted_loop(config, pads, masked=mask is not None)
+    if loop is None:
+        conv_lstm_traced.check_unrollable(config, recurrent_dropout=rec_masks is not None)
+        return None
+    rank = config["rank"]
+    if mask is not None:
+        mask = mask.reshape(tuple(mask.shape[:2]) + (1,) * (rank + 1))
+    if config["go_backwards"]:
+        z = z.flip(1)
+        mask = None if mask is None else mask.flip(1)
+    return loop(z, h, c, rk) if mask is None else loop(z, h, c, rk, mask)

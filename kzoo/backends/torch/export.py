@@ -1,11 +1,15 @@
 """Export from torch: ONNX through keras (``torch.onnx``), with eager dimensions fixed in size.
 
 With free dimensions keras exports torch models with the TorchScript tracer, which records one
-run: a Python loop over a free dimension (the time axis of a ConvLSTM, which runs eagerly on
-torch) is unrolled for the traced size, and an artifact declaring that axis free would silently
-compute only the traced number of steps; padding computed in Python from a frame size is
-recorded as a constant likewise. Those dimensions (``Signature.eager_dims``) must be given a
-size; ONNX Runtime then rejects inputs of any other size.
+run: a Python loop over a free dimension is unrolled for the traced size, and an artifact
+declaring that axis free would silently compute only the traced number of steps; padding
+computed in Python from a frame size is recorded as a constant likewise. kzoo's ConvLSTMs
+record a real loop (a TorchScript function, exported as an ONNX ``Loop``) and their padding as
+arithmetic on the traced sizes, so their dimensions stay free. What remains eager
+(``Signature.eager_dims``): the time axis of keras's own recurrent layers (and the frame size
+of its strided "same" ConvLSTMs), and that of a kzoo ConvLSTM whose activation has no
+TorchScript form. Those dimensions must be given a size; ONNX Runtime then rejects inputs of
+any other size.
 """
 
 from kzoo.export.writers import export_with_keras
@@ -20,8 +24,9 @@ def export_artifact(serving, path, format, signature, fixed, verbose=False):
     if missing:
         raise ValueError(
             f"On the torch backend the ONNX export fixes the {', '.join(map(repr, missing))} "
-            "dimension(s) (torch.onnx's tracer records Python loops and padding computed from "
-            "them as constants): pass "
+            "dimension(s) of this model (torch.onnx's tracer records the Python loops of keras's "
+            "recurrent layers, or of a kzoo ConvLSTM whose activation has no TorchScript form, "
+            "and padding computed from them, as constants): pass "
             f"`fixed_sizes={{{', '.join(f'{d!r}: N' for d in missing)}}}` (the CLI uses its "
             "sample's sizes)."
         )

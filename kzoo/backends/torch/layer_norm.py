@@ -8,7 +8,8 @@ back, as keras does). The fused residual forms add first, then normalise.
 
 The normalised shape is passed as plain ints (the weights' shape, fixed when the layer is
 built): the input's sizes would be recorded by ``torch.onnx``'s tracer as values it cannot
-export.
+export. That exporter has no ``aten::rms_norm`` either: a traced graph gets the RMS norm
+spelled out in elementary ops.
 """
 
 import torch
@@ -47,7 +48,14 @@ def layer_norm(x, gamma, beta, axes, epsilon, rms_scaling=False):
 
 def rms_norm(x, gamma, axes, epsilon):
     xc, (gamma,), dtype = _compute(x, (gamma,))
-    y = F.rms_norm(xc, _normalized_shape(x, axes), gamma, epsilon)
+    if torch.jit.is_tracing():
+        # torch.onnx's TorchScript exporter has no symbolic for aten::rms_norm (torch 2.13,
+        # opset 20): the traced graph gets the same computation spelled out.
+        dims = list(range(x.ndim - len(axes), x.ndim))
+        y = xc * torch.rsqrt(xc.pow(2).mean(dim=dims, keepdim=True) + epsilon)
+        y = y if gamma is None else y * gamma
+    else:
+        y = F.rms_norm(xc, _normalized_shape(x, axes), gamma, epsilon)
     return y if y.dtype is dtype else y.to(dtype)
 
 

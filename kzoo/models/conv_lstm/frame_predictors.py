@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from kzoo.export.mixin import ExportMixin
 from kzoo.layers.conv_lstm import ConvLSTM2D
 from kzoo.presets import PresetMixin
 
@@ -83,7 +84,7 @@ def build_color_frame_graph(
     return inputs, outputs
 
 
-class _FramePredictor(PresetMixin, keras.Model):
+class _FramePredictor(PresetMixin, ExportMixin, keras.Model):
     """What both predictors share: self-compiling defaults and config handling."""
 
     _default_loss = "mae"

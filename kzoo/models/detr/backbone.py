@@ -22,6 +22,8 @@ import keras
 from keras import ops
 
 from kzoo.backends import dispatch
+from kzoo.export.mixin import ExportMixin
+from kzoo.export.signatures import image_signature
 from kzoo.models.detr.conv_bn import conv_bn_function, pad_spatial
 from kzoo.models.detr.initializers import he_normal_fan_out
 from kzoo.models.detr.stem_pool import stem_max_pool
@@ -168,7 +170,7 @@ def _conv(filters, kernel_size, stride, name, use_bias=False):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class ResNetBackbone(PresetMixin, keras.Model):
+class ResNetBackbone(PresetMixin, ExportMixin, keras.Model):
     """ResNet-50/101 (torchvision v1.5 layout, frozen batch norm) up to the stride-32 features.
 
     Sub-layers are named after torchvision's modules with dots as underscores: ``conv1``,
@@ -352,6 +354,11 @@ class ResNetBackbone(PresetMixin, keras.Model):
         if channels_first:
             x = ops.transpose(x, (0, 2, 3, 1))
         return x
+
+    def export_signature(self):
+        """``images`` (batch, height, width, 3), what ``model.export`` and ``kzoo.export`` take
+        (an exported backbone serves unpadded batches: no ``valid_sizes``)."""
+        return image_signature(with_pixel_mask=False)
 
     def compute_output_shape(self, images_shape, valid_sizes_shape=None):
         def down(n):

@@ -54,6 +54,8 @@ import tempfile
 import keras
 from keras import ops
 
+from kzoo.export.mixin import ExportMixin
+from kzoo.export.signatures import image_signature
 from kzoo.layers.detr_head import DETRHead
 from kzoo.models.detr.backbone import RESNET_BLOCKS, ResNetBackbone
 from kzoo.models.detr.pixel_mask import DETRInputChecks, check_batch, check_pixel_mask
@@ -121,7 +123,7 @@ def migrate_legacy_weights(src, dst):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class DETR(DETRInputChecks, PresetMixin, keras.Model):
+class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
     """DETR: a backbone, then a ``DETRHead`` (transformer encoder–decoder and set prediction).
 
     Args:
@@ -384,6 +386,11 @@ class DETR(DETRInputChecks, PresetMixin, keras.Model):
             else:
                 mask = self._resized_mask(pixel_mask, height, width)
         return self.head(features, mask, training=training)
+
+    def export_signature(self):
+        """``images`` (batch, height, width, 3) and ``pixel_mask`` (batch, height, width): one
+        height and width for both (``model.export`` and ``kzoo.export`` use it)."""
+        return image_signature()
 
     def compute_output_spec(self, inputs, training=None):
         images = inputs["images"] if isinstance(inputs, dict) else inputs
