@@ -8,6 +8,8 @@ runs, not after.
 import os
 import stat
 
+from kzoo.utils.files import write_probe
+
 
 def describe(path):
     """What kind of thing is at ``path``, for messages ("a directory", "a FIFO", ...)."""
@@ -49,7 +51,11 @@ def check_output_location(path, option):
 
     Refuses a path under a regular file (``out.png/x``), a parent the user cannot write (a
     read-only directory or filesystem), and an existing file that is read-only (its mode says
-    the user does not want it changed, and renaming over it would ignore that).
+    the user does not want it changed, and renaming over it would ignore that). Whether the
+    directory can be written is tried (a file created and removed there,
+    ``kzoo.utils.files.write_probe``), not asked of ``os.access``, which answers yes to root on
+    read-only filesystems such as ``/sys``. An existing directory at ``path`` (a run or output
+    folder) must be writable too.
     """
     path = os.fspath(path)
     if not path:
@@ -68,11 +74,14 @@ def check_output_location(path, option):
             f"{option} {path!r} cannot be created: {ancestor} is {describe(ancestor)}, not a "
             "directory."
         )
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(
-            f"{option} {path!r} cannot be written: the directory {ancestor} is not writable "
-            "(permissions or a read-only filesystem)."
-        )
+    # An existing directory (a run folder, an output folder) is written into as well.
+    for folder in (ancestor, full) if os.path.isdir(full) else (ancestor,):
+        error = write_probe(folder)
+        if error is not None:
+            raise ValueError(
+                f"{option} {path!r} cannot be written: the directory {folder} is not writable "
+                f"({error.strerror or error}: permissions or a read-only filesystem)."
+            )
     return path
 
 
