@@ -210,6 +210,32 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("kzoo: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = wrapped_value_error(e)
+        if message is None:
+            raise
+        print(f"kzoo: error: {_one_line(message)}", file=sys.stderr)
+        return 2
+
+
+# Frameworks that run Python code inside their graphs and re-raise its errors as their own.
+_FRAMEWORK_MODULES = ("tensorflow", "jax", "jaxlib", "torch")
+
+
+def wrapped_value_error(error):
+    """The message of a ``ValueError`` raised by Python code a framework ran for kzoo, or None.
+
+    TensorFlow's ``tf.data`` reads a ``keras.utils.PyDataset``'s batches (after the first two)
+    inside a ``py_function`` and re-raises a ``ValueError`` there (a COCO image that cannot be
+    decoded, say) as its own ``InvalidArgumentError`` whose message holds the Python traceback;
+    JAX's host callbacks do the same. The line ``ValueError: ...`` in it is kzoo's message.
+    """
+    if not type(error).__module__.startswith(_FRAMEWORK_MODULES):
+        return None
+    for line in str(error).splitlines():
+        if line.startswith("ValueError: "):
+            return line[len("ValueError: ") :]
+    return None
 
 
 def _one_line(message):
