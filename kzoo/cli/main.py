@@ -56,7 +56,9 @@ def build_parser():
             continue
         mod.register(commands)
 
-    p = sub.add_parser("demo", help="the main job: info, then the ConvLSTM colour-frame demo")
+    p = sub.add_parser(
+        "demo", help="the main job: the ConvLSTM colour-frame demo (versions and devices first)"
+    )
     p.add_argument(
         "--out",
         default=None,
@@ -132,16 +134,42 @@ def cmd_list(args):
 
 
 def cmd_demo(args):
-    cmd_info(args)
+    """A few lines on what runs where, a progress bar, then where the picture is.
+
+    The full table of op implementations is ``kzoo info``'s; a newcomer's first command shows
+    what happened without scrolling.
+    """
+    from kzoo.backends import environment as kb
+
+    kb.check_backend_env()
     predict = args._commands["predict"].choices.get("convlstm-color")
     if predict is None:
         raise UserError("the ConvLSTM colour demo is not part of this build")
+    import keras
+
+    import kzoo
+
     out = args.out or DEMO_OUT
     # The default output is the demo's own picture: rerunning the demo refreshes it.
     overwrite = args.overwrite or args.out is None
     argv = ["--out", out] + (["--overwrite"] if overwrite else [])
-    print("\n$ kzoo predict convlstm-color", " ".join(argv))
     demo_args = predict.parse_args(argv)
+    backend = kb.backend_name()
+    devices = kb.devices()
+    shown = ", ".join(devices[:3]) + (f", ... ({len(devices)} devices)" if len(devices) > 3 else "")
+    print(
+        f"kzoo {kzoo.__version__}, keras {keras.__version__}, backend {backend} "
+        f"{kb.framework_version(backend)} on {kb.platform()} ({shown})"
+    )
+    print(
+        f"demo: the shipped {demo_args.preset} preset (ConvLSTM2D) predicts the next colour "
+        f"frame of {demo_args.num_examples} generated videos of moving shapes"
+    )
+    print(
+        f"      same as: kzoo predict convlstm-color {' '.join(argv)} "
+        "(this machine in detail: kzoo info)"
+    )
+    demo_args._progress = True
     return demo_args.func(demo_args)
 
 

@@ -34,6 +34,17 @@ def test_info_reports_backend_versions_devices_and_kernels(capsys):
     assert "kernels   on" in out
 
 
+def test_info_keeps_the_table_of_op_implementations(capsys):
+    # The demo no longer prints it (issue #24 item 6): `kzoo info` is where it lives.
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "op implementations (this machine):" in out
+    backend = keras.backend.backend()
+    rows = [line for line in out.splitlines() if line.startswith(" * ")]
+    assert any(line.split()[1:3] == ["layer_norm", backend] for line in rows)
+    assert all(line.split()[2] == backend for line in rows)  # * marks this backend's rows
+
+
 def test_info_with_kernels_off(capsys, monkeypatch):
     monkeypatch.setenv("KZOO_KERNELS", "off")
     assert main(["info"]) == 0
