@@ -27,6 +27,11 @@ except ValueError as _error:
         raise SystemExit(2) from None
     raise
 
+if _running_as_cli() and sys.argv[1:2] == ["demo"]:
+    # A newcomer's first command prints a few lines; TensorFlow's C++ notes (CPU instruction
+    # sets) would bury them. A level the user set stays.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 import keras  # noqa: E402,F401
 
 from kzoo import (  # noqa: E402,F401

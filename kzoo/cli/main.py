@@ -56,7 +56,9 @@ def build_parser():
             continue
         mod.register(commands)
 
-    p = sub.add_parser("demo", help="the main job: info, then the ConvLSTM colour-frame demo")
+    p = sub.add_parser(
+        "demo", help="the main job: the ConvLSTM colour-frame demo (versions and devices first)"
+    )
     p.add_argument(
         "--out",
         default=None,
@@ -132,16 +134,42 @@ def cmd_list(args):
 
 
 def cmd_demo(args):
-    cmd_info(args)
+    """A few lines on what runs where, a progress bar, then where the picture is.
+
+    The full table of op implementations is ``kzoo info``'s; a newcomer's first command shows
+    what happened without scrolling.
+    """
+    from kzoo.backends import environment as kb
+
+    kb.check_backend_env()
     predict = args._commands["predict"].choices.get("convlstm-color")
     if predict is None:
         raise UserError("the ConvLSTM colour demo is not part of this build")
+    import keras
+
+    import kzoo
+
     out = args.out or DEMO_OUT
     # The default output is the demo's own picture: rerunning the demo refreshes it.
     overwrite = args.overwrite or args.out is None
     argv = ["--out", out] + (["--overwrite"] if overwrite else [])
-    print("\n$ kzoo predict convlstm-color", " ".join(argv))
     demo_args = predict.parse_args(argv)
+    backend = kb.backend_name()
+    devices = kb.devices()
+    shown = ", ".join(devices[:3]) + (f", ... ({len(devices)} devices)" if len(devices) > 3 else "")
+    print(
+        f"kzoo {kzoo.__version__}, keras {keras.__version__}, backend {backend} "
+        f"{kb.framework_version(backend)} on {kb.platform()} ({shown})"
+    )
+    print(
+        f"demo: the shipped {demo_args.preset} preset (ConvLSTM2D) predicts the next colour "
+        f"frame of {demo_args.num_examples} generated videos of moving shapes"
+    )
+    print(
+        f"      same as: kzoo predict convlstm-color {' '.join(argv)} "
+        "(this machine in detail: kzoo info)"
+    )
+    demo_args._progress = True
     return demo_args.func(demo_args)
 
 
@@ -210,6 +238,32 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("kzoo: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = wrapped_value_error(e)
+        if message is None:
+            raise
+        print(f"kzoo: error: {_one_line(message)}", file=sys.stderr)
+        return 2
+
+
+# Frameworks that run Python code inside their graphs and re-raise its errors as their own.
+_FRAMEWORK_MODULES = ("tensorflow", "jax", "jaxlib", "torch")
+
+
+def wrapped_value_error(error):
+    """The message of a ``ValueError`` raised by Python code a framework ran for kzoo, or None.
+
+    TensorFlow's ``tf.data`` reads a ``keras.utils.PyDataset``'s batches (after the first two)
+    inside a ``py_function`` and re-raises a ``ValueError`` there (a COCO image that cannot be
+    decoded, say) as its own ``InvalidArgumentError`` whose message holds the Python traceback;
+    JAX's host callbacks do the same. The line ``ValueError: ...`` in it is kzoo's message.
+    """
+    if not type(error).__module__.startswith(_FRAMEWORK_MODULES):
+        return None
+    for line in str(error).splitlines():
+        if line.startswith("ValueError: "):
+            return line[len("ValueError: ") :]
+    return None
 
 
 def _one_line(message):

@@ -8,6 +8,8 @@ runs, not after.
 import os
 import stat
 
+from kzoo.utils.files import write_probe
+
 
 def describe(path):
     """What kind of thing is at ``path``, for messages ("a directory", "a FIFO", ...)."""
@@ -49,7 +51,12 @@ def check_output_location(path, option):
 
     Refuses a path under a regular file (``out.png/x``), a parent the user cannot write (a
     read-only directory or filesystem), and an existing file that is read-only (its mode says
-    the user does not want it changed, and renaming over it would ignore that).
+    the user does not want it changed, and renaming over it would ignore that). Whether the
+    directory can be written is tried (a file created and removed there,
+    ``kzoo.utils.files.write_probe``), not asked of ``os.access``, which answers yes to root on
+    filesystems that refuse new files (``/sys``). An existing directory at ``path`` (a run or
+    output folder) must be writable too: tried the same way when another filesystem is mounted
+    there, else asked of ``os.access`` (so no probe file appears in the user's folder).
     """
     path = os.fspath(path)
     if not path:
@@ -68,10 +75,18 @@ def check_output_location(path, option):
             f"{option} {path!r} cannot be created: {ancestor} is {describe(ancestor)}, not a "
             "directory."
         )
-    if not os.access(ancestor, os.W_OK | os.X_OK):
+    error = write_probe(ancestor)
+    if error is None and os.path.isdir(full):
+        # An existing directory (a run or output folder) is written into as well. On the
+        # parent's filesystem its own permission bits decide, which os.access reads right.
+        if os.stat(full).st_dev != os.stat(ancestor).st_dev:
+            ancestor, error = full, write_probe(full)
+        elif not os.access(full, os.W_OK | os.X_OK):
+            ancestor, error = full, PermissionError(13, "Permission denied")
+    if error is not None:
         raise ValueError(
             f"{option} {path!r} cannot be written: the directory {ancestor} is not writable "
-            "(permissions or a read-only filesystem)."
+            f"({error.strerror or error}: permissions or a read-only filesystem)."
         )
     return path
 

@@ -50,6 +50,9 @@ def read_image(path, exif_transpose=True):
         path: The image file.
         exif_transpose: Apply the EXIF orientation tag (``PIL.ImageOps.exif_transpose``).
 
+    Raises a ``ValueError`` for a file PIL cannot read and for one over PIL's
+    decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``).
+
     Conversions: 16-bit grayscale (PIL modes ``I;16*``, and ``I``, which older Pillow versions
     give 16-bit PNGs) is scaled by ``255 / 65535`` and rounded; float images (mode ``F``) are
     taken as ``[0, 1]``, scaled by 255, rounded and clipped; everything else (``L``, ``P``,
@@ -71,8 +74,17 @@ def read_image(path, exif_transpose=True):
             if exif_transpose:
                 im = ImageOps.exif_transpose(im)
             return pil_to_rgb(im)
+    except Image.DecompressionBombError as e:
+        raise ValueError(_too_large(path, e)) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"{os.fspath(path)!r} is not an image PIL can read: {e}") from None
+
+
+def _too_large(path, error):
+    return (
+        f"{os.fspath(path)!r} is too large to decode safely ({error}). Raise "
+        "PIL.Image.MAX_IMAGE_PIXELS if the image is trusted."
+    )
 
 
 def pil_to_rgb(im):
@@ -185,6 +197,27 @@ def _is_number(v):
     return type(v) in (int, float)
 
 
+def _escapes(file_name, image_dir):
+    """Whether ``file_name`` names a path outside ``image_dir`` (checked on the names only).
+
+    Refused: any ``..`` component (even one that would come back inside: through a symbolic
+    link, ``a/../b`` is not ``b``), and an absolute path that is not under ``image_dir`` (as
+    given or with its symbolic links resolved). Symbolic links inside ``image_dir`` are
+    followed wherever they point: only someone who can write the folder can make one, and
+    datasets kept as links into a cache (git-annex, DVC) rely on that.
+    """
+    parts = file_name.replace(os.sep, "/").split("/")
+    if ".." in parts:
+        return True
+    if not os.path.isabs(file_name):
+        return False
+    target = os.path.normpath(file_name)
+    for root in {os.path.abspath(image_dir), os.path.realpath(image_dir)}:
+        if target.startswith(root.rstrip(os.sep) + os.sep):
+            return False
+    return True
+
+
 def _parse(annotation_file, image_dir):
     """Read and check the whole annotation file; returns ``(data, arrays)``."""
     name = annotation_file
@@ -231,6 +264,15 @@ def _parse(annotation_file, image_dir):
     k = _first_bad(file_names, lambda f: isinstance(f, str) and f != "")
     if k is not None:
         fail(f"image id {img_ids[k]} needs a 'file_name' string; got {file_names[k]!r}.")
+    # File names stay inside image_dir: an annotation file from elsewhere must not make kzoo
+    # read (or train on) files outside the folder it was given.
+    for k, fname in enumerate(file_names):
+        if _escapes(fname, image_dir):
+            fail(
+                f"image id {img_ids[k]} names file {fname!r}, which is outside image_dir "
+                f"{image_dir!r}; a file_name must be a path inside image_dir (no '..' "
+                "component, no absolute path elsewhere)."
+            )
     uniq, counts = np.unique(img_ids, return_counts=True)
     if (counts > 1).any():
         dup = uniq[counts > 1]
@@ -378,7 +420,16 @@ class CocoDetection(keras.utils.PyDataset):
     The whole annotation file is checked when the dataset is made; malformed JSON, a missing
     image file, an annotation with an unknown ``category_id`` or ``image_id``, a bbox that is
     not 4 numbers or has a negative width or height (and a few structural mistakes) raise a
-    ``ValueError`` naming the file and the image id, annotation id or file name.
+    ``ValueError`` naming the file and the image id, annotation id or file name. An image that
+    cannot be decoded (damaged, or over PIL's decompression-bomb limit
+    ``PIL.Image.MAX_IMAGE_PIXELS``) raises one naming the image id and file when it is loaded.
+
+    Every ``file_name`` must name a file inside ``image_dir``, checked on the names before any
+    file is opened: a name with a ``..`` component, or an absolute path that is not under
+    ``image_dir``, is refused (an annotation file from elsewhere cannot make kzoo read
+    ``/etc/passwd`` or train on files outside the folder). Symbolic links inside ``image_dir``
+    are followed wherever they point: only someone who can write the folder can make them, and
+    datasets kept as links into a cache (git-annex, DVC) rely on that.
 
     Args:
         annotation_file: Path of the COCO JSON (``images``, ``annotations``, ``categories``).
@@ -572,15 +623,26 @@ class CocoDetection(keras.utils.PyDataset):
         """``(height, width)`` of image ``index`` as decoded (after its EXIF orientation), read
         from the file's header without decoding the pixels: the ``target_sizes`` that map
         predictions on resized images back to the original pixels."""
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
         index = self._check_index(index)
-        with Image.open(self.image_path(index)) as im:
-            width, height = im.size
-            # Orientations 5-8 turn the image by 90 degrees.
-            if self.exif_transpose and im.getexif().get(0x0112) in (5, 6, 7, 8):
-                width, height = height, width
+        path = self.image_path(index)
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+                # Orientations 5-8 turn the image by 90 degrees.
+                if self.exif_transpose and im.getexif().get(0x0112) in (5, 6, 7, 8):
+                    width, height = height, width
+        except Image.DecompressionBombError as e:
+            raise ValueError(self._unreadable(index, _too_large(path, e))) from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise ValueError(self._unreadable(index, e)) from None
         return height, width
+
+    def _unreadable(self, index, error):
+        image_id = int(self.image_ids[index])
+        path = self.image_path(index)
+        return f"{self.annotation_file}: image id {image_id} ({path}) cannot be read: {error}"
 
     def annotation_ids(self, index):
         """Ids of every annotation of image ``index``, crowd ones included, in file order."""
@@ -610,9 +672,7 @@ class CocoDetection(keras.utils.PyDataset):
         try:
             image = read_image(path, exif_transpose=self.exif_transpose)
         except (ValueError, OSError) as e:
-            raise ValueError(
-                f"{self.annotation_file}: image id {image_id} ({path}) cannot be read: {e}"
-            ) from None
+            raise ValueError(self._unreadable(index, e)) from None
         height, width = image.shape[:2]
         info = self.coco.imgs[image_id]
         if not self._size_warned and {"width", "height"} <= set(info):

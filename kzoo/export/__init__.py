@@ -1,7 +1,8 @@
 """Export kzoo models to SavedModel, ONNX and LiteRT, and check them in the runtime that serves them.
 
 ``export_model(model, path, format)`` writes one artifact atomically (a failed export leaves
-nothing, and an existing destination is replaced only with ``overwrite=True``); ``load(path,
+nothing, and an existing destination is replaced only with ``overwrite=True``, and only when it
+is an artifact of the same format: a folder of a user's files needs ``force=True``); ``load(path,
 format)`` opens it in its runtime (``kzoo.export.runtimes``); ``max_differences(model,
 artifact, inputs)`` compares the artifact with the keras model on the same inputs.
 
@@ -29,6 +30,7 @@ See ``docs/export.md`` for the model x backend x format table and the tolerances
 """
 
 import os
+import re
 import shutil
 import tempfile
 
@@ -43,6 +45,7 @@ from kzoo.export.runtimes import load
 from kzoo.export.signatures import InputSpec, Signature, image_signature, signature_for
 from kzoo.export.writers import KERAS_FORMATS, fixed_dims
 from kzoo.ops.host_call import without_host_checks
+from kzoo.utils.files import write_probe
 
 FORMATS = ("saved_model", "onnx", "litert")
 BACKEND_FORMATS = {
@@ -120,20 +123,154 @@ def _fixed_sizes(signature, fixed_sizes):
     return fixed
 
 
-def _check_destination(path, format, overwrite):
+# What ``tf.saved_model.save`` writes into a SavedModel directory; a directory holding anything
+# else is not (only) an artifact, and is a user's.
+_SAVED_MODEL_ENTRIES = {
+    "saved_model.pb",
+    "saved_model.pbtxt",
+    "fingerprint.pb",
+    "keras_metadata.pb",
+    "variables",
+    "assets",
+}
+_VARIABLES_FILE = re.compile(r"^variables\.(?:index|data-\d+-of-\d+)$")
+_TFLITE_IDENTIFIER = b"TFL3"  # the FlatBuffer file identifier, bytes 4 to 8 of a .tflite file
+
+
+def is_artifact(path, format):
+    """Whether ``path`` holds an artifact of ``format`` and nothing else, i.e. what
+    ``export_model(..., overwrite=True)`` may replace.
+
+    - ``saved_model``: a directory with ``saved_model.pb`` and only what ``tf.saved_model``
+      writes beside it (``variables/`` with its index and data shards, ``assets/``,
+      ``fingerprint.pb``, ``keras_metadata.pb``).
+    - ``onnx``: a regular file that parses as an ONNX ``ModelProto`` with a graph.
+    - ``litert``: a regular file carrying the TFLite FlatBuffer identifier ``TFL3``.
+    """
+    path = os.fspath(path)
+    if format == "saved_model":
+        try:
+            entries = set(os.listdir(path))
+        except OSError:
+            return False
+        if (
+            not entries & {"saved_model.pb", "saved_model.pbtxt"}
+            or not entries <= _SAVED_MODEL_ENTRIES
+        ):
+            return False
+        variables = os.path.join(path, "variables")
+        if "variables" in entries:
+            if os.path.islink(variables) or not os.path.isdir(variables):
+                return False
+            try:
+                names = os.listdir(variables)
+            except OSError:
+                return False
+            return all(_VARIABLES_FILE.match(n) for n in names)
+        return True
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    if format == "litert":
+        return head[4:8] == _TFLITE_IDENTIFIER
+    # ONNX: a protobuf ModelProto, whose first field is ir_version (field 1, varint: tag 0x08).
+    if head[:1] != b"\x08":
+        return False
+    try:
+        import onnx
+
+        model = onnx.load(path, load_external_data=False)
+    except ImportError:
+        return True
+    except Exception:  # noqa: BLE001 - whatever the parser says, it is not an ONNX model
+        return False
+    return model.ir_version > 0 and len(model.graph.node) > 0
+
+
+def _describe_entries(path):
+    try:
+        entries = sorted(os.listdir(path))
+    except OSError as e:
+        return f"which cannot be read: {e.strerror}"
+    foreign = [e for e in entries if e not in _SAVED_MODEL_ENTRIES] or entries
+    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    return f"it holds {shown}"
+
+
+def check_destination(path, format, overwrite=False, force=False):
+    """Raise a ``ValueError`` unless an artifact of ``format`` may be written to ``path``;
+    returns the absolute path.
+
+    - A missing path: allowed (its folders are created).
+    - An artifact of the same format (:func:`is_artifact`), an empty directory (SavedModel) or
+      an empty file (ONNX, LiteRT): replaced when ``overwrite`` is true, refused otherwise.
+    - Anything else (a directory holding a user's files, a file that is not such a model):
+      refused whatever ``overwrite`` says, unless ``force`` is true, and then replaced (what
+      it held is deleted). ``force`` implies ``overwrite``.
+    - A file where a SavedModel directory goes, a directory where an ONNX/LiteRT file goes, a
+      FIFO or device, a path under a regular file, a folder that cannot be written: always
+      refused.
+    """
+    for name, value in (("overwrite", overwrite), ("force", force)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False; got {value!r}.")
     path = os.path.abspath(os.fspath(path))
     if format == "litert" and not path.endswith(".tflite"):
         raise ValueError(f"A LiteRT model's path must end in '.tflite'; got {path!r}.")
-    if os.path.exists(path):
-        if not overwrite:
+    ancestor = os.path.dirname(path)
+    while not os.path.isdir(ancestor):
+        if os.path.lexists(ancestor):
             raise ValueError(
-                f"{path} already exists; pass overwrite=True (--overwrite) to replace it."
+                f"Cannot export to {path}: {ancestor} is "
+                + ("a broken symbolic link" if not os.path.exists(ancestor) else "a file")
+                + ", not a directory."
             )
-        if format == "saved_model" and not os.path.isdir(path):
-            raise ValueError(f"{path} exists and is not a directory (a SavedModel is one).")
-        if format != "saved_model" and os.path.isdir(path):
-            raise ValueError(f"{path} is a directory; a {format} model is one file.")
-    return path
+        ancestor = os.path.dirname(ancestor)
+    error = write_probe(ancestor)
+    if error is not None:
+        raise ValueError(
+            f"Cannot export to {path}: the directory {ancestor} is not writable "
+            f"({error.strerror or error})."
+        )
+    if not os.path.lexists(path):
+        return path
+    if not os.path.exists(path):
+        raise ValueError(f"{path} is a broken symbolic link; remove it or choose another path.")
+    if format == "saved_model":
+        if not os.path.isdir(path):
+            raise ValueError(
+                f"{path} exists and is not a directory (a SavedModel is one); choose another "
+                "path (kzoo does not replace files with SavedModel directories)."
+            )
+        try:
+            empty = not os.listdir(path)
+        except OSError as e:
+            raise ValueError(f"Cannot read the destination {path}: {e.strerror}.") from None
+    elif os.path.isdir(path):
+        raise ValueError(f"{path} is a directory; a {format} model is one file.")
+    elif not os.path.isfile(path):
+        raise ValueError(f"{path} exists and is not a regular file (a FIFO, socket or device).")
+    else:
+        empty = os.path.getsize(path) == 0
+    # Replacing an empty directory or file, or an artifact of this format, loses nothing of
+    # the user's.
+    replaceable = empty or is_artifact(path, format)
+    if replaceable and not (overwrite or force):
+        raise ValueError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it.")
+    if replaceable or force:
+        return path
+    if format == "saved_model":
+        what = f"is a directory but not a SavedModel ({_describe_entries(path)})"
+        escape = "Export to a new or empty directory, or pass force=True (--force) to replace "
+        escape += "the directory and everything in it."
+    else:
+        what = f"exists and is not {'an ONNX' if format == 'onnx' else 'a LiteRT'} model"
+        escape = "Choose another path, or pass force=True (--force) to replace it."
+    raise ValueError(f"{path} {what}; kzoo does not delete files it did not write. {escape}")
 
 
 def export_model(
@@ -144,6 +281,7 @@ def export_model(
     fixed_sizes=None,
     overwrite=False,
     verbose=False,
+    force=False,
 ):
     """Export ``model`` for inference to ``path`` in ``format``; returns the absolute path.
 
@@ -160,13 +298,19 @@ def export_model(
         fixed_sizes: ``{dimension name: size}`` for free dimensions to fix, e.g.
             ``{"time": 10}``; the torch ONNX export needs the time axis of keras's own
             recurrent layers fixed (``fixed_dims`` lists what a backend must fix).
-        overwrite: Replace an existing ``path`` (atomically); without it an existing
-            destination is an error.
+        overwrite: Replace an existing artifact of the same format at ``path`` (atomically);
+            without it an existing destination is an error. A directory or file that is not
+            such an artifact (a folder of your files) is refused even so: see
+            :func:`check_destination`.
         verbose: Let keras print its export messages.
+        force: Replace whatever is at ``path``, deleting what it held (implies
+            ``overwrite``).
 
     Raises:
         ValueError: for an unknown format or one the backend does not write, a model never
-            built or called, an existing destination without ``overwrite``.
+            built or called, an existing destination without ``overwrite``, a destination
+            that is not an artifact of ``format`` without ``force``, a path that cannot be
+            written (under a regular file, in a read-only folder).
     """
     check_format(format)
     if not isinstance(model, keras.Model):
@@ -181,7 +325,7 @@ def export_model(
     else:
         signature = signature_for(model)
     fixed = _fixed_sizes(signature, fixed_sizes)
-    path = _check_destination(path, format, overwrite)
+    path = check_destination(path, format, overwrite=overwrite, force=force)
     serving = _Serving(model, as_tuple=format == "onnx")
 
     parent = os.path.dirname(path)

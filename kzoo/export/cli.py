@@ -43,7 +43,14 @@ def register(commands):
             "--out", required=True, help="destination (a directory for saved_model, else a file)"
         )
         p.add_argument(
-            "--overwrite", action="store_true", help="replace an existing --out (atomically)"
+            "--overwrite",
+            action="store_true",
+            help="replace an existing --out artifact of the same format (atomically)",
+        )
+        p.add_argument(
+            "--force",
+            action="store_true",
+            help="replace --out whatever it holds, deleting its files (implies --overwrite)",
         )
         p.add_argument("--batch", type=int, default=2, help="sample batch size (2)")
         if target == "detr":
@@ -120,6 +127,8 @@ def cmd_export(args):
 
     _positive(args, "batch", "height", "width", "time", "length")
     export.check_format(args.format)
+    # Before the model loads: a destination that would be refused costs nothing.
+    export.check_destination(args.out, args.format, overwrite=args.overwrite, force=args.force)
     model = _load(args.target, args.preset)
     inputs = sample_inputs(args.target, model, args)
     if getattr(args, "postprocess", False):
@@ -134,7 +143,12 @@ def cmd_export(args):
     backend = keras.backend.backend()
     start = time.perf_counter()
     path = export.export_model(
-        model, args.out, args.format, fixed_sizes=fixed, overwrite=args.overwrite
+        model,
+        args.out,
+        args.format,
+        fixed_sizes=fixed,
+        overwrite=args.overwrite,
+        force=args.force,
     )
     seconds = time.perf_counter() - start
     artifact = export.load(path, args.format)

@@ -46,6 +46,7 @@ class ExportMixin:
         input_signature=None,
         fixed_sizes=None,
         overwrite=False,
+        force=False,
         **kwargs,
     ):
         """Export the model for inference: keras's ``Model.export`` arguments, kzoo's artifact.
@@ -62,8 +63,11 @@ class ExportMixin:
                 signature (a ``keras.InputSpec``, a dict of them, or a list holding one).
             fixed_sizes: ``{dimension name: size}`` for free dimensions to fix, e.g.
                 ``{"time": 10}`` (kzoo's formats only).
-            overwrite: Replace an existing ``filepath``; without it an existing destination is
-                an error (kzoo never replaces what a user owns unless asked).
+            overwrite: Replace an existing artifact of the same format at ``filepath``; without
+                it an existing destination is an error (kzoo never replaces what a user owns
+                unless asked; see ``kzoo.export.check_destination``).
+            force: Replace whatever is at ``filepath`` (a folder of your files included: what
+                it held is deleted); implies ``overwrite``.
             **kwargs: keras's converter options, for the formats keras writes itself.
 
         Returns:
@@ -84,7 +88,7 @@ class ExportMixin:
                     f"format={format!r} is keras's own export: fix sizes with `input_signature`."
                 )
             path = os.path.abspath(os.fspath(filepath))
-            if os.path.exists(path) and not overwrite:
+            if os.path.exists(path) and not (overwrite or force):
                 raise ValueError(
                     f"{path} already exists; pass overwrite=True to let keras replace it."
                 )
@@ -109,5 +113,6 @@ class ExportMixin:
             input_signature=input_signature,
             fixed_sizes=fixed_sizes,
             overwrite=overwrite,
+            force=force,
             verbose=bool(verbose),
         )

@@ -92,6 +92,32 @@ def process_gone(pid):
     return False
 
 
+def write_probe(directory):
+    """Try to create (then remove) a file in ``directory``; returns the ``OSError`` that
+    stopped it, or None when the directory can be written.
+
+    A real attempt, not ``os.access``: for root, ``os.access`` says yes on read-only
+    filesystems (``/sys``, a read-only mount), and it knows nothing of full disks or quotas on
+    creating an entry. The probe's name (``.kzoo-write-probe.<pid>.<random>``, opened with
+    ``O_EXCL``) cannot collide with an existing file, and the file is removed whatever happens.
+    """
+    probe = os.path.join(
+        os.fspath(directory), f".kzoo-write-probe.{os.getpid()}.{secrets.token_hex(4)}"
+    )
+    try:
+        fd = os.open(
+            probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600
+        )
+    except OSError as e:
+        return e
+    try:
+        os.close(fd)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(probe)
+    return None
+
+
 def _remove_tree(path):
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)

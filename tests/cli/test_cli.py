@@ -34,6 +34,17 @@ def test_info_reports_backend_versions_devices_and_kernels(capsys):
     assert "kernels   on" in out
 
 
+def test_info_keeps_the_table_of_op_implementations(capsys):
+    # The demo no longer prints it (issue #24 item 6): `kzoo info` is where it lives.
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "op implementations (this machine):" in out
+    backend = keras.backend.backend()
+    rows = [line for line in out.splitlines() if line.startswith(" * ")]
+    assert any(line.split()[1:3] == ["layer_norm", backend] for line in rows)
+    assert all(line.split()[2] == backend for line in rows)  # * marks this backend's rows
+
+
 def test_info_with_kernels_off(capsys, monkeypatch):
     monkeypatch.setenv("KZOO_KERNELS", "off")
     assert main(["info"]) == 0
@@ -75,3 +86,50 @@ def test_missing_command_is_usage_error():
     result = _kzoo()
     assert result.returncode == 2
     assert "usage: kzoo" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["predict", "convlstm-color", "--out", "/sys/kzoo-x.png"], "--out '/sys/kzoo-x.png'"),
+        (["predict", "convlstm-color", "--out", "/sys/new/x.gif"], "--out '/sys/new/x.gif'"),
+        (["train", "convlstm-color", "--output-dir", "/sys/run"], "--output-dir '/sys/run'"),
+        (["export", "convlstm-color", "--format", "onnx", "--out", "/sys/m.onnx"], "--out"),
+    ],
+)
+def test_outputs_on_a_read_only_filesystem_are_refused_before_any_work(argv, option, capsys):
+    """Issue #24 item 10: ``os.access`` says root may write /sys, so ``--out /sys/x.png`` ran
+    the whole inference and then failed naming a hidden temporary file. Creating a file there
+    is tried instead, before anything runs."""
+    from kzoo.utils.files import write_probe
+
+    if write_probe("/sys") is None:
+        pytest.skip("/sys accepts new files here; no read-only filesystem to test with")
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"kzoo: error: {option}"), captured.err
+    assert "/sys is not writable" in lines[0] and "kzoo-tmp" not in lines[0]
+    assert captured.out == ""  # nothing ran
+
+
+@pytest.mark.backends("tensorflow")
+def test_a_value_error_tf_data_wrapped_is_reported_as_its_own_line():
+    # What tf.data makes of a ValueError a PyDataset raises after the batches keras peeks at.
+    import tensorflow as tf
+
+    from kzoo.cli.main import wrapped_value_error
+
+    def batches():
+        yield 1.0
+        raise ValueError("train.json: image id 5 (a.png) cannot be read: too large")
+
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=tf.TensorSpec((), "float32"))
+    with pytest.raises(tf.errors.OpError) as error:
+        list(dataset)
+    assert "Traceback" in str(error.value)
+    expected = "train.json: image id 5 (a.png) cannot be read: too large"
+    assert wrapped_value_error(error.value) == expected
+    # Errors that are not a framework's wrapping stay bugs with their traceback.
+    assert wrapped_value_error(RuntimeError("ValueError: x")) is None
+    assert wrapped_value_error(tf.errors.InternalError(None, None, "no python error")) is None

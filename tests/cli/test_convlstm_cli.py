@@ -1,6 +1,8 @@
 """``kzoo train convlstm-color``, ``kzoo predict convlstm-color`` and ``kzoo demo``."""
 
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -85,6 +87,47 @@ def test_demo_predicts_with_the_shipped_preset(tmp_path, capsys):
     assert width > height > 100  # 3 rows of 6 panels
     printed = capsys.readouterr().out
     assert "kzoo predict convlstm-color" in printed and "copy-last-frame baseline" in printed
+
+
+def test_demo_prints_a_few_lines_then_where_it_wrote_the_picture(tmp_path, capsys):
+    """Issue #24 item 6: the demo printed a 60-line table of op implementations first."""
+    out = tmp_path / "grid.png"
+    assert main(["demo", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    wrote = next(k for k, line in enumerate(lines) if line.startswith("wrote "))
+    assert lines[wrote] == f"wrote {out} (rows: last inputs, ground truth, prediction)"
+    assert 3 <= wrote <= 10, lines[:wrote]
+    header = "\n".join(lines[:wrote])
+    backend = keras.backend.backend()
+    assert f"keras {keras.__version__}, backend {backend} " in header and " on cpu (" in header
+    assert "op implementations" not in header and "layer_norm" not in header
+    # The progress bar (keras's Progbar, redrawn in place) ends at 4 of 4 stages.
+    bar = lines[wrote - 1]
+    assert "\r" in bar and "4/4" in bar.split("\r")[-1]
+    assert lines[wrote + 1].startswith("MAE of the next frame")
+
+
+def test_demo_quiets_tensorflow_notes_unless_the_user_chose_a_level(tmp_path):
+    # TF_CPP_MIN_LOG_LEVEL has to be set before TensorFlow is imported, which is when kzoo is.
+    code = (
+        "import os, sys; sys.argv = ['kzoo', 'demo']; import kzoo; "
+        "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), PYTHONPATH=root)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    results = []
+    for level in (None, "0"):
+        if level is not None:
+            env["TF_CPP_MIN_LOG_LEVEL"] = level
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results.append((proc.stdout.strip().splitlines()[-1], proc.stderr))
+    assert [level for level, _ in results] == ["2", "0"]
+    # What level 2 hides: TensorFlow's note on CPU instructions, printed at import.
+    assert "cpu_feature_guard" not in results[0][1]
 
 
 def _tiny_train(target, out_dir, *extra):

@@ -37,6 +37,30 @@ def test_existing_destination_is_refused_without_overwrite(tmp_path, capsys):
     assert out.read_text() == "mine" if FORMAT != "saved_model" else os.listdir(out) == []
 
 
+def test_overwrite_refuses_a_folder_of_user_files_and_force_replaces_it(tmp_path, capsys):
+    """Issue #24 item 7: ``--out proj2 --overwrite`` deleted the user's ``proj2/mywork.txt``
+    (exit 0). Now: one error line naming the path and ``--force``, exit 2, nothing touched."""
+    out = tmp_path / f"proj2{SUFFIX[FORMAT]}"
+    if FORMAT == "saved_model":
+        out.mkdir()
+        mine = out / "mywork.txt"
+    else:
+        mine = out  # a file of the user's where the ONNX model would go
+    mine.write_text("my work")
+    argv = ["export", "convlstm-color", "--format", FORMAT, "--out", str(out), "--time", "2"]
+    argv += ["--height", "8", "--width", "8", "--batch", "1"]
+    assert main(argv + ["--overwrite"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kzoo: error:"), captured.err
+    assert str(out) in lines[0] and "--force" in lines[0]
+    assert "exported" not in captured.out  # refused before the model was loaded
+    assert mine.read_text() == "my work"
+    assert main(argv + ["--force"]) == 0, capsys.readouterr()
+    assert export.is_artifact(str(out), FORMAT)
+    assert "within 1e-05 of keras" in capsys.readouterr().out
+
+
 def test_unknown_format_lists_the_choices(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["export", "convlstm-color", "--format", "tflite", "--out", "x"])

@@ -693,3 +693,93 @@ def test_drop_remainder_leaves_out_the_last_partial_batch(coco_files):
         CocoDetection(annotation_file, image_dir, batch_size=10, drop_remainder=True)
     with pytest.raises(ValueError, match="drop_remainder"):
         CocoDetection(annotation_file, image_dir, drop_remainder=1)
+
+
+def _one_category_set(root, file_names, make_dir=True):
+    """An annotation file naming ``file_names`` (image ids 1, 2, ...), without annotations."""
+    image_dir = root / "images"
+    if make_dir:
+        image_dir.mkdir(parents=True, exist_ok=True)
+    coco = {
+        "images": [{"id": k + 1, "file_name": name} for k, name in enumerate(file_names)],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    path = root / "instances.json"
+    path.write_text(json.dumps(coco))
+    return str(path), str(image_dir)
+
+
+def test_every_exif_orientation_gives_the_size_and_pixels_a_viewer_shows(tmp_path):
+    """Issue #24 item 12: orientations 5 to 8 all turn the image by 90 degrees (5 and 7
+    transpose), not only 6 and 8; the sizes come from the header, the pixels from decoding."""
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(3)
+    names = [f"o{orientation}.png" for orientation in range(1, 9)]
+    annotation_file, image_dir = _one_category_set(tmp_path, names)
+    for orientation, name in zip(range(1, 9), names):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        stored = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)  # 20 wide, 12 high
+        Image.fromarray(stored).save(os.path.join(image_dir, name), exif=exif.tobytes())
+    ds = CocoDetection(annotation_file, image_dir)
+    raw = CocoDetection(annotation_file, image_dir, exif_transpose=False)
+    # By hand: 1-4 keep the stored 12x20 (mirrors, 180 degrees), 5-8 swap height and width.
+    assert [ds.image_size(i) for i in range(8)] == [(12, 20)] * 4 + [(20, 12)] * 4
+    assert [raw.image_size(i) for i in range(8)] == [(12, 20)] * 8
+    for index, name in enumerate(names):
+        with Image.open(os.path.join(image_dir, name)) as im:
+            assert im.getexif().get(0x0112) == index + 1
+            upright = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+            stored = np.asarray(im.convert("RGB"))
+        assert ds.image_size(index) == upright.shape[:2]
+        np.testing.assert_array_equal(ds.load_example(index)[0], upright)
+        np.testing.assert_array_equal(raw.load_example(index)[0], stored)
+
+
+@pytest.mark.parametrize(
+    "file_name",
+    ["../outside.png", "sub/../../outside.png", "{outside}", "/etc/passwd", "../images/a.png"],
+)
+def test_file_names_outside_image_dir_are_refused_before_any_is_read(tmp_path, file_name):
+    """Issue #24 item 8: a file_name may not leave image_dir (``..``, absolute paths)."""
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "outside.png")
+    file_name = file_name.format(outside=tmp_path / "outside.png")
+    annotation_file, image_dir = _one_category_set(tmp_path, ["a.png", file_name])
+    (tmp_path / "images" / "sub").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    message = f"image id 2 names file {file_name!r}, which is outside image_dir"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        CocoDetection(annotation_file, image_dir)
+
+
+def test_links_and_absolute_names_inside_image_dir_are_followed(tmp_path):
+    # The documented rule: what the user put inside image_dir is theirs to point anywhere.
+    outside = np.full((6, 10, 3), 77, np.uint8)
+    Image.fromarray(outside).save(tmp_path / "cache.png")
+    inside = np.full((8, 8, 3), 5, np.uint8)
+    absolute = str(tmp_path / "images" / "b.png")
+    annotation_file, image_dir = _one_category_set(tmp_path, ["link.png", absolute, "..b.png"])
+    os.symlink(tmp_path / "cache.png", tmp_path / "images" / "link.png")
+    Image.fromarray(inside).save(absolute)
+    Image.fromarray(inside).save(tmp_path / "images" / "..b.png")
+    ds = CocoDetection(annotation_file, image_dir)
+    np.testing.assert_array_equal(ds.load_example(0)[0], outside)
+    np.testing.assert_array_equal(ds.load_example(1)[0], inside)
+    np.testing.assert_array_equal(ds.load_example(2)[0], inside)
+
+
+def test_decompression_bomb_names_the_image_id_and_file(tmp_path, monkeypatch):
+    """Issue #24 item 9: PIL's DecompressionBombError becomes a ValueError naming the image."""
+    annotation_file, image_dir = _one_category_set(tmp_path, ["small.png", "big.png"])
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(os.path.join(image_dir, "small.png"))
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(os.path.join(image_dir, "big.png"))
+    # Twice the limit is PIL's error (below that, a warning): 2400 pixels > 2 * 1000.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    ds = CocoDetection(annotation_file, image_dir, batch_size=2)
+    message = r"image id 2 \(.*big\.png\) cannot be read: .*too large to decode safely"
+    for read in (lambda: ds.load_example(1), lambda: ds.image_size(1), lambda: ds[0]):
+        with pytest.raises(ValueError, match=message):
+            read()
+    assert ds.image_size(0) == (8, 8)

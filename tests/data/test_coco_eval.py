@@ -136,3 +136,59 @@ def test_all_metrics_are_pycocotools_twelve_stats_in_order(data):
     assert evaluate_detections(detections, gt) == {k: result[k] for k in COCO_METRICS[:3]}
     # A ready results list gives the same numbers.
     assert evaluate_detections(results, gt, all_metrics=True) == result
+
+
+def test_default_category_ids_sort_categories_listed_out_of_order(data):
+    """Issue #24 item 13: with ``category_ids=None`` label k is the k-th smallest category id,
+    whatever order ``categories`` lists them in; checked against pycocotools on the same
+    detections with the mapping written out by hand."""
+    import contextlib
+    import copy
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt, samples = data
+    # The synthetic set's ids ascend with its labels; give them non-contiguous ids, listed in
+    # neither ascending nor descending order.
+    old_ids = sorted(c["id"] for c in gt["categories"])
+    assert len(old_ids) == 3
+    new_id = dict(zip(old_ids, (3, 8, 42)))
+    by_label = {0: 3, 1: 8, 2: 42}
+    gt = copy.deepcopy(gt)
+    gt["categories"] = [
+        {**c, "id": new_id[c["id"]]} for c in sorted(gt["categories"], key=lambda c: c["id"])
+    ]
+    gt["categories"] = [gt["categories"][k] for k in (2, 0, 1)]  # ids 42, 3, 8
+    assert [c["id"] for c in gt["categories"]] == [42, 3, 8]
+    for ann in gt["annotations"]:
+        ann["category_id"] = new_id[ann["category_id"]]
+    detections = perfect(samples, shift=0.15)
+    for k, d in enumerate(detections):
+        d["scores"] = np.linspace(0.95, 0.4, len(d["labels"])) - 0.02 * k
+    result = evaluate_detections(detections, gt, all_metrics=True)
+    results = []
+    for image, d in zip(gt["images"], detections):
+        for box, score, label in zip(d["boxes"], d["scores"], d["labels"]):
+            x0, y0, x1, y1 = (float(v) for v in box)
+            results.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": by_label[int(label)],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(score),
+                }
+            )
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt)
+        coco.createIndex()
+        evaluator = COCOeval(coco, coco.loadRes(results), iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    np.testing.assert_allclose(list(result.values()), evaluator.stats, atol=1e-12)
+    assert result["AP50"] > 0.9  # the right classes: near-perfect boxes score
+    # Passing the same mapping explicitly gives the same numbers.
+    assert evaluate_detections(detections, gt, category_ids=[3, 8, 42], all_metrics=True) == result

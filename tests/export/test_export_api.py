@@ -3,6 +3,8 @@ named and stand alone (a fresh process that never imports kzoo can serve them)."
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +15,7 @@ import pytest
 import kzoo
 from kzoo import export
 from kzoo.export import signatures
+from kzoo.utils.files import write_probe
 from tests.export.cases import small_detr
 
 BACKEND = keras.backend.backend()
@@ -92,25 +95,63 @@ def test_subclassed_model_built_but_never_called_is_asked_for_a_call(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_existing_destination_needs_overwrite_and_is_then_replaced_whole(tmp_path):
+def _user_files(path, format):
+    """A user's things where the artifact goes: a folder of files, or a file of their own."""
+    if format == "saved_model":
+        os.makedirs(path)
+        with open(os.path.join(path, "mywork.txt"), "w") as f:
+            f.write("mine")
+        return os.path.join(path, "mywork.txt")
+    with open(path, "w") as f:
+        f.write("mine")
+    return path
+
+
+def test_existing_artifact_needs_overwrite_and_is_then_replaced_whole(tmp_path):
     model = _dense_model()
     path = _path(tmp_path)
-    if FORMAT == "saved_model":
-        os.makedirs(path)
-        with open(os.path.join(path, "mine.txt"), "w") as f:
-            f.write("mine")
-    else:
-        with open(path, "w") as f:
-            f.write("mine")
-    with pytest.raises(ValueError, match="already exists.*overwrite"):
+    export.export_model(model, path, FORMAT)
+    assert export.is_artifact(path, FORMAT)  # what the exporters write is recognised
+    with pytest.raises(ValueError, match="already exists.*overwrite=True"):
         export.export_model(model, path, FORMAT)
-    mine = os.path.join(path, "mine.txt") if FORMAT == "saved_model" else path
-    assert open(mine).read() == "mine"
-    export.export_model(model, path, FORMAT, overwrite=True)
-    assert not os.path.exists(os.path.join(path, "mine.txt"))  # replaced, not merged
+    keras.utils.set_random_seed(1)
+    other = keras.Model(model.inputs, keras.layers.Dense(3, name="dense")(model.inputs[0]))
+    export.export_model(other, path, FORMAT, overwrite=True)
     x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
-    diffs = export.max_differences(model, export.load(path, FORMAT), x)
-    assert diffs["output_0"] < 1e-5
+    assert export.max_differences(other, export.load(path, FORMAT), x)["output_0"] < 1e-5
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(path)]
+
+
+def test_overwrite_never_replaces_what_is_not_an_artifact(tmp_path):
+    """Issue #24 item 7: ``overwrite=True`` replaced a folder of the user's files (data loss).
+    It replaces only an artifact of the same format; anything else needs ``force=True``."""
+    model = _dense_model()
+    path = _path(tmp_path)
+    mine = _user_files(path, FORMAT)
+    for overwrite in (False, True):
+        with pytest.raises(ValueError) as error:
+            export.export_model(model, path, FORMAT, overwrite=overwrite)
+        message = str(error.value)
+        assert path in message and "force=True (--force)" in message
+        assert "does not delete files it did not write" in message
+        assert open(mine).read() == "mine"
+    if FORMAT == "saved_model":
+        assert "mywork.txt" in message  # says what the folder holds
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(path)]
+    # A folder that merely looks like a SavedModel (its files beside the user's) is no better.
+    if FORMAT == "saved_model":
+        other = tmp_path / "other"
+        export.export_model(model, str(other), FORMAT)
+        (other / "variables" / "notes.txt").write_text("mine")
+        with pytest.raises(ValueError, match="not a SavedModel"):
+            export.export_model(model, str(other), FORMAT, overwrite=True)
+        assert (other / "variables" / "notes.txt").read_text() == "mine"
+        shutil.rmtree(other)
+    # force=True is the explicit request: the path is replaced whole.
+    export.export_model(model, path, FORMAT, force=True)
+    assert not os.path.exists(os.path.join(path, "mywork.txt")) and export.is_artifact(path, FORMAT)
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    assert export.max_differences(model, export.load(path, FORMAT), x)["output_0"] < 1e-5
     assert sorted(os.listdir(tmp_path)) == [os.path.basename(path)]
 
 
@@ -124,13 +165,92 @@ def test_failed_export_leaves_the_destination_as_it_was(tmp_path):
         os.makedirs(path)
         open(os.path.join(path, "old"), "w").close()
     else:
-        open(path, "w").close()
+        with open(path, "w") as f:
+            f.write("old")
     with pytest.raises(Exception, match="cannot be exported"):
-        export.export_model(model, path, FORMAT, overwrite=True)
-    # The old artifact is intact and no temporary file is left beside it.
+        export.export_model(model, path, FORMAT, force=True)
+    # The old destination is intact and no temporary file is left beside it.
     assert sorted(os.listdir(tmp_path)) == sorted(["keep", os.path.basename(path)])
     if FORMAT == "saved_model":
         assert os.listdir(path) == ["old"]
+    else:
+        assert open(path).read() == "old"
+
+
+FILE_FORMATS = [f for f in export.supported_formats(BACKEND) if f != "saved_model"]
+
+
+@pytest.mark.parametrize("format", FILE_FORMATS)
+def test_a_directory_is_never_replaced_by_a_one_file_model(format, tmp_path):
+    """Issue #24 item 14: ONNX and LiteRT models are one file; a directory at the path is
+    refused with ``overwrite=True`` and even with ``force=True``, and left as it was."""
+    path = tmp_path / f"model{SUFFIX[format]}"
+    path.mkdir()
+    (path / "mywork.txt").write_text("mine")
+    for kwargs in ({"overwrite": True}, {"force": True}):
+        with pytest.raises(ValueError, match=f"{re.escape(str(path))} is a directory; a {format}"):
+            export.export_model(_dense_model(), str(path), format, **kwargs)
+    assert os.listdir(path) == ["mywork.txt"] and (path / "mywork.txt").read_text() == "mine"
+    assert os.listdir(tmp_path) == [path.name]
+
+
+def test_destinations_that_cannot_be_written_are_value_errors_naming_the_path(tmp_path):
+    """Issue #24 item 10: a path under a regular file raised a raw FileExistsError."""
+    (tmp_path / "photo.jpg").write_bytes(b"a photo")
+    path = str(tmp_path / "photo.jpg" / f"a{SUFFIX[FORMAT]}")
+    with pytest.raises(ValueError, match=re.escape(f"Cannot export to {path}: ") + ".*a file"):
+        export.export_model(_dense_model(), path, FORMAT)
+    assert (tmp_path / "photo.jpg").read_bytes() == b"a photo"
+    deeper = str(tmp_path / "photo.jpg" / "sub" / f"a{SUFFIX[FORMAT]}")
+    with pytest.raises(ValueError, match="photo.jpg is a file, not a directory"):
+        export.export_model(_dense_model(), deeper, FORMAT)
+    # /sys refuses new files, even to root (for whom os.access says it is writable).
+    if write_probe("/sys") is None:
+        pytest.skip("/sys can be written here")
+    with pytest.raises(ValueError, match=r"Cannot export to /sys/m.*/sys is not writable"):
+        export.export_model(_dense_model(), f"/sys/m{SUFFIX[FORMAT]}", FORMAT)
+
+
+class _TwoOutputs(keras.Model):
+    """Returns a tuple whose members differ in shape and value."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.wide = keras.layers.Dense(5)
+        self.narrow = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.wide(x), self.narrow(x) * 3.0
+
+
+@pytest.mark.parametrize("kind", ["list", "tuple"])
+def test_onnx_outputs_of_a_model_returning_several_tensors_are_numbered(kind, tmp_path):
+    """Issue #24 item 14: ``output_0``, ``output_1``, ... name a list or tuple of outputs in
+    order, checked by value in onnxruntime."""
+    import onnxruntime
+
+    keras.utils.set_random_seed(0)
+    if kind == "list":
+        inputs = keras.Input((4,), name="features")
+        outputs = [
+            keras.layers.Dense(3)(inputs),
+            keras.layers.Dense(1)(inputs),
+            keras.layers.Dense(6)(inputs),
+        ]
+        model = keras.Model(inputs, outputs)
+    else:
+        model = _TwoOutputs(name="two_outputs")
+        model(np.zeros((1, 4), "float32"))
+    x = np.random.default_rng(4).normal(size=(3, 4)).astype("float32")
+    expected = [keras.ops.convert_to_numpy(y) for y in model(x)]
+    path = export.export_model(model, str(tmp_path / "m.onnx"), "onnx")
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    assert sorted(names) == [f"output_{i}" for i in range(len(expected))]
+    (input_name,) = [i.name for i in session.get_inputs()]
+    got = dict(zip(names, session.run(None, {input_name: x})))
+    for i, want in enumerate(expected):
+        np.testing.assert_allclose(got[f"output_{i}"], want, atol=1e-5, rtol=0)
 
 
 @pytest.mark.backends("tensorflow")

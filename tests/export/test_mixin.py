@@ -54,7 +54,7 @@ def test_model_export_writes_what_kzoo_export_writes(tmp_path):
     assert os.listdir(tmp_path) == [os.path.basename(path)]
 
 
-def test_existing_destination_is_kept_unless_overwrite(tmp_path):
+def test_existing_destination_is_kept_unless_overwrite_or_force(tmp_path):
     model = _color_model()
     path = _path(tmp_path)
     if FORMAT == "saved_model":
@@ -64,11 +64,18 @@ def test_existing_destination_is_kept_unless_overwrite(tmp_path):
         mine = path
     with open(mine, "w") as f:
         f.write("mine")
+    # Not an artifact: overwrite is not enough (issue #24, item 7); force replaces it.
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="force=True"):
+            model.export(path, format=KERAS_FORMAT, overwrite=overwrite)
+        assert open(mine).read() == "mine"
+    model.export(path, format=KERAS_FORMAT, force=True)
+    assert not os.path.exists(os.path.join(path, "mine.txt"))  # replaced whole
+    export.load(path, FORMAT)
+    # Now an artifact of this format: replaced with overwrite, refused without it.
     with pytest.raises(ValueError, match="already exists.*overwrite"):
         model.export(path, format=KERAS_FORMAT)
-    assert open(mine).read() == "mine"
     model.export(path, format=KERAS_FORMAT, overwrite=True)
-    assert not os.path.exists(os.path.join(path, "mine.txt"))  # replaced whole
     export.load(path, FORMAT)
 
 

@@ -169,6 +169,23 @@ def test_out_on_a_read_only_filesystem_or_directory(tmp_path, work):
     assert os.listdir(locked) == []
 
 
+def test_an_output_folder_that_refuses_new_files_is_found_before_training(tmp_path):
+    """Issue #24 item 10: an existing --output-dir on a filesystem that refuses new files
+    (sysfs, as /sys) although its parent is writable and ``os.access`` says yes to root."""
+    run = tmp_path / "run"
+    run.mkdir()
+    mount = f"mount -t sysfs sysfs {run}"
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("mounting a filesystem in a private namespace needs root and unshare")
+    if subprocess.run(["unshare", "-m", "sh", "-c", mount], capture_output=True).returncode:
+        pytest.skip("cannot mount sysfs in a private mount namespace here")
+    prefix = ("unshare", "-m", "sh", "-c", f'{mount} && exec "$@"', "sh")
+    result = kzoo("train", "convlstm-color", "--output-dir", run, "--epochs", "1", prefix=prefix)
+    assert_cli_error(result, f"--output-dir '{run}'", f"the directory {run} is not writable")
+    assert "loss" not in result.stdout
+    assert os.listdir(run) == []
+
+
 def test_paths_that_are_not_image_files(tmp_path, work):
     os.mkfifo(tmp_path / "pipe.jpg")
     side = int(np.sqrt(2 * Image.MAX_IMAGE_PIXELS)) + 16

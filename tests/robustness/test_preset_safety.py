@@ -344,3 +344,27 @@ def test_malformed_sha256_is_refused_before_downloading(archive, keras_home):
     with pytest.raises(ValueError, match="sha256 must be 64 hexadecimal digits"):
         TinyPresetModel.from_preset(url, sha256=sha[:-1] + "g")
     assert not any(files for _, _, files in os.walk(keras_home))
+
+
+@pytest.mark.parametrize("suffix", ["tmp", "old"])
+def test_a_user_folder_named_like_a_legacy_temporary_is_kept_even_with_preset_files(
+    tmp_path, suffix
+):
+    """Issue #24 item 15: a folder that fits earlier kzoo versions' temporary names
+    (``.<name>.XXXXXXXX.tmp`` / ``.old``) and holds a ``config.json`` beside the user's own
+    files is the user's: neither deleted by the cleanup of dead saves, nor renamed onto a
+    missing preset. Only a folder holding nothing but preset files is treated as kzoo's."""
+    mine = tmp_path / f".p.mywork01.{suffix}"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"lr": 0.1}')
+    (mine / "model.weights.h5").write_bytes(b"my weights")
+    (mine / "notes.txt").write_text("mine")
+    before = tree(mine)
+    # The target missing (a crash between the fallback renames would leave that), then a
+    # save and a load of it.
+    assert files.recover_directory(tmp_path / "p") == []
+    assert not (tmp_path / "p").exists()
+    build(seed=3).save_to_preset(tmp_path / "p")
+    TinyPresetModel.from_preset(str(tmp_path / "p"))
+    assert tree(mine) == before
+    assert sorted(os.listdir(tmp_path)) == sorted(["p", mine.name])

@@ -241,6 +241,21 @@ def train(args):
     return 0
 
 
+class _Stages:
+    """A progress bar over the stages of ``predict`` (the demo shows one), or nothing."""
+
+    def __init__(self, total, show):
+        import keras
+
+        self.bar = keras.utils.Progbar(total, unit_name="step") if show else None
+        self.done = 0
+
+    def next(self):
+        if self.bar is not None:
+            self.done += 1
+            self.bar.update(self.done)
+
+
 def predict(args):
     spec = TARGETS[args._target]
     _check_positive(args, "num_examples", "steps", "input_frames", "fps")
@@ -261,8 +276,11 @@ def predict(args):
     ext = os.path.splitext(args.out)[1].lower()
     from kzoo.models.conv_lstm.frame_predictors import ColorFramePredictor, NextFramePredictor
 
+    # Load the preset, make the videos, predict (and write), compare with the baseline.
+    stages = _Stages(4, show=getattr(args, "_progress", False))
     cls = ColorFramePredictor if spec["kind"] == "color" else NextFramePredictor
     model = cls.from_preset(preset_dir)
+    stages.next()
     has_meta = os.path.isfile(os.path.join(preset_dir, preset_io.METADATA_FILE))
     meta = preset_io.read_metadata(preset_dir) if has_meta else {}
     input_frames = args.input_frames or int(meta.get("input_frames", training.INPUT_FRAMES))
@@ -287,11 +305,12 @@ def predict(args):
         )
         x, future = folder[0]
         source = f"windows of {args.data}"
+    stages.next()
     if ext == ".png":
         path = training.save_prediction_grid(
             model, args.out, num_examples=len(x), windows=(x, future[:, 0])
         )
-        print(f"wrote {os.path.abspath(path)} (rows: last inputs, ground truth, prediction)")
+        stages.next()
         if args.data is None:
             # More videos of the same seed than the grid shows: a steadier comparison.
             result = training.evaluate_against_copy_last(
@@ -301,6 +320,8 @@ def predict(args):
         else:
             result = training.evaluate_dataset_against_copy_last(model, folder, max_batches=1)
             count = result["windows"]
+        stages.next()
+        print(f"wrote {os.path.abspath(path)} (rows: last inputs, ground truth, prediction)")
         print(
             f"MAE of the next frame on {count} {source}: model {result['model_mae']:.4f}, "
             f"copy-last-frame baseline {result['copy_last_mae']:.4f}"
@@ -310,9 +331,11 @@ def predict(args):
     from kzoo.models.conv_lstm.animation import write_rollout_animation
 
     pred = model.rollout(x, steps=steps)
+    stages.next()
     path = write_rollout_animation(
         args.out, future, pred, context=x, fps=args.fps, overwrite=args.overwrite
     )
+    stages.next()
     print(
         f"wrote {path}: {input_frames} input frames, then {steps} predicted "
         "(left: ground truth, right: prediction)"

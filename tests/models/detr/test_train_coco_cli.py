@@ -186,6 +186,12 @@ def _malformed(coco, images, text):
     return text[:-20]
 
 
+def _escaping_file_name(coco, images, text):
+    # The file exists, beside the image folder: the old code trained on it.
+    os.rename(images / coco["images"][2]["file_name"], images.parent / "outside.png")
+    coco["images"][2]["file_name"] = "../outside.png"
+
+
 @pytest.mark.parametrize(
     "edit, fragments",
     [
@@ -193,6 +199,7 @@ def _malformed(coco, images, text):
         (_unknown_category, ["annotation id 101", "category_id 77", "not in 'categories'"]),
         (_negative_width, ["annotation id 100", "bbox", "width and height >= 0"]),
         (_malformed, ["not valid JSON"]),
+        (_escaping_file_name, ["image id 24", "'../outside.png'", "outside image_dir"]),
     ],
 )
 def test_bad_data_is_one_line_error_before_training(data, tmp_path, capsys, edit, fragments):
@@ -209,6 +216,47 @@ def test_bad_data_is_one_line_error_before_training(data, tmp_path, capsys, edit
         assert fragment in lines[0]
     # Nothing was trained or written.
     assert not (out / "backup").exists() and not (out / "preset").exists()
+
+
+@pytest.mark.parametrize(
+    "workers, batch",
+    [
+        ("1", 0),
+        ("2", 0),
+        pytest.param(
+            "2", 2, marks=[pytest.mark.slow] if keras.backend.backend() != "torch" else []
+        ),
+    ],
+)
+def test_an_image_over_the_decompression_bomb_limit_is_one_line_naming_it(
+    data, tmp_path, capsys, monkeypatch, workers, batch
+):
+    """Issue #24 item 9: a decompression-bomb image in the training set ended the run with
+    PIL's raw DecompressionBombError traceback, naming neither image id nor file. In the
+    first batch keras reads it in Python; in the last (after two training steps) TensorFlow
+    reads it inside tf.data, which wraps the error in its own."""
+    from kzoo.data import CocoDetection
+
+    _, (train_json, train_dir), _ = data
+    images = tmp_path / "images"
+    shutil.copytree(train_dir, images)
+    # An image of epoch 0's batch `batch` (the training set shuffles by --seed 0).
+    ids = CocoDetection(train_json, train_dir, batch_size=2, shuffle=True).batch_image_ids(batch)
+    entry = next(im for im in json.loads(open(train_json).read())["images"] if im["id"] == ids[0])
+    Image.fromarray(np.zeros((160, 160, 3), np.uint8)).save(images / entry["file_name"])
+    # 25600 pixels, over twice the limit (PIL's error); the other images have at most 9216.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    out = tmp_path / "run"
+    code = main(
+        ["train", "detr", "--out", str(out), "--train-annotations", train_json,
+         "--train-images", str(images), *TINY, "--workers", workers, "--epochs", "1"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("kzoo: error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for fragment in (f"image id {entry['id']}", entry["file_name"], "too large to decode"):
+        assert fragment in lines[0]
+    assert not (out / "preset").exists()
 
 
 def test_option_mistakes_are_one_line_errors(data, source_preset, tmp_path, capsys):
