@@ -61,6 +61,9 @@ class HubServer:
         self._lock = threading.Lock()
         self._server = None
         self._thread = None
+        # Open client connections: huggingface_hub keeps connections alive, and a stopped server
+        # must not go on answering on them.
+        self._connections = set()
 
     # ------------------------------------------------------------------ repos
 
@@ -103,6 +106,16 @@ class HubServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self):
+                super().setup()
+                with server._lock:
+                    server._connections.add(self.connection)
+
+            def finish(self):
+                with server._lock:
+                    server._connections.discard(self.connection)
+                super().finish()
+
             def log_message(self, *args):
                 pass
 
@@ -123,11 +136,19 @@ class HubServer:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def stop(self):
+        """Stop listening and close every open connection (the network is gone)."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._thread.join(timeout=5)
             self._server = None
+        with self._lock:
+            connections, self._connections = list(self._connections), set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     # ------------------------------------------------------------------ routes
 

@@ -23,6 +23,7 @@ were trained as), not transformers'.
 """
 
 import importlib.util
+import sys
 
 from kzoo.models.detr.backbone import BASE_WIDTH, EXPANSION, RESNET_BLOCKS
 from kzoo.models.detr.convert_reading import config_dilation
@@ -157,13 +158,19 @@ def check_config(config, handle, files):
             f"{handle} holds no {' or '.join(WEIGHT_FILES)} (it holds {shown}); kzoo reads a "
             "DETR's weights from one of them."
         )
-    if weights.endswith(".bin") and importlib.util.find_spec("torch") is None:
+    if weights.endswith(".bin") and not _torch_available():
         raise ValueError(
             f"{handle} has its weights only as pytorch_model.bin, which needs torch to read "
             "(torch.load with weights_only=True; nothing else is unpickled): pip install "
             "torch==2.13.0, or load a revision of the repo that has model.safetensors."
         )
     return [weights]
+
+
+def _torch_available():
+    if "torch" in sys.modules:
+        return sys.modules["torch"] is not None
+    return importlib.util.find_spec("torch") is not None
 
 
 def _output_stride(config):
