@@ -25,7 +25,9 @@ Generated in a separate process (``python hub_checkpoints.py ROOT SPEC...``; why
   the same weights with no ``args`` and a name that does not say DC5; ``ref.npz``, padded-batch
   outputs. ``dc5_r50`` also has hub repos of the same weights in transformers' timm layouts:
   ``timm5_dc5`` (transformers 5: ``backbone_config`` ``timm_backbone`` with ``output_stride``
-  16) and ``timm4_dc5`` (transformers 4: ``dilation: true``).
+  16) and the ``config.json`` of ``timm4_dc5`` (transformers 4: ``dilation: true``). Its ``bench_patch.json`` checks
+  ``scripts/bench_detr.py``'s DC5 reference (transformers' own ResNet with the last stage
+  switched to DC5 in place) against the independent reference with the same weights.
 - ``dc5_r50_full``, ``dc5_r101_full`` (slow tests): the released architecture (6+6 layers, 100
   queries, 91 classes) with the dilated backbone, larger padded images.
 """
@@ -41,6 +43,7 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(HERE))), "scripts")
 DEFAULT_SPECS = ("hub_small", "dc5_r50", "dc5_r101")
 R50, R101 = (3, 4, 6, 3), (3, 4, 23, 3)
 
@@ -50,9 +53,11 @@ def _cache_root():
     import tempfile
 
     digest = hashlib.sha256()
-    for name in ("hub_checkpoints.py", "dc5_reference.py", "detr_checkpoints.py"):
-        with open(os.path.join(HERE, name), "rb") as f:
+    for path in ("hub_checkpoints.py", "dc5_reference.py", "detr_checkpoints.py"):
+        with open(os.path.join(HERE, path), "rb") as f:
             digest.update(f.read())
+    with open(os.path.join(SCRIPTS, "bench_detr.py"), "rb") as f:
+        digest.update(f.read())
     for package in ("torch", "transformers"):
         digest.update(importlib.metadata.version(package).encode())
     return os.path.join(tempfile.gettempdir(), f"kzoo-detr-hub-{digest.hexdigest()[:16]}")
@@ -244,6 +249,43 @@ def _parity(model, out, rng, big, small, name="ref.npz"):
     )
 
 
+def _bench_patch_check(head_config, out):
+    """The benchmark's in-place DC5 transformers model against :mod:`dc5_reference`."""
+    import copy
+
+    import torch
+    from dc5_reference import DilatedResNet
+    from detr_checkpoints import hf_outputs, make_hf_model, padded_pair
+    from transformers import DetrConfig
+
+    sys.path.insert(0, SCRIPTS)
+    from bench_detr import dilate_hf_last_stage
+
+    config = DetrConfig(
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        d_model=head_config.d_model,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        num_queries=10,
+        num_labels=5,
+    )
+    patched = make_hf_model(config, seed=21)
+    reference_model = copy.deepcopy(patched)
+    stride = dilate_hf_last_stage(patched)
+    backbone = DilatedResNet(R50, dilation=True)
+    tv = _tv_backbone_of_native(patched.state_dict())
+    backbone.load_state_dict({k: torch.as_tensor(v) for k, v in tv.items()})
+    reference_model.model.backbone.model = backbone.eval()
+    images, mask = padded_pair(np.random.default_rng(3), (64, 96), (40, 70))
+    ours = hf_outputs(patched, images, mask)
+    theirs = hf_outputs(reference_model, images, mask)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs))
+    (out / "bench_patch.json").write_text(json.dumps({"stride": stride, "max_diff": diff}))
+
+
 def generate(spec, out):
     from pathlib import Path
 
@@ -284,6 +326,7 @@ def generate(spec, out):
         big, small = ((96, 128), (70, 100)) if full else ((64, 96), (40, 70))
         _parity(model, out, rng, big, small)
         if spec == "dc5_r50":
+            _bench_patch_check(head_config, out)
             _official(model, tv, out / "detr-plain-name.pth", None)
             head = _head_state(model.state_dict())
             head = {k: v.detach().clone() for k, v in head.items()}
@@ -311,11 +354,10 @@ def generate(spec, out):
                 json.loads((out / "timm5_dc5" / "config.json").read_text()),
                 timm_state(tv, head, 5),
             )
-            _save_repo(
-                out / "timm4_dc5",
-                timm4_config(head_config, "resnet50", True),
-                timm_state(tv, head, 4),
-            )
+            # Only its config is read (the tensors would be timm5_dc5's under 4.x names).
+            (out / "timm4_dc5").mkdir()
+            config4 = timm4_config(head_config, "resnet50", True)
+            (out / "timm4_dc5" / "config.json").write_text(json.dumps(config4, indent=2))
     else:
         raise SystemExit(f"unknown spec {spec!r}")
 

@@ -90,6 +90,15 @@ def test_dc5_checkpoint_parity(spec, tmp_path_factory, tmp_path):
         _assert_close((logits[1:], boxes[1:]), (ref["alone_logits"], ref["alone_boxes"]))
 
 
+def test_the_benchmarks_dc5_reference_is_dc5(tmp_path_factory):
+    """``scripts/bench_detr.py --dc5`` times transformers' DETR with its ResNet's last stage
+    switched to DC5 in place; with the same weights it equals the independent reference."""
+    files = reference(tmp_path_factory, "dc5_r50")
+    check = json.loads((files / "bench_patch.json").read_text())
+    assert check["stride"] == 16
+    assert check["max_diff"] <= TOL
+
+
 def _h5_arrays(preset):
     import h5py
 
