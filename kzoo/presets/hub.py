@@ -289,7 +289,11 @@ def resolve_hub_preset(source):
         _build_entry(hf, settings, handle, commit, siblings, entry)
         if not _verified(entry):
             remove(entry)
-            raise ValueError(f"The preset built from {handle} did not verify; it was removed.")
+            raise ValueError(
+                f"The preset built from {handle} (commit {commit[:12]}) is not a complete kzoo "
+                "preset whose model.weights.h5 matches the weights_sha256 of its metadata.json; "
+                "it was removed from kzoo's cache."
+            )
     _write_ref(repo_dir, handle.ref, commit)
     return entry
 

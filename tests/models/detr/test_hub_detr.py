@@ -158,3 +158,25 @@ def test_bin_only_repo_without_torch_names_safetensors(hub_server, small, monkey
     with pytest.raises(ValueError, match=r"pytorch_model.bin, which needs torch.*safetensors"):
         resolve_preset("hf://facebook/tiny-detr-bin")
     assert hub_server.fetched("pytorch_model.bin") == 0
+
+
+def test_the_command_line_takes_hub_handles(hub_server, small, tmp_path, capsys):
+    from PIL import Image
+
+    from kzoo.cli.main import main
+
+    hub_server.add_commit("facebook/tiny-detr-timm", repo_files(small / "timm4"))
+    picture = tmp_path / "street.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(picture)
+    args = ["predict", "detr", "--preset", "hf://facebook/tiny-detr-timm", "--image"]
+    args += [str(picture), "--out", str(tmp_path / "boxes.png"), "--threshold", "0"]
+    assert main([*args, "--shortest-edge", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "10 detections scoring above 0" in out
+    assert "thing" in out  # the labels are named by the repo's id2label
+    assert (
+        main(["predict", "detr", "--preset", "hf://nobody/nothing", "--image", str(picture)]) == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hf://nobody/nothing: no such repository" in err[0]
