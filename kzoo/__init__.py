@@ -45,9 +45,11 @@ from kzoo import (  # noqa: E402,F401
     ops,
     presets,
 )
+from kzoo.presets import load_preset  # noqa: E402
 
 __all__ = [
     "__version__",
+    "load_preset",
     "backends",
     "data",
     "distribution",

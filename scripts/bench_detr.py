@@ -20,8 +20,17 @@ HF, after checking it against the keras model on the image. The artifact takes t
 its pixel mask (all ones); JAX's ONNX is exported for the image's size (jax2onnx cannot leave
 DETR's height and width free).
 
+DC5 (``--dc5``): kzoo's ``DETR(backbone_dilation=True)`` against transformers' DETR with its own
+ResNet's last stage switched, in place, to DC5's strides and dilations (``layer4``'s first block
+and shortcut stride 1; its other 3x3 convolutions dilation 2, padding 2: what a timm backbone with
+``output_stride=16`` computes, which transformers uses for ``facebook/detr-resnet-50-dc5``). timm
+(and the torchvision it needs) cannot be installed next to the CPU build of torch 2.13 here: the
+only torchvision 0.28 wheel on the index is the CUDA build, whose ``_C.so`` needs
+``libtorch_cuda.so``. The script checks the patched model's feature map is at stride 16.
+
 Usage:
     python scripts/bench_detr.py                       # all three backends and their exports
+    python scripts/bench_detr.py --dc5 --formats       # DETR-DC5, kzoo against transformers
     python scripts/bench_detr.py --backends jax torch --rounds 7 --formats onnx
     python scripts/bench_detr.py --small --rounds 1 --warmup 0 --height 64 --width 96  # smoke
 """
@@ -101,7 +110,27 @@ def _exported_rows(model, image, run_hf, formats, rounds, warmup):
     return rows
 
 
-def child(rounds, warmup, height, width, formats=(), small=False):
+def dilate_hf_last_stage(hf):
+    """Make transformers' native ResNet-50 in ``hf`` compute DC5's last stage (see the module
+    docstring); returns the backbone's output stride after the change."""
+    import torch
+
+    stage = hf.model.backbone.model.encoder.stages[-1]
+    for index, block in enumerate(stage.layers):
+        conv3x3 = block.layer[1].convolution
+        if index == 0:
+            conv3x3.stride = (1, 1)
+            block.shortcut.convolution.stride = (1, 1)
+        else:
+            conv3x3.dilation = (2, 2)
+            conv3x3.padding = (2, 2)
+    with torch.no_grad():
+        probe = torch.zeros(1, 3, 128, 96)
+        features = hf.model.backbone.model(probe).feature_maps[-1]
+    return 128 // features.shape[-2]
+
+
+def child(rounds, warmup, height, width, formats=(), small=False, dc5=False):
     # transformers pulls in triton, whose LLVM clashes with TensorFlow's when loaded after it:
     # import it before keras (the noqa keeps the import sorter from moving it).
     from transformers import DetrConfig, DetrForObjectDetection  # noqa: I001
@@ -122,6 +151,10 @@ def child(rounds, warmup, height, width, formats=(), small=False):
         .eval()
         .to(device)
     )
+    if dc5:
+        stride = dilate_hf_last_stage(hf)
+        if stride != 16:
+            raise SystemExit(f"the patched transformers backbone has stride {stride}, not 16")
     pixels = torch.tensor(image).permute(0, 3, 1, 2).contiguous().to(device)
     # Same configuration: transformers' default DetrConfig has num_labels=2.
     if small:
@@ -129,9 +162,10 @@ def child(rounds, warmup, height, width, formats=(), small=False):
         model = DETR(
             num_classes=hf.config.num_labels, num_queries=5, d_model=32, num_heads=4,
             num_encoder_layers=1, num_decoder_layers=1, ffn_dim=64, backbone="small",
+            backbone_dilation=dc5,
         )  # fmt: skip
     else:
-        model = DETR(num_classes=hf.config.num_labels)
+        model = DETR(num_classes=hf.config.num_labels, backbone_dilation=dc5)
     model.build()
     kzoo_params = sum(int(np.prod(v.shape)) for v in model.weights if "moving" not in v.name)
     hf_params = sum(p.numel() for p in hf.parameters())
@@ -155,6 +189,7 @@ def child(rounds, warmup, height, width, formats=(), small=False):
         + json.dumps(
             {
                 "backend": keras.backend.backend(),
+                "dc5": dc5,
                 "kzoo_median_s": statistics.median(kzoo_times),
                 "hf_median_s": statistics.median(hf_times),
                 "ratio_median": statistics.median(ratios),
@@ -186,12 +221,17 @@ def main(argv=None):
         help="exported artifacts to time (default: onnx saved_model; none: only kzoo and HF)",
     )
     parser.add_argument("--small", action="store_true", help="a tiny DETR: checks the script runs")
+    parser.add_argument(
+        "--dc5",
+        action="store_true",
+        help="DETR-DC5 (dilated last stage) on both sides; see the module docstring",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0:
         parser.error("--rounds must be >= 1 and --warmup >= 0")
     if args.child:
-        child(args.rounds, args.warmup, args.height, args.width, args.formats, args.small)
+        child(args.rounds, args.warmup, args.height, args.width, args.formats, args.small, args.dc5)
         return 0
     results = []
     for backend in args.backends:
@@ -202,6 +242,7 @@ def main(argv=None):
         cmd += ["--rounds", str(args.rounds), "--warmup", str(args.warmup)]
         cmd += ["--height", str(args.height), "--width", str(args.width)]
         cmd += ["--formats", *args.formats] + (["--small"] if args.small else [])
+        cmd += ["--dc5"] if args.dc5 else []
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not lines:
@@ -210,7 +251,8 @@ def main(argv=None):
         result = json.loads(lines[-1][len("RESULT ") :])
         results.append(result)
         print(
-            f"{backend:>10}: kzoo {result['kzoo_median_s']:.3f} s, HF torch "
+            f"{backend:>10}{' DC5' if args.dc5 else ''}: kzoo {result['kzoo_median_s']:.3f} s, "
+            "HF torch "
             f"{result['hf_median_s']:.3f} s, ratio {result['ratio_median']:.2f}x "
             f"(first call {result['kzoo_first_call_s']:.1f} s)",
             flush=True,

@@ -71,6 +71,30 @@ def http_server(tmp_path):
         thread.join(timeout=5)
 
 
+@pytest.fixture
+def hub_server(tmp_path, monkeypatch):
+    """A local Hugging Face Hub (``tests/presets/hub_server.py``) that huggingface_hub talks to.
+
+    ``HF_ENDPOINT`` points at it, ``HF_HOME`` (huggingface_hub's cache) and ``KERAS_HOME``
+    (kzoo's) are empty directories of this test; no token, not offline. Yields the server
+    (``add_commit``, ``cut``, ``stop``, ``requests``).
+    """
+    from tests.presets.hub_server import HubServer
+
+    server = HubServer()
+    url = server.start()
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HF_HUB_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def _quiet_handler():
     import http.server
 

@@ -29,8 +29,14 @@ def build_parser():
     p = sub.add_parser("info", help="backend, versions, devices and the kernels this machine uses")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("list", help="the registered presets")
+    p = sub.add_parser("list", help="the registered presets, or what kzoo has cached")
     p.add_argument("--model", help="only presets of this model class")
+    p.add_argument(
+        "--cached",
+        action="store_true",
+        help="list kzoo's cache instead: hf:// presets (repo, commit, revisions), converted "
+        "presets and downloads, with their sizes and paths",
+    )
     p.set_defaults(func=cmd_list)
 
     commands = {}
@@ -110,6 +116,11 @@ def cmd_info(args):
 def cmd_list(args):
     from kzoo.presets import list_presets
 
+    if args.cached:
+        if args.model is not None:
+            raise UserError("--cached lists every cached preset; it takes no --model.")
+        return _list_cached()
+
     presets = list_presets(model_class=args.model)
     if args.model is not None and not presets:
         import difflib
@@ -130,6 +141,22 @@ def cmd_list(args):
             print("  ".join("-" * w for w in widths) + "  " + "-" * 8)
     if not presets:
         print("(no presets registered)")
+    return 0
+
+
+def _list_cached():
+    from kzoo.presets import cache
+
+    entries = cache.cached_presets()
+    if not entries:
+        print(f"(nothing cached under {cache.keras_home()})")
+        return 0
+    rows = [("source", "commit", "revisions", "size", "path")]
+    for e in entries:
+        rows.append((e.source, e.version[:12], ",".join(e.refs), cache.format_size(e.size), e.path))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
     return 0
 
 

@@ -36,7 +36,8 @@ def register(commands):
             "--preset",
             required=default is None,
             default=default,
-            help="preset name or directory" + (f" (default {default})" if default else ""),
+            help="preset name, directory or hf://owner/repo[@revision]"
+            + (f" (default {default})" if default else ""),
         )
         p.add_argument("--format", required=True, choices=FORMATS, help="artifact format")
         p.add_argument(

@@ -20,11 +20,14 @@ class PresetMixin:
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, sha256=None, **kwargs):
-        """Build a model from a registered preset name, a preset directory or an archive URL.
+        """Build a model from a registered preset name, a preset directory, an archive URL or a
+        Hugging Face Hub handle.
 
         Args:
-            preset: A name from ``kzoo list``, a local preset directory, or an http(s)/file
-                URL of a ``.tar.gz``/``.zip`` holding one.
+            preset: A name from ``kzoo list``, a local preset directory, an http(s)/file URL of
+                a ``.tar.gz``/``.zip`` holding one, or ``hf://owner/repo[@revision]``: a Hub
+                repo holding a kzoo preset or a model kzoo converts (DETR), downloaded through
+                huggingface_hub and cached by commit (``kzoo.presets.hub``).
             load_weights: ``False`` builds the architecture with fresh weights.
             sha256: Expected sha256 of a URL's archive (registered presets carry their own).
             **kwargs: Config entries to override.

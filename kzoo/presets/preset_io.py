@@ -24,7 +24,7 @@ import zipfile
 import keras
 import numpy as np
 
-from kzoo.presets import registry
+from kzoo.presets import hub, registry
 from kzoo.utils.download import download_verified, keras_home, normalize_sha256, remove
 from kzoo.utils.files import atomic_directory, recover_directory, sha256_file
 from kzoo.version import __version__
@@ -194,8 +194,9 @@ def load_preset(source, expected_class=None, sha256=None, load_weights=True, **c
     """Build the model a preset describes and load its weights.
 
     Args:
-        source: A registered preset name, a preset directory, or an http(s)/file URL of an
-            archive holding one.
+        source: A registered preset name, a preset directory, an http(s)/file URL of an
+            archive holding one, or a Hugging Face Hub handle ``hf://owner/repo[@revision]``
+            (see ``kzoo.presets.hub``).
         expected_class: When given, the preset must build an instance of this class.
         sha256: The archive's sha256, for URLs that are not registered presets.
         load_weights: ``False`` builds the architecture only.
@@ -379,11 +380,18 @@ def _mismatch_message(model, preset_dir, error, config_overrides):
 
 
 def resolve_preset(source, sha256=None):
-    """Turn a preset name, directory or URL into a local preset directory."""
+    """Turn a preset name, directory, URL or ``hf://`` handle into a local preset directory."""
     _HASHED.clear()
     source = os.fspath(source)
     if not isinstance(source, str) or not source:
         raise ValueError(f"A preset is a name, a directory or a URL; got {source!r}.")
+    if source.startswith(hub.SCHEME):
+        if sha256 is not None:
+            raise ValueError(
+                "sha256 applies to archive URLs; an hf:// handle is checked against the sha256 "
+                "the Hub lists, and pinned with @<commit>."
+            )
+        return hub.resolve_hub_preset(source)
     scheme = urllib.parse.urlparse(source).scheme
     if scheme in ("http", "https", "file"):
         return _fetch_archive(source, sha256)

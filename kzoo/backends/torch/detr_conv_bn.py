@@ -56,4 +56,4 @@ def conv_bn(conv, bn, x, stride, pad, data_format):
             entry = (key, *_fold(conv, bn, x.dtype))
             _CACHE[conv] = entry
         _, kernel, shift = entry
-    return F.conv2d(x, kernel, shift, stride=stride, padding=pad)
+    return F.conv2d(x, kernel, shift, stride=stride, padding=pad, dilation=conv.dilation_rate)

@@ -1,7 +1,7 @@
 """DETR: the detection transformer, its backbone, transformer, heads and post-processing."""
 
 from kzoo.layers.detr_head import DETRHead
-from kzoo.models.detr import presets  # noqa: F401  (registers detr_resnet50/101_coco)
+from kzoo.models.detr import presets  # noqa: F401  (registers the COCO presets and hf:// DETR repos)
 from kzoo.models.detr.backbone import FrozenBatchNormalization, ResNetBackbone
 from kzoo.models.detr.detr_loss import DETRLoss
 from kzoo.models.detr.detr_model import DETR

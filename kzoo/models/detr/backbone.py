@@ -157,12 +157,13 @@ class FrozenBatchNormalization(keras.layers.Layer):
         return config
 
 
-def _conv(filters, kernel_size, stride, name, use_bias=False):
+def _conv(filters, kernel_size, stride, name, use_bias=False, dilation=1):
     return keras.layers.Conv2D(
         filters,
         kernel_size,
         strides=stride,
         padding="valid",
+        dilation_rate=dilation,
         use_bias=use_bias,
         kernel_initializer=he_normal_fan_out(),
         name=name,
@@ -171,7 +172,8 @@ def _conv(filters, kernel_size, stride, name, use_bias=False):
 
 @keras.saving.register_keras_serializable(package="kzoo")
 class ResNetBackbone(PresetMixin, ExportMixin, keras.Model):
-    """ResNet-50/101 (torchvision v1.5 layout, frozen batch norm) up to the stride-32 features.
+    """ResNet-50/101 (torchvision v1.5 layout, frozen batch norm) up to the stride-32 features
+    (stride 16 with ``dilation=True``).
 
     Sub-layers are named after torchvision's modules with dots as underscores: ``conv1``,
     ``bn1``, ``layer{s}_{b}_conv{1,2,3}``, ``layer{s}_{b}_bn{1,2,3}``,
@@ -189,13 +191,19 @@ class ResNetBackbone(PresetMixin, ExportMixin, keras.Model):
             stem), 0–5; torchvision's ``trainable_layers``. DETR trains 3 (layer2–layer4).
         trainable_affine: Whether the frozen batch norms' gamma/beta train (their statistics
             never do).
+        dilation: DETR-DC5's backbone: the last stage keeps stride 16 and dilates its 3x3
+            convolutions instead, as torchvision's ``replace_stride_with_dilation=[False, False,
+            True]`` (layer4's first block and its projection shortcut take stride 1; its other
+            blocks' 3x3 convolutions have dilation 2 and padding 2). The weights are the same
+            tensors; the output has twice the resolution.
 
     Call arguments:
         images: (B, H, W, 3) normalised images.
         valid_sizes: Optional (B, 2) int32 unpadded (height, width) of each image; when given,
             features outside each image are zeroed (see the module docstring).
 
-    Returns (B, ceil(H/32), ceil(W/32), channels) features.
+    Returns (B, ceil(H/s), ceil(W/s), channels) features, ``s = output_stride`` (32, or 16 with
+    ``dilation=True``).
 
     Example:
 
@@ -242,15 +250,26 @@ class ResNetBackbone(PresetMixin, ExportMixin, keras.Model):
         fresh.set_weights(backbone.get_weights())
         return fresh
 
-    def __init__(self, variant="resnet50", trainable_stages=3, trainable_affine=False, **kwargs):
+    def __init__(
+        self,
+        variant="resnet50",
+        trainable_stages=3,
+        trainable_affine=False,
+        dilation=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if variant not in RESNET_BLOCKS:
             raise ValueError(f"variant must be one of {', '.join(RESNET_BLOCKS)}; got {variant!r}.")
         if not isinstance(trainable_stages, int) or not 0 <= trainable_stages <= 5:
             raise ValueError(f"trainable_stages must be an int in 0..5; got {trainable_stages!r}.")
+        if not isinstance(dilation, bool):
+            raise ValueError(f"dilation must be True or False; got {dilation!r}.")
         self.variant = variant
         self.trainable_stages = trainable_stages
         self.trainable_affine = bool(trainable_affine)
+        self.dilation = dilation
+        self.output_stride = 16 if dilation else 32
         width = BASE_WIDTH[variant]
         self.out_channels = backbone_channels(variant)
 
@@ -265,13 +284,17 @@ class ResNetBackbone(PresetMixin, ExportMixin, keras.Model):
         in_channels = width
         for s, count in enumerate(RESNET_BLOCKS[variant]):
             planes = width * 2**s
+            # torchvision's _make_layer with dilate=True: the stage's stride becomes the
+            # dilation of every block after the first (the first keeps the previous dilation, 1).
+            dilate = dilation and s == 3
             for b in range(count):
                 prefix = f"layer{s + 1}_{b}"
-                stride = 2 if (b == 0 and s > 0) else 1
+                stride = 2 if (b == 0 and s > 0 and not dilate) else 1
+                rate = 2 if (dilate and b > 0) else 1
                 layers = {
                     "conv1": _conv(planes, 1, 1, f"{prefix}_conv1"),
                     "bn1": bn(f"{prefix}_bn1"),
-                    "conv2": _conv(planes, 3, stride, f"{prefix}_conv2"),
+                    "conv2": _conv(planes, 3, stride, f"{prefix}_conv2", dilation=rate),
                     "bn2": bn(f"{prefix}_bn2"),
                     "conv3": _conv(planes * EXPANSION, 1, 1, f"{prefix}_conv3"),
                     "bn3": bn(f"{prefix}_bn3"),
@@ -342,7 +365,9 @@ class ResNetBackbone(PresetMixin, ExportMixin, keras.Model):
             layer = functools.partial(self._block_layer, prefix)
             y = ops.relu(conv_bn(layer("conv1"), layer("bn1"), x, 1, 0, data_format))
             y = masked(y, total_stride)
-            y = ops.relu(conv_bn(layer("conv2"), layer("bn2"), y, stride, 1, data_format))
+            # Padding = dilation keeps the size (torchvision's conv3x3).
+            pad = layer("conv2").dilation_rate[0]
+            y = ops.relu(conv_bn(layer("conv2"), layer("bn2"), y, stride, pad, data_format))
             y = conv_bn(layer("conv3"), layer("bn3"), y, 1, 0, data_format)
             shortcut = x
             if layer("downsample_0") is not None:
@@ -362,7 +387,7 @@ class ResNetBackbone(PresetMixin, ExportMixin, keras.Model):
 
     def compute_output_shape(self, images_shape, valid_sizes_shape=None):
         def down(n):
-            return None if n is None else math.ceil(n / 32)
+            return None if n is None else math.ceil(n / self.output_stride)
 
         return (images_shape[0], down(images_shape[1]), down(images_shape[2]), self.out_channels)
 
@@ -373,6 +398,7 @@ class ResNetBackbone(PresetMixin, ExportMixin, keras.Model):
                 "variant": self.variant,
                 "trainable_stages": self.trainable_stages,
                 "trainable_affine": self.trainable_affine,
+                "dilation": self.dilation,
             }
         )
         return config

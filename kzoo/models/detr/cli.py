@@ -30,6 +30,23 @@ def register(commands):
         help="replace DST even if it holds files that are not a kzoo preset (they are deleted); "
         "without it such a DST is refused",
     )
+    dc5 = p.add_mutually_exclusive_group()
+    dc5.add_argument(
+        "--dc5",
+        dest="dilation",
+        action="store_const",
+        const=True,
+        default=None,
+        help="the checkpoint is DETR-DC5 (dilated last stage); by default read from the "
+        "checkpoint's stored arguments, a config.json beside it, or a -dc5 file name",
+    )
+    dc5.add_argument(
+        "--no-dc5",
+        dest="dilation",
+        action="store_const",
+        const=False,
+        help="the checkpoint is a plain DETR, whatever its name says",
+    )
     p.set_defaults(func=cmd_convert)
 
     p = commands["predict"].add_parser(
@@ -42,7 +59,9 @@ def register(commands):
             "optionally write them as a COCO results JSON."
         ),
     )
-    p.add_argument("--preset", required=True, help="preset name or directory")
+    p.add_argument(
+        "--preset", required=True, help="preset name, directory or hf://owner/repo[@revision]"
+    )
     p.add_argument(
         "--image", required=True, help="image file (any format PIL reads), or a folder of them"
     )
@@ -104,12 +123,14 @@ def cmd_convert(args):
         num_heads=args.num_heads,
         overwrite=not args.no_overwrite,
         force=args.force,
+        dilation=args.dilation,
     )
     meta = preset_io.read_metadata(dst)
     config = preset_io._read_config(dst)["config"]
     print(
         f"converted {args.src} ({meta.get('source_format')} format) -> {dst}\n"
-        f"  backbone {config['backbone']}, {config['num_classes']} classes, "
+        f"  backbone {config['backbone']}{' (DC5)' if config.get('backbone_dilation') else ''}, "
+        f"{config['num_classes']} classes, "
         f"{config['num_queries']} queries, d_model {config['d_model']}, "
         f"{config['num_encoder_layers']}+{config['num_decoder_layers']} layers"
     )

@@ -48,13 +48,17 @@ def _subsample(x, stride):
 def conv_bn_portable(conv, bn, x, stride, pad, data_format, fold=True, strided_conv=None):
     """``bn(conv(x))`` with symmetric zero padding ``pad`` (as torch pads), in keras.ops.
 
+    The convolution's ``dilation_rate`` is honoured (DETR-DC5's last stage); ``pad`` is then the
+    dilation, as torchvision pads a dilated 3x3 convolution.
+
     ``fold``: scale the kernel (True) or the output (False) by the norm's scale.
     ``strided_conv``: optional ``f(x, kernel, stride)`` for the strided 3x3 convolutions
     (channels last, ``x`` already padded), in place of ``ops.conv``.
     """
     scale, shift = bn.scale_and_shift(x.dtype)
+    dilation = conv.dilation_rate[0]
     padding = "valid"
-    if pad and stride == 1 and conv.kernel_size[0] == 2 * pad + 1:
+    if pad and stride == 1 and dilation * (conv.kernel_size[0] - 1) == 2 * pad:
         # Stride-1 "same" pads symmetrically on every backend, and inside the convolution
         # (XLA) rather than through a padded copy of the feature map.
         padding = "same"
@@ -67,10 +71,17 @@ def conv_bn_portable(conv, bn, x, stride, pad, data_format, fold=True, strided_c
         if stride > 1:
             x = _subsample(x, stride)
         y = pointwise_conv(x, kernel[0, 0])
-    elif strided_conv is not None and stride > 1 and conv.kernel_size == (3, 3):
+    elif strided_conv is not None and stride > 1 and conv.kernel_size == (3, 3) and dilation == 1:
         y = strided_conv(x, kernel, stride)
     else:
-        y = ops.conv(x, kernel, strides=stride, padding=padding, data_format=data_format)
+        y = ops.conv(
+            x,
+            kernel,
+            strides=stride,
+            padding=padding,
+            data_format=data_format,
+            dilation_rate=dilation,
+        )
     if data_format == "channels_first":
         scale = ops.reshape(scale, (1, -1, 1, 1))
         shift = ops.reshape(shift, (1, -1, 1, 1))

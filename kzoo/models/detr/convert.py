@@ -16,10 +16,11 @@ import os
 
 from kzoo.models.detr.convert_config import DEFAULT_NUM_HEADS, RESNET_DEPTHS, infer_config
 from kzoo.models.detr.convert_reading import (
+    checkpoint_dilation,
     detect_format,
     heads_from_sidecar,
+    read_checkpoint,
     read_state_dict,
-    refuse_dilated,
 )
 from kzoo.models.detr.convert_weights import (
     IGNORED_SUFFIXES,
@@ -39,6 +40,7 @@ __all__ = [
     "assign_weights",
     "canonical_name",
     "convert_detr",
+    "convert_detr_dc5",
     "detect_format",
     "infer_config",
     "load_detr_checkpoint",
@@ -50,7 +52,7 @@ __all__ = [
 # ----------------------------------------------------------------------------- public API
 
 
-def load_detr_checkpoint(src, num_heads=None, **config_overrides):
+def load_detr_checkpoint(src, num_heads=None, dilation=None, **config_overrides):
     """Build a ``kzoo.models.DETR`` holding the weights of the checkpoint at ``src``.
 
     Args:
@@ -58,6 +60,8 @@ def load_detr_checkpoint(src, num_heads=None, **config_overrides):
             directory holding one) DETR checkpoint.
         num_heads: Attention heads; DETR's 8 unless a HuggingFace ``config.json`` beside the
             checkpoint says otherwise.
+        dilation: Whether it is DETR-DC5 (dilated last stage). ``None`` reads it from the
+            checkpoint (see ``convert_reading.checkpoint_dilation``).
         **config_overrides: Other ``DETR`` arguments (e.g. ``dropout``).
 
     Returns ``(model, info)`` where ``info`` holds the source format and the inferred config.
@@ -65,12 +69,15 @@ def load_detr_checkpoint(src, num_heads=None, **config_overrides):
     from kzoo.models.detr.detr_model import DETR
 
     src = os.fspath(src)
-    refuse_dilated(src)
-    state = read_state_dict(src)
+    if dilation is not None and not isinstance(dilation, bool):
+        raise ValueError(f"dilation must be True, False or None; got {dilation!r}.")
+    state, args = read_checkpoint(src)
+    if dilation is None:
+        dilation = checkpoint_dilation(src, args)
     canonical, fmt = to_canonical(state)
     if num_heads is None:
         num_heads = heads_from_sidecar(src)
-    config = infer_config(canonical, num_heads=num_heads)
+    config = infer_config(canonical, num_heads=num_heads, dilation=dilation)
     config.update(config_overrides)
     model = DETR(**config)
     _build(model)
@@ -86,7 +93,9 @@ def _build(model):
         model.build((None, None, None, 3))
 
 
-def convert_detr(src, dst, num_heads=None, overwrite=True, force=False):
+def convert_detr(
+    src, dst, num_heads=None, overwrite=True, force=False, dilation=None, extra_metadata=None
+):
     """Convert a DETR checkpoint into a kzoo preset directory (written atomically).
 
     Args:
@@ -99,6 +108,9 @@ def convert_detr(src, dst, num_heads=None, overwrite=True, force=False):
         overwrite: Whether an existing kzoo preset at ``dst`` may be replaced.
         force: Whether a ``dst`` holding files that are not a kzoo preset may be replaced (they
             are deleted); see ``kzoo.presets.preset_io.check_destination``.
+        dilation: DETR-DC5 or not; ``None`` reads it from the checkpoint (its stored training
+            arguments, a ``config.json`` beside it, or a ``-dc5`` file name).
+        extra_metadata: Entries added to the preset's ``metadata.json``.
 
     Returns the absolute path of ``dst``.
 
@@ -118,10 +130,17 @@ def convert_detr(src, dst, num_heads=None, overwrite=True, force=False):
         raise ValueError(f"num_heads must be a positive integer or None; got {num_heads!r}.")
     # Refuse a destination before the (slow) conversion, not after it.
     preset_io.check_destination(dst, overwrite=overwrite, force=force)
-    model, info = load_detr_checkpoint(src, num_heads=num_heads)
+    model, info = load_detr_checkpoint(src, num_heads=num_heads, dilation=dilation)
     extra = {
         "converted_from": os.path.basename(os.fspath(src)),
         "source_format": info["format"],
         "label_space": "coco91" if info["config"]["num_classes"] == 91 else "ids",
+        **(extra_metadata or {}),
     }
     return preset_io.save_preset(model, dst, overwrite=overwrite, extra_metadata=extra, force=force)
+
+
+def convert_detr_dc5(src, dst):
+    """:func:`convert_detr` for a checkpoint known to be DETR-DC5 (the registry's DC5 presets,
+    whose cached file names need not say so)."""
+    return convert_detr(src, dst, dilation=True)

@@ -6,11 +6,11 @@ RESNET_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101"}
 DEFAULT_NUM_HEADS = 8
 
 
-def infer_config(canonical, num_heads=None):
+def infer_config(canonical, num_heads=None, dilation=False):
     """The ``kzoo.models.DETR`` arguments the tensors imply.
 
     Heads cannot be read off the tensors (q/k/v are d×d whatever the split); they default to
-    DETR's 8 unless given.
+    DETR's 8 unless given. Nor can DC5 (``dilation``): the dilated backbone has the same tensors.
     """
 
     def need(name):
@@ -59,6 +59,7 @@ def infer_config(canonical, num_heads=None):
         "num_encoder_layers": len(encoder),
         "num_decoder_layers": len(decoder),
         "ffn_dim": int(ffn),
+        "backbone_dilation": bool(dilation),
     }
 
 

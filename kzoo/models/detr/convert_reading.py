@@ -28,6 +28,11 @@ Checkpoints are read without unpickling arbitrary objects: ``torch.load(weights_
 ``args``) or ``safetensors``. Reading ``.pth``/``.bin`` files needs torch, whatever the keras
 backend; ``.safetensors`` files do not. A HuggingFace ``config.json`` beside the checkpoint is
 read for what the tensors do not say (attention heads, a dilated DC5 backbone).
+
+DC5 (a dilated last ResNet stage) leaves no trace in the tensors: ``checkpoint_dilation`` reads
+it from the training arguments a facebookresearch checkpoint stores (``args.dilation``), a
+HuggingFace ``config.json`` beside the checkpoint (``dilation``, or a timm backbone's
+``output_stride`` 16), or the released files' names (``detr-r50-dc5-*.pth``), in that order.
 """
 
 import json
@@ -44,18 +49,26 @@ def read_state_dict(path):
     ``{"state_dict": ...}`` wrapper is unwrapped, and a ``module.`` prefix (DistributedDataParallel)
     dropped.
     """
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path):
+    """``(state_dict, training_args)``: :func:`read_state_dict`'s tensors, and the ``args``
+    (an ``argparse.Namespace``, as a dict) a facebookresearch checkpoint stores beside its
+    ``"model"``, else ``{}``."""
     path = os.fspath(path)
     if os.path.isdir(path):
         path = _checkpoint_in_directory(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist.")
+    args = {}
     if path.endswith(".safetensors"):
         state = _read_safetensors(path)
     else:
-        state = _read_torch(path)
+        state, args = _read_torch(path)
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
+    return state, args
 
 
 def _checkpoint_in_directory(path):
@@ -121,7 +134,10 @@ def _read_torch(path):
             f"{path} is not a PyTorch checkpoint (torch.load cannot parse it); expected a .pth "
             "or .bin state dict, or a .safetensors file."
         ) from None
+    args = {}
     if isinstance(obj, dict):
+        if isinstance(obj.get("args"), argparse.Namespace):
+            args = vars(obj["args"])
         for wrapper in ("model", "state_dict"):
             if isinstance(obj.get(wrapper), dict):
                 obj = obj[wrapper]
@@ -142,7 +158,7 @@ def _read_torch(path):
         raise ValueError(
             f"{path}: these state-dict entries are not tensors: {', '.join(not_tensors)}."
         )
-    return state
+    return state, args
 
 
 def _as_float32(name, array):
@@ -166,14 +182,31 @@ def detect_format(state):
     )
 
 
-def refuse_dilated(src):
-    """DC5 checkpoints dilate the last stage; their tensors look exactly like the plain ones."""
-    config = _sidecar_config(src) or {}
-    if "-dc5" in os.path.basename(src).lower() or config.get("dilation") is True:
-        raise ValueError(
-            f"{src} is a DETR-DC5 checkpoint (dilated last ResNet stage), which kzoo's DETR does "
-            "not implement; its tensors would load but the outputs would be wrong."
-        )
+def checkpoint_dilation(src, args=None):
+    """Whether the checkpoint at ``src`` is DETR-DC5: see the module docstring for the sources.
+
+    Args:
+        src: The checkpoint file or directory.
+        args: The training arguments stored in the checkpoint (:func:`read_checkpoint`).
+    """
+    if args and isinstance(args.get("dilation"), bool):
+        return args["dilation"]
+    config = _sidecar_config(src)
+    if config is not None:
+        return config_dilation(config)
+    return "-dc5" in os.path.basename(os.path.normpath(src)).lower()
+
+
+def config_dilation(config):
+    """DC5 from a HuggingFace ``DetrConfig`` dict: a timm backbone's ``output_stride`` (16) where
+    transformers 5 wrote one, else the ``dilation`` flag (transformers 4's configs)."""
+    backbone = config.get("backbone_config")
+    if isinstance(backbone, dict) and backbone.get("output_stride") is not None:
+        return backbone["output_stride"] == 16
+    kwargs = config.get("backbone_kwargs")
+    if isinstance(kwargs, dict) and kwargs.get("output_stride") is not None:
+        return kwargs["output_stride"] == 16
+    return config.get("dilation") is True
 
 
 def _sidecar_config(src):

@@ -4,7 +4,8 @@ Structure
 ---------
 
 ``model.backbone`` maps (B, H, W, 3) images to a stride-32, channels-last (B, ceil(H/32),
-ceil(W/32), C) feature map. It is kzoo's ``ResNetBackbone`` when given by name (``"resnet50"``,
+ceil(W/32), C) feature map (stride 16 for DETR-DC5's dilated backbone, ``backbone_dilation=True``,
+or a backbone instance whose ``output_stride`` attribute says 16). It is kzoo's ``ResNetBackbone`` when given by name (``"resnet50"``,
 ``"resnet101"``, ``"small"``), or any keras layer or model passed as an instance (a
 ``ResNetBackbone``, ``keras.applications.ResNet50(include_top=False, weights=None)``, a model of
 your own); the stride and the layout are checked when the model is built. ``model.head`` is a
@@ -27,7 +28,7 @@ With ``padding_invariant=True`` (the default) and a backbone that accepts ``vali
 (kzoo's ``ResNetBackbone``), an image's outputs never depend on the padding of the other
 images in its batch: the backbone zeroes features outside each image before every convolution
 that sees neighbours (see ``backbone.py``), and the feature mask is each image's unpadded
-extent ``ceil(size / 32)``. The pixel mask must then be a top-left rectangle per image (padding
+extent ``ceil(size / stride)``. The pixel mask must then be a top-left rectangle per image (padding
 at the bottom and right, as DETR and HuggingFace pad). ``padding_invariant=False`` computes
 exactly what the original DETR and HuggingFace compute for padded batches: the backbone sees the
 padding and the feature mask is the pixel mask resized with torch's nearest-neighbour rule.
@@ -150,6 +151,9 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
             settings apply.
         padding_invariant: See "Padding" in the module docstring (the guarantee needs a
             backbone that accepts ``valid_sizes``, as kzoo's ``ResNetBackbone`` does).
+        backbone_dilation: For a named ResNet backbone: DETR-DC5 (the last stage dilated
+            instead of strided, output stride 16; ``ResNetBackbone(dilation=True)``). The
+            weights are the plain model's tensors; the DC5 checkpoints need it.
 
     Call: ``model(images)`` with float (B, H, W, 3) images, normalised as the backbone expects,
     or ``model({"images": images, "pixel_mask": mask})`` with ``mask`` (B, H, W), 1 for real
@@ -189,6 +193,7 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
         backbone="resnet50",
         backbone_trainable_stages=None,
         padding_invariant=True,
+        backbone_dilation=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -205,6 +210,8 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
             dropout,
             name="head",
         )
+        if not isinstance(backbone_dilation, bool):
+            raise ValueError(f"backbone_dilation must be True or False; got {backbone_dilation!r}.")
         if isinstance(backbone, str) and backbone in RESNET_BLOCKS:
             if backbone_trainable_stages is None:
                 backbone_trainable_stages = DEFAULT_TRAINABLE_STAGES[backbone]
@@ -222,6 +229,7 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
                 trainable_stages=backbone_trainable_stages,
                 # From-scratch training of the small backbone needs a learnable affine.
                 trainable_affine=backbone == "small",
+                dilation=backbone_dilation,
                 name="backbone",
             )
             backbone_name = backbone
@@ -232,6 +240,11 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
                     "the instance's own trainability instead (e.g. ResNetBackbone("
                     f"trainable_stages=...), or layer.trainable = False); got "
                     f"{backbone_trainable_stages!r}."
+                )
+            if backbone_dilation:
+                raise ValueError(
+                    "backbone_dilation only applies to a backbone given by name; pass "
+                    "ResNetBackbone(..., dilation=True) as the backbone instead."
                 )
             backbone_layer = backbone
             backbone_name = None
@@ -254,6 +267,16 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
         self.backbone_name = backbone_name
         self.backbone_trainable_stages = backbone_trainable_stages
         self.padding_invariant = padding_invariant
+        self.backbone_dilation = backbone_dilation
+        # kzoo's ResNetBackbone says 16 when dilated; other backbones are stride 32 unless they
+        # declare otherwise.
+        stride = getattr(backbone_layer, "output_stride", BACKBONE_STRIDE)
+        if stride not in (16, 32):
+            raise ValueError(
+                f"The backbone's output_stride must be 16 or 32; {type(backbone_layer).__name__} "
+                f"says {stride!r}."
+            )
+        self.backbone_stride = stride
         self.backbone_takes_valid_sizes = (
             "valid_sizes" in inspect.signature(backbone_layer.call).parameters
         )
@@ -294,9 +317,10 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
                 f"{type(e).__name__}: {e}"
             ) from e
         shape = tuple(out.shape) if isinstance(out, keras.KerasTensor) else None
-        expected = (-(-height // BACKBONE_STRIDE), -(-width // BACKBONE_STRIDE))
+        stride = self.backbone_stride
+        expected = (-(-height // stride), -(-width // stride))
         # Rounding down is fine too (a "valid"-padded backbone on a size not a multiple of 32).
-        allowed = [{-(-n // BACKBONE_STRIDE), n // BACKBONE_STRIDE} - {0} for n in (height, width)]
+        allowed = [{-(-n // stride), n // stride} - {0} for n in (height, width)]
         fits = shape is not None and len(shape) == 4 and shape[-1] is not None
         if not (fits and shape[1] in allowed[0] and shape[2] in allowed[1]):
             found = "" if shape is None else f" {shape}"
@@ -308,7 +332,7 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
                 if height // shape[1] == width // shape[2]:
                     found += f" (output stride {height // shape[1]})"
             raise ValueError(
-                f"DETR needs a backbone with output stride {BACKBONE_STRIDE} and channels-last "
+                f"DETR needs a backbone with output stride {stride} and channels-last "
                 f"(NHWC) features: on a (1, {height}, {width}, 3) image it must return (1, "
                 f"{expected[0]}, {expected[1]}, channels) with known channels. The backbone "
                 f"({name}) returned{found}."
@@ -377,7 +401,7 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
             shape = ops.shape(features)
             height, width = shape[1], shape[2]
             if masks_backbone:
-                extent = ceil_divide(valid_sizes, BACKBONE_STRIDE)
+                extent = ceil_divide(valid_sizes, self.backbone_stride)
                 rows = ops.expand_dims(arange(height), 0) < extent[:, 0:1]
                 cols = ops.expand_dims(arange(width), 0) < extent[:, 1:2]
                 # expand_dims, not [:, None]: TF Lite has no builtin for new-axis slices of
@@ -591,6 +615,7 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
                 "backbone": backbone,
                 "backbone_trainable_stages": self.backbone_trainable_stages,
                 "padding_invariant": self.padding_invariant,
+                "backbone_dilation": self.backbone_dilation,
                 "config_version": CONFIG_VERSION,
             }
         )

@@ -20,7 +20,9 @@ def register(commands):
         help="COCO box AP/AR of a DETR preset on a COCO-format dataset",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("--preset", required=True, help="preset name or directory")
+    p.add_argument(
+        "--preset", required=True, help="preset name, directory or hf://owner/repo[@revision]"
+    )
     p.add_argument("--annotations", required=True, help="COCO JSON of the images to evaluate on")
     p.add_argument("--images", required=True, help="folder of those images")
     add_size_arguments(p)

@@ -57,7 +57,8 @@ def add_arguments(p):
     coco.add_argument(
         "--preset",
         default=None,
-        help="fine-tune this DETR preset (a name such as detr_resnet50_coco, or a directory); "
+        help="fine-tune this DETR preset (a name such as detr_resnet50_coco, a directory, or "
+        "hf://owner/repo[@revision]); "
         "its class head is re-initialised when the data has another number of classes. "
         "Without it a DETR is built from the architecture options below",
     )

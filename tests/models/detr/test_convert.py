@@ -212,12 +212,32 @@ def test_full_resnet50_parity(tmp_path_factory, tmp_path):
     )
 
 
-def test_dc5_refused_and_heads_read_from_a_huggingface_config(files, tmp_path):
+def _dilation(preset):
+    return json.loads((preset / "config.json").read_text())["config"]["backbone_dilation"]
+
+
+def test_dc5_is_read_from_args_config_or_name_and_heads_from_a_huggingface_config(files, tmp_path):
+    """DC5 leaves the tensors as they are: the stored training args, a config.json beside the
+    checkpoint or the released file name say it, in that order (an explicit argument first)."""
     import shutil
 
-    shutil.copyfile(files / "hf.pth", tmp_path / "detr-r50-dc5-f0fb7ef5.pth")
-    with pytest.raises(ValueError, match="DC5"):
-        convert_detr(tmp_path / "detr-r50-dc5-f0fb7ef5.pth", tmp_path / "out")
+    ckpt = torch.load(files / "detr-original.pth", weights_only=False)
+    named = tmp_path / "detr-r50-dc5-f0fb7ef5.pth"
+    torch.save({"model": ckpt["model"]}, named)
+    convert_detr(named, tmp_path / "by_name")
+    assert _dilation(tmp_path / "by_name") is True
+    convert_detr(named, tmp_path / "forced", dilation=False)
+    assert _dilation(tmp_path / "forced") is False
+    # The training arguments win over the name.
+    torch.save({"model": ckpt["model"], "args": argparse.Namespace(dilation=False)}, named)
+    convert_detr(named, tmp_path / "by_args")
+    assert _dilation(tmp_path / "by_args") is False
+    plain = tmp_path / "detr.pth"
+    torch.save({"model": ckpt["model"], "args": argparse.Namespace(dilation=True)}, plain)
+    convert_detr(plain, tmp_path / "args_dc5")
+    assert _dilation(tmp_path / "args_dc5") is True
+    with pytest.raises(ValueError, match="dilation must be True, False or None"):
+        convert_detr(plain, tmp_path / "bad", dilation="yes")
     snapshot = tmp_path / "snapshot"
     snapshot.mkdir()
     shutil.copyfile(files / "model.safetensors", snapshot / "model.safetensors")
@@ -225,7 +245,12 @@ def test_dc5_refused_and_heads_read_from_a_huggingface_config(files, tmp_path):
     (snapshot / "config.json").write_text(json.dumps(config))
     preset = convert_detr(snapshot, tmp_path / "p4")
     assert json.loads((tmp_path / "p4" / "config.json").read_text())["config"]["num_heads"] == 4
-    assert os.path.isdir(preset)
+    assert os.path.isdir(preset) and _dilation(tmp_path / "p4") is False
     (snapshot / "config.json").write_text(json.dumps({**config, "dilation": True}))
-    with pytest.raises(ValueError, match="DC5"):
-        convert_detr(snapshot, tmp_path / "p5")
+    convert_detr(snapshot, tmp_path / "p5")
+    assert _dilation(tmp_path / "p5") is True
+    timm5 = {**config, "dilation": True, "backbone_config": {"model_type": "timm_backbone"}}
+    timm5["backbone_config"]["output_stride"] = 32
+    (snapshot / "config.json").write_text(json.dumps(timm5))
+    convert_detr(snapshot, tmp_path / "p6")
+    assert _dilation(tmp_path / "p6") is False

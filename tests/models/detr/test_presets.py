@@ -105,3 +105,35 @@ def test_released_presets_are_registered():
         int(info.sha256, 16)
         module, _, attr = info.converter.partition(":")
         assert getattr(__import__(module, fromlist=[attr]), attr) is convert_module.convert_detr
+
+
+def test_dc5_presets_are_registered_with_the_dc5_converter():
+    for name, file_hex in (
+        ("detr_resnet50_dc5_coco", "r50-dc5-f0fb7ef5"),
+        ("detr_resnet101_dc5_coco", "r101-dc5-a2e86def"),
+    ):
+        info = presets.get_preset(name)
+        assert info.model_class == "DETR" and info.license == "Apache-2.0"
+        assert info.location == f"https://dl.fbaipublicfiles.com/detr/detr-{file_hex}.pth"
+        url_hex = file_hex.rsplit("-", 1)[1]
+        assert len(info.sha256) == 64 and info.sha256.startswith(url_hex)
+        int(info.sha256, 16)
+        module, _, attr = info.converter.partition(":")
+        assert getattr(__import__(module, fromlist=[attr]), attr) is convert_module.convert_detr_dc5
+
+
+def test_a_dc5_preset_is_converted_dilated(files, http_server, keras_home, monkeypatch):
+    """The registry's DC5 converter, end to end: the file (named like the plain one, no args
+    saying DC5) is downloaded, verified and converted with the dilated backbone."""
+    root, base = http_server
+    shutil.copyfile(files / "detr-tiny.pth", root / "detr-tiny.pth")
+    info = presets.PresetInfo(
+        "detr_test_tiny_dc5",
+        "DETR",
+        f"{base}/detr-tiny.pth",
+        sha256=sha256_file(root / "detr-tiny.pth"),
+        converter="kzoo.models.detr.convert:convert_detr_dc5",
+    )
+    monkeypatch.setitem(registry._PRESETS, info.name, info)
+    model = DETR.from_preset(info.name)
+    assert model.backbone.dilation is True and model.backbone_stride == 16
