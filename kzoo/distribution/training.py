@@ -129,21 +129,23 @@ class DistributedTrainer:
         outputs = super().predict(**a)
         return runtime.gather_predictions(outputs, num_rows, global_batch)
 
-    def train_step(self, data):
+    # keras's JAX trainer calls train_step(state, data); the others train_step(data).
+
+    def train_step(self, *args):
         _, runtime = self._context_parallel_runtime()
         if runtime is None:
-            return super().train_step(data)
+            return super().train_step(*args)
         if getattr(self, "_kzoo_copy_variables", True):
             # After keras has built the model (in fit, before the first step).
             runtime.synchronize(self)
             self._kzoo_copy_variables = False
-        return runtime.train_step(self, data, super().train_step)
+        return runtime.train_step(self, *args, super().train_step)
 
-    def test_step(self, data):
+    def test_step(self, *args):
         _, runtime = self._context_parallel_runtime()
         if runtime is None:
-            return super().test_step(data)
-        return runtime.test_step(self, data, super().test_step)
+            return super().test_step(*args)
+        return runtime.test_step(self, *args, super().test_step)
 
     def save(self, filepath, *args, **kwargs):
         _, runtime = self._context_parallel_runtime()

@@ -15,9 +15,6 @@ This file is also the worker the slow test launches.
 import importlib
 import json
 import os
-import pathlib
-import socket
-import subprocess
 import sys
 import types
 
@@ -25,7 +22,8 @@ import keras
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.distribution.processes import free_port, run_torchrun
+
 ra = importlib.import_module("kzoo.ops.ring_attention")
 
 # Document lengths of the rows of a packed batch of 32 tokens (row 1 ends with padding).
@@ -225,7 +223,7 @@ def test_runtime_errors_before_anything_runs(monkeypatch):
             initialize("nccl")
     # A running group of one process: a mesh of two devices does not match it.
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
     )
     try:
         with pytest.raises(ValueError, match="mesh has 2 devices.*runs 1 processes"):
@@ -238,33 +236,8 @@ def test_runtime_errors_before_anything_runs(monkeypatch):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ---------------------------------------------------------------------------------------------
 # Real processes.
-
-
-def run_torchrun(script, nproc, args, timeout=600):
-    """Run ``script`` under torchrun with ``nproc`` gloo processes on 127.0.0.1."""
-    env = dict(
-        os.environ,
-        KERAS_BACKEND="torch",
-        PYTHONPATH=str(ROOT),
-        OMP_NUM_THREADS="1",
-        CUDA_VISIBLE_DEVICES="",
-        TF_CPP_MIN_LOG_LEVEL="2",
-    )
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(script), *args,
-    ]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
-    return done
 
 
 def _layer_inputs(seed=3, b=2, s=32, dim=12):
