@@ -236,6 +236,85 @@ def test_runtime_errors_before_anything_runs(monkeypatch):
         dist.destroy_process_group()
 
 
+def _runtime_at(batch_index, batch_shards, context_index, context_size):
+    """A ProcessRuntime's data arithmetic at one mesh coordinate (no process group needed)."""
+    from kzoo.backends.torch.cp_training import ProcessRuntime
+
+    runtime = object.__new__(ProcessRuntime)
+    runtime.batch_index, runtime.batch_shards = batch_index, batch_shards
+    runtime.context_index, runtime.context_size = context_index, context_size
+    return runtime
+
+
+@pytest.mark.backends("torch")
+def test_data_shards_rebuild_every_global_batch_and_refuse_what_does_not_divide():
+    from kzoo.distribution import zigzag_permutation
+
+    # 10 rows in global batches of 4 (the last holds 2), 16 tokens, mesh 2 (batch) x 4 (seq).
+    tokens = np.arange(10 * 16).reshape(10, 16)
+    weights = np.arange(10.0)
+    shards = {
+        (j, c): _runtime_at(j, 2, c, 4).shard_data(
+            {"tokens": tokens}, tokens[:, zigzag_permutation(16, 4)], weights, batch_size=4
+        )
+        for j in range(2)
+        for c in range(4)
+    }
+    for (j, c), (x, y, w, local_batch) in shards.items():
+        assert local_batch == 2 and x["tokens"].shape == (5, 4) and w.shape == (5,)
+        # Batch k of every process of batch row j holds rows k*4 + 2j, k*4 + 2j + 1 (and row
+        # 8 + j of the last batch), and its sequence coordinate's quarter of the tokens.
+        rows = [0 + 2 * j, 1 + 2 * j, 4 + 2 * j, 5 + 2 * j, 8 + j]
+        np.testing.assert_array_equal(x["tokens"], tokens[rows][:, 4 * c : 4 * c + 4])
+        np.testing.assert_array_equal(
+            y, tokens[rows][:, zigzag_permutation(16, 4)][:, 4 * c :][:, :4]
+        )
+        np.testing.assert_array_equal(w, weights[rows])
+    # The processes of one batch row see the same rows; together they see everything once.
+    rebuilt = np.concatenate([shards[(0, c)][0]["tokens"] for c in range(4)], axis=1)
+    np.testing.assert_array_equal(rebuilt, tokens[[0, 1, 4, 5, 8]])
+    runtime = _runtime_at(0, 2, 0, 4)
+    with pytest.raises(ValueError, match="must divide by the 2 processes"):
+        runtime.shard_data(tokens, batch_size=3)
+    with pytest.raises(ValueError, match="a batch holds 1 rows"):
+        runtime.shard_data(tokens[:9], batch_size=4)
+    with pytest.raises(ValueError, match="divide by 2 \\* CP = 8.*sequence length 12"):
+        runtime.shard_data(np.zeros((4, 12)), batch_size=4)
+    with pytest.raises(ValueError, match="different numbers of rows"):
+        runtime.shard_data(tokens, tokens[:8], batch_size=2)
+    with pytest.raises(ValueError, match="auto_shard_dataset=False"):
+        runtime.shard_data(iter([tokens]), batch_size=2)
+
+
+@pytest.mark.backends("torch")
+def test_checkpoint_writes_are_atomic_and_failures_leave_the_old_file(tmp_path):
+    from kzoo.backends.torch.cp_training import _write_atomically
+
+    target = tmp_path / "model.weights.h5"
+    target.write_bytes(b"old")
+    seen = []
+
+    def write(path):
+        seen.append(path)
+        assert not os.path.exists(path)  # a fresh temporary file next to the target
+        with open(path, "wb") as f:
+            f.write(b"new")
+
+    _write_atomically(write, str(target), overwrite=True)
+    assert target.read_bytes() == b"new" and seen[0].endswith(".weights.h5")
+    assert os.path.dirname(seen[0]) == str(tmp_path) and seen[0] != str(target)
+
+    def broken(path):
+        with open(path, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _write_atomically(broken, str(target), overwrite=True)
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.weights.h5"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Real processes.
 

@@ -8,7 +8,8 @@ order, in blocks of at most ``ATTENTION_BLOCK`` tokens (causal and window blocks
 the positions, document blocks by the range test), and a second all-to-all brings the output
 back to the sequence shards. The backward pass is an autograd function with two more
 all-to-alls (the output gradient in, the query/key/value gradients out); it stores only the
-head shard of query, key, value, ids, output and log-sum-exp: ``O(S / CP)`` per process.
+head shard of query, key, value, ids and log-sum-exp, and this process's shard of the output:
+``O(S / CP)`` per process.
 """
 
 import dataclasses
@@ -125,17 +126,32 @@ def _local_backward(q, k, v, q_ids, k_ids, do, lse, delta, config, size, plan):
     return dq, dk, dv
 
 
-def _seq_to_heads(x, mesh):
-    """``(B, L, heads, W)`` sequence shard -> ``(B, S, heads / CP, W)`` in layout order."""
+def _seq_to_heads(per_head, per_token, mesh):
+    """Sequence shards -> head shards of the whole sequence, in one all-to-all.
+
+    ``per_head``: ``(B, L, heads, W)`` tensors (any dtypes) split by heads over the processes;
+    ``per_token``: ``(B, L)`` tensors (ids) every process gets whole. All travel as bytes, one
+    message per peer. Returns ``(B, S, heads / CP, W)`` and ``(B, S)`` tensors in layout order.
+    """
     cp = mesh.context_size
-    b, length, heads, width = x.shape
-    send = x.reshape(b, length, cp, heads // cp, width).permute(2, 0, 1, 3, 4)
-    recv = _all_to_all(send, mesh)  # (CP, B, L, heads / CP, W): row i is sequence shard i
-    return recv.permute(1, 0, 2, 3, 4).reshape(b, cp * length, heads // cp, width)
+    b, length, heads = per_head[0].shape[:3]
+    hp = heads // cp
+    layout = [((b, length, hp, x.shape[-1]), x.dtype) for x in per_head]
+    layout += [(tuple(x.shape), x.dtype) for x in per_token]
+    send = torch.stack(
+        [
+            blk.pack([x[:, :, j * hp : (j + 1) * hp] for x in per_head] + list(per_token))
+            for j in range(cp)
+        ]
+    )
+    recv = _all_to_all(send, mesh)  # row i: sequence shard i
+    pieces = [blk.unpack(recv[i], layout) for i in range(cp)]
+    return [torch.cat([p[n] for p in pieces], dim=1) for n in range(len(layout))]
 
 
 def _heads_to_seq(x, mesh):
-    """Inverse of ``_seq_to_heads``: ``(B, S, heads / CP, W)`` -> ``(B, L, heads, W)``."""
+    """Head shard of the whole sequence ``(B, S, heads / CP, W)`` (layout order) -> this
+    process's sequence shard ``(B, L, heads, W)``."""
     cp = mesh.context_size
     b, seq, hp, width = x.shape
     send = x.reshape(b, cp, seq // cp, hp, width).permute(1, 0, 2, 3, 4)
@@ -153,59 +169,50 @@ class _AllToAllAttention(torch.autograd.Function):
         if repl > 1:
             k, v = k.repeat_interleave(repl, dim=2), v.repeat_interleave(repl, dim=2)
         heads, group = hk * repl, g // repl
-        hp = heads // cp
-        # Query, key, value and both ids in one message per peer: bytes, the ids copied to
-        # every destination (each process needs the ids of the whole sequence).
-        qf = q.reshape(b, length, heads, group * d)
-        layout = [
-            ((b, length, hp, group * d), q.dtype),
-            ((b, length, hp, d), k.dtype),
-            ((b, length, hp, dv), v.dtype),
-            ((b, length), torch.int32),
-            ((b, length), torch.int32),
-        ]
-        send = torch.stack(
-            [
-                blk.pack([qf[:, :, j * hp : (j + 1) * hp], k[:, :, j * hp : (j + 1) * hp],
-                          v[:, :, j * hp : (j + 1) * hp], q_ids, k_ids])
-                for j in range(cp)
-            ]
-        )  # fmt: skip
-        recv = _all_to_all(send, mesh)
-        pieces = [blk.unpack(recv[i], layout) for i in range(cp)]
-        to_natural, to_layout = _orders(cp, config.load_balance, cp * length, q.device)
+        hp, seq = heads // cp, cp * length
+        to_natural, to_layout = _orders(cp, config.load_balance, seq, q.device)
         qh, kh, vh, qid, kid = (
-            torch.cat([p[n] for p in pieces], dim=1).index_select(1, to_natural) for n in range(5)
+            x.index_select(1, to_natural)
+            for x in _seq_to_heads(
+                [q.reshape(b, length, heads, group * d), k, v], [q_ids, k_ids], mesh
+            )
         )
-        seq = cp * length
         size, plan = _local_plan(config.causal, config.window, seq, 2 * block_split(seq // 2))
         qh = qh.reshape(b, seq, hp, group, d)
         out_h, lse_h = _local_forward(qh, kh, vh, qid, kid, config, size, plan)
-        out_h = out_h.to(q.dtype)
-        ctx.save_for_backward(qh, kh, vh, qid, kid, out_h, lse_h)
+        flat = out_h.to(q.dtype).reshape(b, seq, hp, group * dv).index_select(1, to_layout)
+        del out_h
+        out = _heads_to_seq(flat, mesh).reshape(b, length, hk, g, dv)
+        # The backward pass needs sum(dout * out) per query head: computed from this sequence
+        # shard of the output and sent with the output gradient, so the head shard of the
+        # output need not be kept.
+        ctx.save_for_backward(qh, kh, vh, qid, kid, lse_h, out)
         ctx.config, ctx.shape, ctx.dtypes = config, (b, length, hk, g, d, dv), (k.dtype, v.dtype)
-        flat = out_h.reshape(b, seq, hp, group * dv).index_select(1, to_layout)
-        out = _heads_to_seq(flat, mesh)
-        return out.reshape(b, length, hk, g, dv)
+        return out
 
     @staticmethod
     def backward(ctx, dout):
-        qh, kh, vh, qid, kid, out_h, lse_h = ctx.saved_tensors
+        qh, kh, vh, qid, kid, lse_h, out = ctx.saved_tensors
         config = ctx.config
         mesh, repl = config.mesh, config.replication
         cp = mesh.context_size
         b, length, hk, g, d, dv = ctx.shape
         heads, group = hk * repl, g // repl
-        hp = heads // cp
-        seq = cp * length
+        hp, seq = heads // cp, cp * length
         to_natural, to_layout = _orders(cp, config.load_balance, seq, dout.device)
-        dout = dout.to(qh.dtype).reshape(b, length, heads, group * dv)
-        dout_h = _seq_to_heads(dout, mesh).index_select(1, to_natural)
+        delta = torch.sum(dout.to(blk.F32) * out.to(blk.F32), dim=-1)  # (B, L, Hk, G)
+        dout_h, delta_h = (
+            x.index_select(1, to_natural)
+            for x in _seq_to_heads(
+                [dout.to(qh.dtype).reshape(b, length, heads, group * dv),
+                 delta.reshape(b, length, heads, group)],
+                [], mesh,
+            )
+        )  # fmt: skip
         dout_h = dout_h.reshape(b, seq, hp, group, dv)
-        delta = torch.sum(dout_h.to(blk.F32) * out_h.to(blk.F32), dim=-1)
         size, plan = _local_plan(config.causal, config.window, seq, 2 * block_split(seq // 2))
         dq, dk, dvv = _local_backward(
-            qh, kh, vh, qid, kid, dout_h, lse_h, delta, config, size, plan
+            qh, kh, vh, qid, kid, dout_h, lse_h, delta_h, config, size, plan
         )
         # Copies of a key/value head live on different processes: their gradients are summed
         # after the all-to-all, in float32.
