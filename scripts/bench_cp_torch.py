@@ -30,7 +30,7 @@ Usage::
 
     python scripts/bench_cp_torch.py [--seq-lens 4096,16384] [--cp 2,4]
         [--strategies ring,all_to_all] [--heads 8] [--kv-heads 4] [--head-dim 64]
-        [--repeats 5] [--exact-max-seq 4096] [--no-time]
+        [--repeats 5] [--exact-max-seq 4096] [--no-time] [--json rows.json]
 
 Prints a Markdown table (one line per S, CP and strategy).
 """
@@ -308,6 +308,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--exact-max-seq", type=int, default=4096)
     parser.add_argument("--no-time", action="store_true")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--child", choices=["one", "processes"], help=argparse.SUPPRESS)
     parser.add_argument("--seq-len", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -335,6 +336,17 @@ def main():
                 for name, r in out.items():
                     rows.append((seq, cp, name, r, base, block))
             print(f"S={seq} done", file=sys.stderr, flush=True)
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                [
+                    {"seq_len": seq, "cp": cp, "attention": name, **r}
+                    for seq, cp, name, r, _, _ in rows
+                ],
+                f,
+                indent=1,
+            )
 
     def ratio(a, b, key):
         if b is None or a[key] is None or not b[key]:

@@ -5,9 +5,9 @@ exact attention (outputs and gradients), the per-process plan against the masks 
 cover, and the errors (no process group, a mesh that does not match the world, NCCL without
 GPUs, a sequence not divisible by 2 * CP).
 
-Slow, real processes (``torchrun`` with gloo on 127.0.0.1, 2 and 4 of them): the layer's
-output and the gradients of its input and of its four projections equal one process's exact
-attention on the whole sequence, for both strategies, both layouts, and causal, windowed,
+Slow, real processes (``torchrun`` with gloo on 127.0.0.1, 2 and 4 of them): the op's output
+and the gradients of query, key and value, and the layer's output and the gradients of its
+input and of its four projections, equal one process's exact attention on the whole sequence, for both strategies, both layouts, and causal, windowed,
 packed and padded inputs; the ring sends ``CP - 1`` blocks forward and ``2 * CP - 1`` backward.
 This file is also the worker the slow test launches.
 """
@@ -345,6 +345,19 @@ def _layer_grads(layer, sent, x, cot, mask, seg):
     return out.detach().numpy(), g[0].numpy(), [t.clone() for t in g[1:]], forward
 
 
+def _op_grads(q, k, v, cot, mask, seg, causal, window):
+    """The attention op's output and the gradients of query, key and value."""
+    import torch
+
+    qkv = [torch.tensor(a, requires_grad=True) for a in (q, k, v)]
+    out = ra.ring_attention(
+        *qkv, key_mask=None if mask is None else torch.tensor(mask), causal=causal,
+        segment_ids=None if seg is None else torch.tensor(seg), window_size=window,
+    )  # fmt: skip
+    grads = torch.autograd.grad((out * torch.tensor(cot)).sum(), qkv)
+    return [out.detach().numpy()] + [g.numpy() for g in grads]
+
+
 def _attention_worker(out_dir):
     """Run by every process: each configuration once on the whole sequence without a
     distribution (the reference) and once context parallel; record the largest differences."""
@@ -365,6 +378,9 @@ def _attention_worker(out_dir):
 
     cp_ring.exchange = counting
     x, cot, pad = _layer_inputs()
+    rng = np.random.default_rng(5)
+    qkv = [rng.normal(size=(2, 32, h, 4)).astype("float32") for h in (4, 2, 2)]
+    op_cot = rng.normal(size=(2, 32, 4, 4)).astype("float32")
     segments = pack_documents(DOCUMENTS, x.shape[1])[0]
     mesh = keras.distribution.DeviceMesh((1, world), ["batch", "context"], devices=list_devices())
     length = x.shape[1] // world
@@ -379,6 +395,7 @@ def _attention_worker(out_dir):
         mask = pad if padded else None
         seg = segments if packed else None
         out_ref, dx_ref, dw_ref, _ = _layer_grads(layer, sent, x, cot, mask, seg)
+        op_ref = _op_grads(*qkv, op_cot, mask, seg, causal, window)
         for strategy in ("ring", "all_to_all"):
             for load_balance in ("zigzag", "contiguous"):
                 cp = ContextParallel(mesh, strategy=strategy, load_balance=load_balance)
@@ -390,6 +407,15 @@ def _attention_worker(out_dir):
                 with cp.scope():
                     out, dx, dw, forward = _layer_grads(layer, sent, *local[:4])
                 backward = len(sent) - forward
+                with cp.scope():
+                    op = _op_grads(
+                        *[cp.to_layout_order(a)[:, part] for a in qkv + [op_cot]],
+                        *local[2:4], causal, window,
+                    )  # fmt: skip
+                op_error = max(
+                    float(np.abs(a - cp.to_layout_order(b)[:, part]).max())
+                    for a, b in zip(op, op_ref)
+                )
                 for g in dw:  # the replicated weights' gradient: the sum of every process's
                     dist.all_reduce(g)
                 chunk = x.shape[1] // (2 * world)
@@ -400,6 +426,8 @@ def _attention_worker(out_dir):
                         "out": float(np.abs(out - local[4]).max()),
                         "dx": float(np.abs(dx - local[5]).max()),
                         "dw": max(float((a - b).abs().max()) for a, b in zip(dw, dw_ref)),
+                        # The op alone: output and the gradients of query, key and value.
+                        "op": op_error,
                         # Softmax ignores a key bias (its gradient is 0): the others must not
                         # be trivially small.
                         "dw_ref_min_max": min(
@@ -429,6 +457,7 @@ def test_processes_match_one_process_outputs_and_all_gradients(nproc, tmp_path):
         for r in report["results"]:
             strategy, load_balance, causal, window, packed, padded = r["config"]
             assert r["out"] <= 1e-5 and r["dx"] <= 1e-5 and r["dw"] <= 1e-5, r
+            assert r["op"] <= 1e-5, r
             assert r["dw_ref_min_max"] > 1e-3, r
             forward, backward = r["sends"]
             if strategy == "ring":

@@ -156,7 +156,9 @@ def _heads_to_seq(x, mesh):
     b, seq, hp, width = x.shape
     send = x.reshape(b, cp, seq // cp, hp, width).permute(1, 0, 2, 3, 4)
     recv = _all_to_all(send, mesh)  # row j: this shard of the sequence for process j's heads
-    return recv.permute(1, 2, 0, 3, 4).reshape(b, seq // cp, cp * hp, width)
+    # contiguous: with one head per process the reshape is a strided view of the receive
+    # buffer, and the output saved for the backward pass would keep that buffer alive.
+    return recv.permute(1, 2, 0, 3, 4).reshape(b, seq // cp, cp * hp, width).contiguous()
 
 
 class _AllToAllAttention(torch.autograd.Function):

@@ -171,10 +171,10 @@ def _backward(config, q, k, v, q_ids, k_ids, out, lse, dout):
     grad_shape = k.shape[:-1] + (d + v.shape[-1],)
     local = blk.pack([k, v, k_ids])
     group = mesh.context_group
-    carried = pending = in_flight = (
-        None  # relay: the accumulator arriving from the previous process
-    )
-    home = torch.zeros(grad_shape, dtype=blk.F32, device=q.device)
+    # Relayed: the accumulator arriving from the previous process, its request, and the one
+    # sent on (kept alive until its send completes).
+    carried = pending = in_flight = None
+    home = None  # the process's own block's dK/dV (relayed: it arrives with the last send)
     returning = []  # windowed: (buffer, request) of dK/dV coming back from other processes
     for block, step in _kv_blocks(local, steps, relay, mesh):
         kb, vb, kid = (k, v, k_ids) if step == 0 else blk.unpack(block, _layout(k, v, k_ids))
@@ -192,7 +192,7 @@ def _backward(config, q, k, v, q_ids, k_ids, out, lse, dout):
             dkv[:, sk, :, :d] += gk
             dkv[:, sk, :, d:] += gv
         if mesh.context_size == 1:
-            home += dkv  # one process: the ring is its own block only
+            home = dkv  # one process: the ring is its own block only
         elif relay:
             # The accumulator follows its key/value block one process behind; the send after
             # the last step brings every process's dK/dV home.
@@ -200,12 +200,12 @@ def _backward(config, q, k, v, q_ids, k_ids, out, lse, dout):
                 wait(pending)
                 dkv += carried
             carried = torch.empty_like(dkv)
-            in_flight = dkv  # kept alive until its send completes
+            in_flight = dkv
             pending = exchange(
                 [(dkv, mesh.context_peer(1))], [(carried, mesh.context_peer(-1))], group, TAG_GRAD
             )
         elif step == 0:
-            home += dkv
+            home = dkv
         else:
             # The block came `step` processes on; its gradient goes straight back.
             buffer = torch.empty_like(dkv)
@@ -222,7 +222,7 @@ def _backward(config, q, k, v, q_ids, k_ids, out, lse, dout):
         total = home
         for buffer, request, _ in returning:
             wait(request)
-            total = total + buffer
+            total += buffer
     return dq.to(q.dtype), total[..., :d].to(k.dtype), total[..., d:].to(v.dtype)
 
 
