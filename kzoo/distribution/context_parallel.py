@@ -101,7 +101,10 @@ class ContextParallel(_Distribution):
     Example:
 
     ```python
-    mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "context"])
+    # JAX: 8 devices of one process; torch: `torchrun --nproc-per-node 8 script.py`.
+    mesh = keras.distribution.DeviceMesh(
+        (2, 4), ["batch", "context"], devices=kzoo.distribution.list_devices()
+    )
     cp = kzoo.distribution.ContextParallel(mesh)
     with cp.scope():
         model = kzoo.models.CausalLM(vocabulary_size=256, num_layers=2, hidden_dim=64,
