@@ -3,14 +3,18 @@
 Context parallelism (CP) splits every activation along the sequence across the devices of one
 mesh axis. Per-token layers (embeddings, MLPs, normalisations) need nothing more; attention
 needs other devices' keys, which :class:`kzoo.layers.ContextParallelAttention` passes round a
-ring (or re-shards from the sequence to the heads with two all-to-alls). Keras 3.15's
-distribution API exists on JAX only, so this distribution does too. ``kzoo.distribution.packing``
+ring (or re-shards from the sequence to the heads with two all-to-alls). On JAX keras 3.15's
+distribution API runs the mesh (global arrays sharded by XLA); on torch, where keras has none,
+kzoo runs it on ``torch.distributed``, one process per device (``kzoo.distribution.runtime``,
+``kzoo/backends/torch/``); TensorFlow computes on one device. ``kzoo.distribution.packing``
 lays out packed documents for it.
 """
 
 import numpy as np
 from keras import distribution as kd
 from keras import saving
+
+from kzoo.distribution.runtime import list_devices, process_runtime
 
 LOAD_BALANCES = ("zigzag", "contiguous")
 STRATEGIES = ("ring", "all_to_all", "auto")
@@ -55,8 +59,16 @@ class ContextParallel(_Distribution):
     its second (the sequence) over ``sequence_axis``; variables are replicated unless
     ``layout_map`` gives them a layout. Layers that mix tokens must know the sequence is split:
     :class:`kzoo.layers.ContextParallelAttention` does, and runs ring attention over
-    ``sequence_axis`` (JAX only: keras 3.15's distribution API does not exist on the other
-    backends).
+    ``sequence_axis``.
+
+    On JAX keras's distribution API runs the mesh: arrays are global and XLA shards them. On
+    torch every device of the mesh is a process of ``torch.distributed`` (launch the script
+    with ``torchrun --nproc-per-node N``; build the mesh from
+    :func:`kzoo.distribution.list_devices`): each process computes on its own shard of the
+    data, the mesh's axes become process groups, and models that mix in
+    :class:`kzoo.distribution.DistributedTrainer` (``kzoo.models.CausalLM`` does) train with
+    ``fit`` across the processes. TensorFlow has no distribution runtime keras or kzoo can use:
+    there the layer computes exact attention on one device.
 
     With ``load_balance="zigzag"`` (the default) the data's sequence axis must be in *layout
     order*: apply :meth:`to_layout_order` to inputs and targets once on the host (a gather on
@@ -75,7 +87,9 @@ class ContextParallel(_Distribution):
             that should not be replicated.
         load_balance: ``"zigzag"`` or ``"contiguous"``.
         auto_shard_dataset: As for keras's distributions (``tf.data`` inputs in multi-process
-            runs).
+            runs). On torch: ``True`` - every process passes the same global arrays to
+            ``fit``/``evaluate``/``predict`` and takes its part; ``False`` - each process feeds
+            its own shard (its batch rows and its slice of the layout-ordered sequence).
         strategy: How attention crosses the devices: ``"ring"`` (key/value blocks travel
             round the devices; any number of heads), ``"all_to_all"`` (two all-to-alls
             re-shard from the sequence to the heads and back; needs the key/value heads, or
@@ -87,7 +101,10 @@ class ContextParallel(_Distribution):
     Example:
 
     ```python
-    mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "context"])
+    # JAX: 8 devices of one process; torch: `torchrun --nproc-per-node 8 script.py`.
+    mesh = keras.distribution.DeviceMesh(
+        (2, 4), ["batch", "context"], devices=kzoo.distribution.list_devices()
+    )
     cp = kzoo.distribution.ContextParallel(mesh)
     with cp.scope():
         model = kzoo.models.CausalLM(vocabulary_size=256, num_layers=2, hidden_dim=64,
@@ -142,6 +159,20 @@ class ContextParallel(_Distribution):
         self._layout_map = layout_map
         self._load_balance = load_balance
         self._strategy = strategy
+        self._runtime = process_runtime(device_mesh, sequence_axis, batch_dim_name)
+        if self._runtime is not None:
+            if layout_map is not None:
+                raise ValueError(
+                    "layout_map lays variables out over the mesh through keras's distribution "
+                    "API, which does not exist on this backend: on torch every variable is "
+                    "replicated on every process. Pass layout_map=None."
+                )
+            self._num_processes = self._runtime.world_size
+            self._process_id = self._runtime.rank
+            # keras's data adapters refuse numpy inputs in multi-process runs with automatic
+            # sharding; here kzoo shards the arrays itself before keras sees them
+            # (DistributedTrainer), so keras must treat each process's data as its own.
+            self._is_multi_process = False
 
     @property
     def sequence_axis(self):
@@ -178,6 +209,40 @@ class ContextParallel(_Distribution):
     @property
     def num_model_replicas(self):
         return self._axis_size(self.batch_dim_name)
+
+    @property
+    def runtime(self):
+        """The backend's per-process runtime (torch: the process groups of the mesh), or
+        ``None`` where arrays are global (JAX) or there is none (TensorFlow)."""
+        return self._runtime
+
+    @property
+    def local_shards(self):
+        """Whether each process computes on its own shard of the data (torch's one process per
+        device), so that layers see ``1 / CP`` of the sequence rather than the global array."""
+        return self._runtime is not None
+
+    @property
+    def backend_mesh(self):
+        """What the backend's context-parallel attention runs over: the ``jax.sharding.Mesh``
+        on JAX, the process mesh on torch."""
+        if self._runtime is not None:
+            return self._runtime
+        return self.device_mesh.backend_mesh
+
+    def sequence_length(self, seen):
+        """The length of the whole sequence when a layer sees ``seen`` sequence slots."""
+        return int(seen) * self.context_size if self.local_shards else int(seen)
+
+    def shard_positions(self, seen):
+        """Global positions of the ``seen`` sequence slots a layer sees: on JAX all of
+        ``layout_positions(seen)``; on torch this process's part of the layout order of the
+        whole sequence (``seen * CP`` tokens)."""
+        if not self.local_shards:
+            return self.layout_positions(seen)
+        seen = int(seen)
+        index = self._runtime.context_index
+        return self.layout_positions(seen * self.context_size)[index * seen : (index + 1) * seen]
 
     def layout_permutation(self, seq_len):
         """``perm`` with ``x[:, perm]`` in this distribution's layout order.
@@ -244,7 +309,11 @@ class ContextParallel(_Distribution):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        mesh = kd.DeviceMesh(tuple(config.pop("mesh_shape")), config.pop("axis_names"))
+        shape = tuple(config.pop("mesh_shape"))
+        devices = list_devices()
+        if len(devices) != int(np.prod(shape)):
+            devices = None  # keras's default (and its error) for a mesh of another size
+        mesh = kd.DeviceMesh(shape, config.pop("axis_names"), devices=devices)
         return cls(mesh, **config)
 
     def __repr__(self):

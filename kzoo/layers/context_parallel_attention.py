@@ -27,16 +27,17 @@ class ContextParallelAttention(layers.Layer):
 
     When the active distribution is a :class:`kzoo.distribution.ContextParallel` whose sequence
     axis has more than one device, each device keeps its queries and the keys/values travel
-    round a ring of devices (``shard_map`` + ``ppermute``, exact log-sum-exp merging, zigzag
-    causal load balance), or two all-to-alls re-shard from the sequence to the heads and back,
-    as the distribution's ``strategy`` says (see ``kzoo.backends.jax.ring_attention``); the
-    sequence axis is then in the distribution's layout order. Otherwise it computes exact
-    attention on one device. All modes have the same weights and give the same outputs.
+    round a ring of devices (exact log-sum-exp merging, zigzag causal load balance), or two
+    all-to-alls re-shard from the sequence to the heads and back, as the distribution's
+    ``strategy`` says; the sequence axis is then in the distribution's layout order. On JAX
+    the layer sees global arrays and runs inside ``shard_map``
+    (``kzoo.backends.jax.ring_attention``); on torch every device is a process of
+    ``torch.distributed`` (launched by ``torchrun``) and the layer sees this process's shard of
+    the sequence (``kzoo.backends.torch.cp_ring``). Otherwise it computes exact attention on
+    one device. All modes have the same weights and give the same outputs.
 
-    On torch and TensorFlow the layer always computes exact single-device attention: keras
-    3.15's distribution API (meshes, layouts, ``set_distribution``) works on JAX only - on torch
-    it does not exist and TensorFlow's ignores the distribution - so there is no sharded
-    sequence to run a ring over.
+    On TensorFlow the layer always computes exact single-device attention: keras's TensorFlow
+    distribution ignores the distribution, so there is no sharded sequence to run a ring over.
 
     Args:
         num_heads: Number of query heads.

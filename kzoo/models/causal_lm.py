@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from kzoo.distribution.training import DistributedTrainer
 from kzoo.export.mixin import ExportMixin
 from kzoo.export.signatures import InputSpec, Signature
 from kzoo.layers.context_parallel_attention import ContextParallelAttention
@@ -108,7 +109,7 @@ class CausalLMBlock(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class CausalLM(PresetMixin, ExportMixin, keras.Model):
+class CausalLM(PresetMixin, ExportMixin, DistributedTrainer, keras.Model):
     """A decoder-only transformer language model whose attention can be context parallel.
 
     Token and learned position embeddings, ``num_layers`` pre-norm blocks of
@@ -118,7 +119,10 @@ class CausalLM(PresetMixin, ExportMixin, keras.Model):
     Under a :class:`kzoo.distribution.ContextParallel` distribution the token sequence is in
     the distribution's layout order (``cp.to_layout_order(tokens)``, and the same for the
     targets); the model embeds each slot's *global* position (``cp.layout_positions``), so it
-    computes exactly what it computes on one device, only permuted.
+    computes exactly what it computes on one device, only permuted. On torch, where each
+    device is a process of ``torch.distributed`` (``torchrun``), ``fit``/``evaluate``/
+    ``predict`` take the same global arrays on every process and train across the processes
+    (:class:`kzoo.distribution.DistributedTrainer`).
 
     Packed documents: call the model on a dict ``{"token_ids", "segment_ids", "positions"}``
     (all ``(batch, seq_len)`` integers, in layout order under context parallelism), as built by
@@ -224,7 +228,7 @@ class CausalLM(PresetMixin, ExportMixin, keras.Model):
                 # A tensor, not numpy: an exported graph's sequence length is symbolic.
                 positions = positions_along(token_ids, 1)
             else:
-                positions = ops.convert_to_tensor(dist.layout_positions(seq_len).astype("int32"))
+                positions = ops.convert_to_tensor(dist.shard_positions(seq_len).astype("int32"))
             positions = ops.expand_dims(positions, 0)
         x = x + self.position_embedding(positions)
         for block in self.blocks:
@@ -271,6 +275,8 @@ class CausalLM(PresetMixin, ExportMixin, keras.Model):
             from kzoo.distribution.packing import check_packed_layout
 
             dist, _ = active_context_parallel()
+            if dist is not None and dist.local_shards and not dist.auto_shard_dataset:
+                return  # each process feeds its own part of the sequence: nothing to check
             positions = x.get("positions")
             check_packed_layout(
                 segment_ids,

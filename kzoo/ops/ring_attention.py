@@ -238,7 +238,9 @@ def check_segment_layout(segment_ids):
     ``kzoo.models.CausalLM`` checks its packed inputs in ``fit``/``evaluate``/``predict``.
     """
     dist, cp = active_context_parallel()
-    if dist is None or cp == 1 or segment_ids is None:
+    if dist is None or cp == 1 or segment_ids is None or dist.local_shards:
+        # A process's shard of the sequence cannot be checked alone; fit/evaluate/predict
+        # check the global arrays before they are sharded.
         return
     host = _concrete(segment_ids)
     if host is not None:
@@ -368,14 +370,16 @@ def ring_attention(
     dist, cp = active_context_parallel()
     impl = None
     if dist is not None and cp > 1:
+        # On a backend that runs one process per device the layer sees this process's shard.
+        q_len, kv_len = dist.sequence_length(query.shape[1]), dist.sequence_length(key.shape[1])
         strategy, replication = choose_strategy(
-            dist.strategy, cp, query.shape[2], key.shape[2], query.shape[1], key.shape[1]
+            dist.strategy, cp, query.shape[2], key.shape[2], q_len, kv_len
         )
         impl = dispatch.find(STRATEGY_OPS[strategy], platform="any")
     if impl is None:
         positions = None
         if dist is not None:
-            positions = dist.layout_positions(ops.shape(query)[1])
+            positions = dist.shard_positions(ops.shape(query)[1])
         return exact_attention(
             query,
             key,
@@ -396,7 +400,7 @@ def ring_attention(
         value,
         key_mask,
         segment_ids,
-        mesh=dist.device_mesh.backend_mesh,
+        mesh=dist.backend_mesh,
         sequence_axis=dist.sequence_axis,
         batch_axis=dist.batch_axis,
         causal=causal,

@@ -1,11 +1,14 @@
 """CausalLM: causality, packed documents, serialisation, and training on packed documents under
 ContextParallel (JAX, ring and all-to-all) giving the same losses as one device - on 2 x 4
 virtual devices in one process, and (slow) as 2 processes x 4 CPU devices started with
-keras.distribution.initialize on a loopback coordinator."""
+keras.distribution.initialize on a loopback coordinator; on torch (slow) as 2 and 4
+torch.distributed processes (torchrun, gloo) - the same losses as one process, the same
+weights on every rank, checkpoints written once - and the same losses as JAX."""
 
 import functools
 import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -21,6 +24,7 @@ VOCAB, SEQ, STEPS = 32, 32, 5
 # Two packed rows: three documents and padding, and one document filling the row.
 DOCUMENTS = [[9, 14, 6], [32]]
 STRATEGIES = ("ring", "all_to_all")
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _model(seed=7, num_layers=2):
@@ -286,5 +290,188 @@ def test_packed_fit_two_processes_four_devices_each_matches_one_device(tmp_path)
             np.testing.assert_array_less(np.abs(losses - expected) / expected, 1e-4)
 
 
+# ---------------------------------------------------------------------------------------------
+# torch.distributed: 2 processes (mesh 1 x 2) and 4 processes (mesh 2 x 2), started by torchrun.
+
+TORCH_STEPS = 20
+
+
+def _compiled(model):
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def _torch_worker(preset_dir, out_dir):
+    """Run by every process: predict, then fit with each strategy from the preset's weights;
+    checkpoints every epoch and a final save; record losses, weights and who wrote files."""
+    import torch.distributed as dist
+    from keras.src.saving import saving_api
+
+    from kzoo.distribution import ContextParallel, list_devices
+
+    writes = []
+    for name in ("save_model", "save_weights"):
+        real = getattr(saving_api, name)
+
+        def counting(*args, _real=real, _name=name, **kwargs):
+            writes.append(_name)
+            return _real(*args, **kwargs)
+
+        setattr(saving_api, name, counting)
+    world = len(list_devices())
+    rank = dist.get_rank()
+    shape = (2, world // 2) if world == 4 else (1, world)
+    mesh = keras.distribution.DeviceMesh(shape, ["batch", "context"], devices=list_devices())
+    report = {"world": world, "losses": {}, "predict": None}
+    for strategy in STRATEGIES:
+        cp = ContextParallel(mesh, strategy=strategy)
+        inputs, y, weights = _packed(cp)
+        with cp.scope():
+            model = _compiled(CausalLM.from_preset(preset_dir))
+            if report["predict"] is None:
+                # The global logits on every process, in layout order.
+                report["predict"] = cp.from_layout_order(model.predict(inputs, verbose=0)).tolist()
+            checkpoint = keras.callbacks.ModelCheckpoint(
+                os.path.join(out_dir, f"{strategy}.weights.h5"), save_weights_only=True
+            )
+            history = model.fit(
+                inputs, y, batch_size=2, epochs=TORCH_STEPS, shuffle=False, verbose=0,
+                sample_weight=weights, callbacks=[checkpoint],
+            )  # fmt: skip
+            report["losses"][strategy] = history.history["loss"]
+            report[f"evaluate_{strategy}"] = model.evaluate(
+                inputs, y, batch_size=2, sample_weight=weights, verbose=0
+            )
+            model.save(os.path.join(out_dir, f"{strategy}.keras"))
+        np.savez(
+            os.path.join(out_dir, f"weights_{strategy}_{rank}.npz"),
+            *[np.asarray(w) for w in model.get_weights()],
+        )
+    report["writes"] = writes
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(report, f)
+    dist.destroy_process_group()
+
+
+def _jax_worker(preset_dir, out_path):
+    """JAX on 8 virtual devices (mesh 2 x 4), the ring, from the same preset and data."""
+    import jax
+
+    from kzoo.distribution import ContextParallel
+
+    mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "context"], devices=jax.devices())
+    cp = ContextParallel(mesh, strategy="ring")
+    inputs, y, weights = _packed(cp)
+    with cp.scope():
+        model = _compiled(CausalLM.from_preset(preset_dir))
+        history = model.fit(
+            inputs, y, batch_size=2, epochs=TORCH_STEPS, shuffle=False, verbose=0,
+            sample_weight=weights,
+        )  # fmt: skip
+    with open(out_path, "w") as f:
+        json.dump(history.history["loss"], f)
+
+
+@pytest.fixture(scope="module")
+def torch_runs(tmp_path_factory):
+    """The one-process reference (torch) and the reports of the 2- and 4-process runs."""
+    from tests.distribution.processes import run_torchrun
+
+    root = tmp_path_factory.mktemp("torch_cp")
+    preset_dir = str(root / "preset")
+    reference = _model(num_layers=1)
+    reference.save_to_preset(preset_dir)
+    inputs, y, weights = _packed()
+    expected_predict = np.asarray(reference.predict(inputs, verbose=0))
+    history = reference.fit(
+        inputs, y, batch_size=2, epochs=TORCH_STEPS, shuffle=False, verbose=0,
+        sample_weight=weights,
+    )  # fmt: skip
+    runs = {}
+    for nproc in (2, 4):
+        out = root / f"run{nproc}"
+        out.mkdir()
+        run_torchrun(__file__, nproc, ["torch", preset_dir, str(out)])
+        runs[nproc] = out
+    return {
+        "preset": preset_dir,
+        "losses": np.array(history.history["loss"]),
+        "predict": expected_predict,
+        "runs": runs,
+        "root": root,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.backends("torch")
+@pytest.mark.parametrize("nproc", [2, 4])
+def test_torch_processes_train_like_one_process(torch_runs, nproc):
+    expected = torch_runs["losses"]
+    assert len(expected) == TORCH_STEPS and expected[-1] < 0.5 * expected[0]
+    out = torch_runs["runs"][nproc]
+    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
+    for rank, report in enumerate(reports):
+        assert report["world"] == nproc
+        np.testing.assert_allclose(report["predict"], torch_runs["predict"], atol=1e-5)
+        for strategy in STRATEGIES:
+            losses = np.array(report["losses"][strategy])
+            # Every process logs the losses of the whole batch, as one process does.
+            np.testing.assert_array_less(np.abs(losses - expected) / expected, 1e-4)
+            assert report[f"evaluate_{strategy}"] == reports[0][f"evaluate_{strategy}"]
+        # Checkpoints (every epoch, then a final save per strategy) are written by rank 0 only.
+        per_strategy = TORCH_STEPS + 1
+        assert len(report["writes"]) == (2 * per_strategy if rank == 0 else 0), report["writes"]
+    for strategy in STRATEGIES:
+        # The same weights on every rank, bit for bit.
+        weights = [np.load(out / f"weights_{strategy}_{r}.npz") for r in range(nproc)]
+        for other in weights[1:]:
+            for key in weights[0].files:
+                np.testing.assert_array_equal(other[key], weights[0][key])
+        # The files are complete (no temporary files left) and hold rank 0's weights.
+        model = CausalLM.from_preset(torch_runs["preset"])
+        model.load_weights(out / f"{strategy}.weights.h5")
+        for w, key in zip(model.get_weights(), weights[0].files):
+            np.testing.assert_array_equal(np.asarray(w), weights[0][key])
+        loaded = keras.saving.load_model(out / f"{strategy}.keras")
+        np.testing.assert_array_equal(np.asarray(loaded.get_weights()[0]), weights[0]["arr_0"])
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.backends("torch")
+def test_jax_and_torch_processes_give_the_same_losses(torch_runs):
+    out_path = torch_runs["root"] / "jax_losses.json"
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="jax",
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT),
+    )
+    done = subprocess.run(
+        [sys.executable, __file__, "jax", torch_runs["preset"], str(out_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    jax_losses = np.array(json.loads(out_path.read_text()))
+    report = json.loads((torch_runs["runs"][4] / "rank0.json").read_text())
+    torch_losses = np.array(report["losses"]["ring"])
+    assert len(jax_losses) == len(torch_losses) == TORCH_STEPS
+    np.testing.assert_array_less(np.abs(jax_losses - torch_losses) / torch_losses, 1e-4)
+
+
 if __name__ == "__main__":
-    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    if sys.argv[1] == "torch":
+        _torch_worker(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "jax":
+        _jax_worker(sys.argv[2], sys.argv[3])
+    else:
+        _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])

@@ -46,6 +46,41 @@ register(
     ),
 )
 register(
+    "context_parallel_ring",
+    Implementation(
+        name="torch-distributed-ring",
+        target="kzoo.backends.torch.cp_ring:ring_attention",
+        backends=BACKEND,
+        optional=False,
+        description="one process per device, batch_isend_irecv ring, reverse-ring backward",
+    ),
+)
+register(
+    "context_parallel_all_to_all",
+    Implementation(
+        name="torch-distributed-all-to-all",
+        target="kzoo.backends.torch.cp_all_to_all:all_to_all_attention",
+        backends=BACKEND,
+        optional=False,
+        description="one process per device, two all_to_all_single (sequence <-> heads)",
+    ),
+)
+for _op, _target, _what in (
+    ("distribution_initialize", "distributed:initialize", "torch.distributed from torchrun's env"),
+    ("distribution_devices", "distributed:list_devices", "one device per process, by rank"),
+    ("distribution_runtime", "cp_training:make_runtime", "process groups, data and gradients"),
+):
+    register(
+        _op,
+        Implementation(
+            name="torch-distributed",
+            target=f"kzoo.backends.torch.{_target}",
+            backends=BACKEND,
+            optional=False,
+            description=_what,
+        ),
+    )
+register(
     "conv_data_format",
     Implementation(
         name="torch-nchw",
