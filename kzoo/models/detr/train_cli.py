@@ -7,9 +7,9 @@ scratch or fine-tuning a preset (``--preset``), evaluating on ``--val-annotation
 ``--val-images`` every ``--eval-every`` epochs (see ``kzoo.models.detr.train_coco``). The same
 code runs as ``python scripts/train_detr.py``. The run directory holds:
 
-- ``backup/``: the state after the last finished epoch (``AtomicBackupAndRestore``, written
-  atomically); rerunning the same command after an interruption, even a ``kill -9``, resumes
-  from it (``--fresh`` starts over);
+- ``backup/``: the state after the last finished epoch (``kzoo.training``'s
+  ``AtomicBackupAndRestore``, written atomically); rerunning the same command after an
+  interruption, even a ``kill -9``, resumes from it (``--fresh`` starts over);
 - ``checkpoints/last.weights.h5``: the weights after the latest epoch, written atomically;
 - ``preset/``: the trained model as a kzoo preset (``DETR.from_preset(".../preset")``), with
   its class names, category ids and image size in ``metadata.json``;
@@ -404,37 +404,43 @@ def prepare_run_directory(args, destinations):
 
 
 def start_run(out, args, definition=None):
-    """Drop the backup on --fresh, refuse a mismatched resume, record the model's definition.
+    """The run's backup callback, once every check has passed: drops the backup on --fresh,
+    refuses a backup made for another model (before anything is built).
 
-    Called once every check has passed: it writes the run directory's first file.
+    ``definition`` is the ``{option: value}`` that defines the model (default: the synthetic
+    run's ``ARCHITECTURE_KEYS``); the backups record it.
     """
-    backup = os.path.join(out, "backup")
-    if args.fresh and os.path.isdir(backup):
-        import shutil
+    from kzoo.training.callbacks import AtomicBackupAndRestore
 
-        shutil.rmtree(backup)
-    check_resumable(out, args, definition)
+    if definition is None:
+        definition = {key: getattr(args, key) for key in ARCHITECTURE_KEYS}
+    backup = AtomicBackupAndRestore(
+        os.path.join(out, "backup"),
+        config=definition,
+        option_names={key: f"--{key.replace('_', '-')}" for key in definition},
+    )
+    if args.fresh:
+        backup.clear()
+    latest = backup.latest()
+    legacy = os.path.isdir(backup.backup_dir) and bool(os.listdir(backup.backup_dir))
+    if legacy and (latest is None or latest.state is None):
+        # Files of a kzoo that recorded the definition beside its backups, in architecture.json.
+        try:
+            with open(os.path.join(out, ARCHITECTURE_FILE)) as f:
+                recorded = json.load(f)
+        except (OSError, ValueError):
+            recorded = None
+        backup.check_config(recorded)
+    return backup
 
 
-def fit_resumable(model, data, args, callbacks, out):
-    """``model.fit`` with the backup callback first; a mismatched backup is one clear error."""
-    backup = os.path.join(out, "backup")
-    resuming = os.path.isdir(backup) and bool(os.listdir(backup))
-    try:
-        # The datasets shuffle by their own seed and epoch; keras' shuffle of the batch order
-        # would draw from the global generator, which a resumed run cannot reproduce.
-        return model.fit(
-            data, epochs=args.epochs, callbacks=callbacks, verbose=args.verbose, shuffle=False
-        )
-    except ValueError as e:
-        if not (resuming and "could not be loaded" in str(e)):
-            raise
-        # keras's list of every object that failed to load: say what it means instead.
-        raise ValueError(
-            f"The backup in {backup} was written by a run with a different architecture than "
-            "these arguments build, so it cannot be resumed. Pass --fresh to start over, or "
-            f"rerun with the interrupted run's arguments. ({_first_line(e)})"
-        ) from None
+def fit_resumable(model, data, args, callbacks):
+    """``model.fit`` of the run: ``callbacks`` end with the backup (see ``start_run``)."""
+    # The datasets shuffle by their own seed and epoch; keras' shuffle of the batch order
+    # would draw from the global generator, which a resumed run cannot reproduce.
+    return model.fit(
+        data, epochs=args.epochs, callbacks=callbacks, verbose=args.verbose, shuffle=False
+    )
 
 
 def train(args):
@@ -446,18 +452,18 @@ def train(args):
         return train_coco(args)
     import keras
 
-    from kzoo.models.detr.train_callbacks import AtomicBackupAndRestore, AtomicCheckpoint
     from kzoo.presets import preset_io
+    from kzoo.training.callbacks import AtomicCheckpoint
 
     preset_dir = os.path.join(os.path.abspath(args.out), "preset")
     out = prepare_run_directory(args, [preset_dir])
     set_up_backend(args)
     train_data, held_out = build_datasets(args)
     model = build_model(args)
-    start_run(out, args)
+    backup = start_run(out, args)
     time_limit = time_limit_callback(args)
     callbacks = [
-        AtomicBackupAndRestore(os.path.join(out, "backup")),
+        backup,
         AtomicCheckpoint(os.path.join(out, "checkpoints", "last.weights.h5")),
         time_limit,
     ]
@@ -468,7 +474,7 @@ def train(args):
         flush=True,
     )
     start = time.time()
-    history = fit_resumable(model, train_data, args, callbacks, out)
+    history = fit_resumable(model, train_data, args, callbacks)
     train_seconds = time.time() - start
     steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     preset_io.save_preset(
@@ -509,7 +515,7 @@ def train(args):
 
 
 def time_limit_callback(args):
-    from kzoo.models.detr.train_callbacks import TimeLimit
+    from kzoo.training.callbacks import TimeLimit
 
     return TimeLimit(
         args.time_limit * 60 if args.time_limit else None,
@@ -522,6 +528,7 @@ def run_arguments(args):
     return {k: v for k, v in vars(args).items() if not callable(v) and k != "func"}
 
 
+# Where kzoo before the shared backups recorded the model definition (read for their backups).
 ARCHITECTURE_FILE = "architecture.json"
 ARCHITECTURE_KEYS = (
     "num_classes",
@@ -532,48 +539,6 @@ ARCHITECTURE_KEYS = (
     "num_decoder_layers",
     "ffn_dim",
 )
-
-
-def _first_line(error):
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-
-
-def check_resumable(out, args, current=None):
-    """Refuse to resume a backup made for another architecture; record this run's.
-
-    A backup is only resumable by the model it was saved from. Comparing the recorded arguments
-    names the one that differs, where keras would list every weight that failed to load.
-    ``current`` is the ``{option: value}`` that defines the model (default: the synthetic run's
-    ``ARCHITECTURE_KEYS``).
-    """
-    from kzoo.utils.files import atomic_file
-
-    if current is None:
-        current = {key: getattr(args, key) for key in ARCHITECTURE_KEYS}
-    record = os.path.join(out, ARCHITECTURE_FILE)
-    backup = os.path.join(out, "backup")
-    has_backup = os.path.isdir(backup) and bool(os.listdir(backup))
-    if has_backup and os.path.isfile(record):
-        try:
-            with open(record) as f:
-                recorded = json.load(f)
-        except (OSError, ValueError):
-            recorded = None
-        if isinstance(recorded, dict):
-            changed = [
-                f"--{key.replace('_', '-')} {recorded[key]} (now {current[key]})"
-                for key in current
-                if key in recorded and recorded[key] != current[key]
-            ]
-            if changed:
-                raise ValueError(
-                    f"{out} holds a backup of an interrupted run with {', '.join(changed)}; it "
-                    "cannot resume with a different architecture. Pass --fresh to start over, or "
-                    "rerun with the interrupted run's arguments."
-                )
-    os.makedirs(out, exist_ok=True)
-    with atomic_file(record, "w") as f:
-        json.dump(current, f, indent=2)
 
 
 def cmd_train(args):

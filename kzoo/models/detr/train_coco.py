@@ -168,7 +168,7 @@ def build_coco_model(args, train):
 
 
 def model_definition(args, num_classes):
-    """What a backup depends on: compared when resuming (``check_resumable``)."""
+    """What a backup depends on: recorded in it, compared when resuming (``start_run``)."""
     if args.preset is not None:
         definition = {"preset": args.preset, "num_classes": num_classes}
     else:
@@ -209,12 +209,12 @@ def train_coco(args):
     train_cli.set_up_backend(args)
     model = build_coco_model(args, train)
     # The first file of the run is written once every check has passed.
-    train_cli.start_run(out, args, model_definition(args, train.num_classes))
+    backup = train_cli.start_run(out, args, model_definition(args, train.num_classes))
 
     import keras
 
     from kzoo.models.detr.coco_callbacks import CocoEvaluation, DatasetEpoch, evaluate_coco
-    from kzoo.models.detr.train_callbacks import AtomicBackupAndRestore, AtomicCheckpoint
+    from kzoo.training.callbacks import AtomicCheckpoint
 
     train_cli.compile_model(model, args, len(train))
     metadata = {
@@ -244,7 +244,7 @@ def train_coco(args):
         time_limit,
         evaluation,
         AtomicCheckpoint(os.path.join(out, "checkpoints", "last.weights.h5")),
-        AtomicBackupAndRestore(os.path.join(out, "backup")),
+        backup,
     ]
     source = f"fine-tuning {args.preset}" if args.preset else f"a new DETR ({args.backbone})"
     trainable = sum(int(keras.ops.size(v)) for v in model.trainable_weights)
@@ -259,7 +259,7 @@ def train_coco(args):
         flush=True,
     )
     start = time.time()
-    history = train_cli.fit_resumable(model, train, args, callbacks, out)
+    history = train_cli.fit_resumable(model, train, args, callbacks)
     train_seconds = time.time() - start
     steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     preset_io.save_preset(
