@@ -234,9 +234,9 @@ def signature_for(model):
     shapes with the batch free (and, in models with a recurrent layer, axis 1 named
     ``"time"``); other subclassed models the shapes of their first call with the batch free.
     """
-    from kzoo.export.detr import DETRDetections
     from kzoo.models.causal_lm import CausalLM
     from kzoo.models.detr import DETR
+    from kzoo.models.detr.model.detections import DETRDetections
 
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model; got {type(model).__name__}.")

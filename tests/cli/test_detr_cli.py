@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from kzoo.cli.main import main
-from kzoo.models.detr import DETR, coco_names
+from kzoo.models.detr import DETR
 from kzoo.models.detr.cli import class_names_for
+from kzoo.models.detr.model import labels as coco_names
 from kzoo.presets import preset_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

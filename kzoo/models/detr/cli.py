@@ -118,7 +118,7 @@ def cmd_convert(args):
 
 def class_names_for(preset_dir, num_classes):
     """Names for a preset's labels: its metadata's ``class_names``, COCO's, or ``class N``."""
-    from kzoo.models.detr.finetune import label_metadata
+    from kzoo.models.detr.training.finetune import label_metadata
 
     return label_metadata(preset_dir, num_classes)[0]
 
@@ -236,7 +236,7 @@ def cmd_predict(args):
             raise ValueError(f"--image: {e}") from None
     from kzoo.models.detr import DETR
     from kzoo.models.detr.eval_cli import resolve_sizes
-    from kzoo.models.detr.finetune import label_metadata
+    from kzoo.models.detr.training.finetune import label_metadata
     from kzoo.presets import preset_io
 
     preset_dir = preset_io.resolve_preset(args.preset)

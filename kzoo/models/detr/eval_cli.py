@@ -58,7 +58,7 @@ def add_size_arguments(parser):
 
 def resolve_sizes(preset_dir, shortest_edge, longest_edge):
     """``(shortest, longest)``: the options, else the preset's training sizes, else DETR's."""
-    from kzoo.models.detr.train_coco import default_max_size, preset_image_size
+    from kzoo.models.detr.training.engine import default_max_size, preset_image_size
 
     size, max_size = preset_image_size(preset_dir)
     shortest = shortest_edge if shortest_edge is not None else (size or DEFAULT_SIZES[0])
@@ -75,7 +75,7 @@ def resolve_sizes(preset_dir, shortest_edge, longest_edge):
 
 def model_category_ids(preset_dir, model, dataset, source):
     """The dataset category id of each of the model's labels (see the module docstring)."""
-    from kzoo.models.detr.finetune import label_metadata
+    from kzoo.models.detr.training.finetune import label_metadata
 
     _, ids = label_metadata(preset_dir, model.num_classes)
     if ids is None:
@@ -133,7 +133,7 @@ def cmd_eval(args):
         evaluate_detections,
     )
     from kzoo.models.detr import DETR
-    from kzoo.models.detr.coco_callbacks import predict_coco
+    from kzoo.models.detr.training.evaluation import predict_coco
 
     model = DETR.from_preset(preset_dir)
     category_ids = model_category_ids(preset_dir, model, dataset, args.preset)

@@ -4,7 +4,7 @@ Without ``--train-annotations`` it trains a small DETR from scratch on the built
 shapes and reports COCO AP on held-out synthetic images. With ``--train-annotations A
 --train-images DIR`` it trains on a COCO-format dataset (``kzoo.data.CocoDetection``), from
 scratch or fine-tuning a preset (``--preset``), evaluating on ``--val-annotations`` /
-``--val-images`` every ``--eval-every`` epochs (see ``kzoo.models.detr.train_coco``). The same
+``--val-images`` every ``--eval-every`` epochs (see ``kzoo.models.detr.training.engine``). The same
 code runs as ``python scripts/train_detr.py``. The run directory holds:
 
 - ``backup/``: the state after the last finished epoch (``kzoo.training``'s
@@ -319,7 +319,7 @@ def compile_model(model, args, steps_per_epoch):
     """DETR's optimizer with the run's learning rate, schedule, clipping and backbone scale."""
     import keras
 
-    from kzoo.models.detr.optimizer import ScaledAdamW
+    from kzoo.models.detr.training.optimizer import ScaledAdamW
 
     total = args.epochs * steps_per_epoch
     drop_at = max(1, int(total * args.lr_drop))
@@ -348,20 +348,6 @@ def build_model(args):
     model = new_model(args, args.num_classes)
     model.build((None, args.image_size, args.image_size, 3))
     return compile_model(model, args, math.ceil(args.train_images / args.batch_size))
-
-
-def evaluate(model, held_out, batch_size=32):
-    """COCO AP of ``model`` on ``held_out`` (all queries kept, scored)."""
-    import numpy as np
-
-    from kzoo.data.coco_eval import evaluate_detections
-
-    detections = []
-    for start in range(0, held_out.num_images, batch_size):
-        idx = range(start, min(start + batch_size, held_out.num_images))
-        images = held_out.normalize(np.stack([held_out.sample(i)[0] for i in idx]))
-        detections += model.predict_detections(images, threshold=0.0)
-    return evaluate_detections(detections, held_out.coco_ground_truth())
 
 
 def set_up_backend(args):
@@ -447,7 +433,7 @@ def train(args):
     """Train, save, evaluate; returns the ``eval.json`` dict."""
     _check(args)
     if args.coco:
-        from kzoo.models.detr.train_coco import train_coco
+        from kzoo.models.detr.training.engine import train_coco
 
         return train_coco(args)
     import keras
@@ -490,7 +476,9 @@ def train(args):
             "trained_steps": steps,
         },
     )
-    metrics = evaluate(model, held_out)
+    from kzoo.models.detr.training.evaluation import evaluate_synthetic
+
+    metrics = evaluate_synthetic(model, held_out)
     result = {
         **metrics,
         "steps": steps,
