@@ -152,7 +152,7 @@ def build_coco_model(args, train):
             args.preset, num_classes=train.num_classes, dtype="float32", **overrides
         )
     else:
-        from kzoo.models.detr.train_cli import new_model
+        from kzoo.cli.detr.train import new_model
 
         model = new_model(args, train.num_classes)
         model.build((None, None, None, 3))
@@ -172,7 +172,7 @@ def model_definition(args, num_classes):
     if args.preset is not None:
         definition = {"preset": args.preset, "num_classes": num_classes}
     else:
-        from kzoo.models.detr.train_cli import ARCHITECTURE_KEYS
+        from kzoo.cli.detr.train import ARCHITECTURE_KEYS
 
         definition = {key: getattr(args, key) for key in ARCHITECTURE_KEYS}
         definition.update(num_classes=num_classes, backbone=args.backbone)
@@ -183,7 +183,7 @@ def model_definition(args, num_classes):
 def train_coco(args):
     """Train on COCO-format data, save, evaluate; returns the ``eval.json`` dict."""
     check_paths(args)
-    from kzoo.models.detr import train_cli
+    from kzoo.cli.detr import train as train_cli
     from kzoo.presets import preset_io
 
     if args.preset is not None:

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kzoo.cli.detr.predict import class_names_for
 from kzoo.cli.main import main
 from kzoo.models.detr import DETR
-from kzoo.models.detr.cli import class_names_for
-from kzoo.models.detr.model import labels as coco_names
+from kzoo.models.detr.model import labels
 from kzoo.presets import preset_io
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.robustness.support import ROOT
 
 
 def _checkpoints():
@@ -61,7 +60,7 @@ def test_convert_then_predict_draws_coco_labels(tmp_path_factory, tmp_path, pict
     rows = _rows(out)
     assert "6 detections scoring above 0" in out and len(rows) == 6  # every query scores > 0
     for _, label, category, name, score, *_ in rows:
-        assert name == coco_names.COCO91_NAMES[int(label)] and 0 < float(score) < 1
+        assert name == labels.COCO91_NAMES[int(label)] and 0 < float(score) < 1
         assert category == label  # the COCO checkpoints' labels are COCO category ids
     drawn = np.asarray(Image.open(png))
     assert drawn.shape == (48, 80, 3)  # boxes are drawn on the original image size

@@ -59,7 +59,7 @@ def test_resumes_from_backup_after_an_interruption(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, keras; from kzoo.models.detr import train_cli as t\n"
+            "import sys, keras; from kzoo.cli.detr import train as t\n"
             "p = __import__('argparse').ArgumentParser(); t.add_arguments(p)\n"
             f"a = p.parse_args(['--out', {str(out)!r}] + {TINY!r})\n"
             "m = t.build_model(a); m.optimizer.build(m.trainable_variables)\n"
