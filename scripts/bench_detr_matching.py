@@ -18,8 +18,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from kzoo.models.detr.detr_loss import DETRLoss
-from kzoo.models.detr.matcher import HungarianMatcher
+from kzoo.models.detr.training.loss import DETRLoss
+from kzoo.models.detr.training.matcher import HungarianMatcher
 from kzoo.ops.hungarian import solve_numpy
 
 CONFIGS = {

@@ -1,6 +1,6 @@
 """Train a small DETR on synthetic shapes with model.fit and report held-out COCO AP.
 
-The same as ``kzoo train detr``; see ``kzoo.models.detr.train_cli`` for the run directory's
+The same as ``kzoo train detr``; see ``kzoo.cli.detr.train`` for the run directory's
 layout. Example (the figures in docs/benchmarks.md):
 
     KERAS_BACKEND=jax python scripts/train_detr.py --out runs/detr --time-limit 30
@@ -8,7 +8,7 @@ layout. Example (the figures in docs/benchmarks.md):
 
 import sys
 
-from kzoo.models.detr.train_cli import main
+from kzoo.cli.detr.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,8 +9,9 @@ that ``kzoo --help`` is fast.
 
 TARGET_MODULES = [
     "kzoo.models.conv_lstm.cli",
-    "kzoo.models.detr.cli",
-    "kzoo.models.detr.train_cli",
-    "kzoo.models.detr.eval_cli",
+    "kzoo.cli.detr.convert",
+    "kzoo.cli.detr.predict",
+    "kzoo.cli.detr.train",
+    "kzoo.cli.detr.evaluate",
     "kzoo.export.cli",
 ]

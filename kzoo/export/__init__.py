@@ -39,7 +39,6 @@ import numpy as np
 
 from kzoo.backends.common import export_state
 from kzoo.export import runtimes, signatures, writers
-from kzoo.export.detr import DETRDetections
 from kzoo.export.mixin import KERAS_TO_KZOO, ExportMixin
 from kzoo.export.runtimes import load
 from kzoo.export.signatures import InputSpec, Signature, image_signature, signature_for
@@ -478,3 +477,17 @@ __all__ = [
     "signature_for",
     "supported_formats",
 ]
+
+
+def __getattr__(name):
+    # DETRDetections is DETR with its post-processing, so it lives with DETR
+    # (kzoo.models.detr.model.detections), a layer above this package: looked up on first use.
+    if name == "DETRDetections":
+        from kzoo.models.detr.model.detections import DETRDetections
+
+        return DETRDetections
+    raise AttributeError(f"module 'kzoo.export' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | {"DETRDetections"})

@@ -20,11 +20,11 @@ __all__ = [
 
 
 def __getattr__(name):
-    # DETRHead is built from kzoo.models.detr's pieces, and kzoo.models.detr imports it: an
-    # import here would be circular, so it is looked up on first use (``import kzoo`` has
+    # DETRHead lives with the model it belongs to (kzoo.models.detr.model.head), a layer above
+    # this package: it is looked up on first use rather than imported here (``import kzoo`` has
     # imported it by then anyway).
     if name == "DETRHead":
-        from kzoo.layers.detr_head import DETRHead
+        from kzoo.models.detr.model.head import DETRHead
 
         return DETRHead
     raise AttributeError(f"module 'kzoo.layers' has no attribute {name!r}")

@@ -8,7 +8,7 @@ Degenerate boxes (right < left or bottom < top, negative width or height) and Na
 coordinates make GIoU meaningless and make the Hungarian solver fail with an obscure message.
 :func:`check_boxes` turns them into a clear ``ValueError``. It needs concrete values, so it runs
 eagerly, or on the host inside the matcher's callback when the loss is compiled (see
-:mod:`kzoo.models.detr.matcher`); it is plain numpy.
+:mod:`kzoo.models.detr.training.matcher`); it is plain numpy.
 """
 
 import numpy as np

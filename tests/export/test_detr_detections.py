@@ -1,12 +1,12 @@
 """DETRDetections: DETR with its post-processing in the graph, against the numpy reference
-(``kzoo.models.detr.postprocess.outputs_to_detections``) on a padded batch."""
+(``kzoo.models.detr.model.postprocess.outputs_to_detections``) on a padded batch."""
 
 import keras
 import numpy as np
 import pytest
 
 from kzoo.export import DETRDetections
-from kzoo.models.detr.postprocess import outputs_to_detections
+from kzoo.models.detr.model.postprocess import outputs_to_detections
 from tests.export.cases import detr_inputs, small_detr
 
 

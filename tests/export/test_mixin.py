@@ -175,7 +175,8 @@ def test_export_package_imports_no_model():
             elif isinstance(node, ast.Import):
                 modules = [a.name for a in node.names]
             offenders += [(name, m) for m in modules if m.startswith("kzoo.models")]
-    assert offenders == []
+    # The one public re-export: kzoo.export.DETRDetections, looked up on first use.
+    assert offenders == [("__init__.py", "kzoo.models.detr.model.detections")]
 
 
 def _detr_preset(tmp_path):

@@ -255,7 +255,7 @@ def _interrupted_run(out, *args):
     backup.mkdir(parents=True)
     code = (
         "import sys, argparse\n"
-        "from kzoo.models.detr import train_cli as t\n"
+        "from kzoo.cli.detr import train as t\n"
         "p = argparse.ArgumentParser(); t.add_arguments(p)\n"
         f"a = p.parse_args({[*TINY, *args]!r})\n"
         "m = t.build_model(a); m.optimizer.build(m.trainable_variables)\n"

@@ -119,7 +119,11 @@ def test_an_empty_batch_is_refused(model):
 
 
 def test_device_and_host_summaries_agree():
-    from kzoo.models.detr.pixel_mask import mask_summary, mask_summary_numpy, raise_for_summary
+    from kzoo.models.detr.model.pixel_mask import (
+        mask_summary,
+        mask_summary_numpy,
+        raise_for_summary,
+    )
 
     for mask, _ in [*BAD.values(), (_good_mask(), None)]:
         device = keras.ops.convert_to_numpy(mask_summary(mask))

@@ -1,18 +1,16 @@
 """Training, evaluation and pictures for the ConvLSTM predictors (the CLI and scripts use these).
 
 Training is resumable: after every epoch the model (with its optimizer state), the epoch and the
-history so far are written, atomically, to ``<output_dir>/backup/epoch-NNNN/``; a run with the
-same arguments continues from the newest one (``fresh=True`` starts over). A loss that turns NaN
-or infinite stops the run with ``TrainingDiverged`` before anything in ``output_dir`` is
-replaced.
+history so far are written, atomically, to ``<output_dir>/backup/`` (``kzoo.training``'s
+``AtomicBackupAndRestore``); a run with the same arguments continues from the newest one
+(``fresh=True`` starts over), and one with other arguments is refused. A loss that turns NaN or
+infinite stops the run with ``TrainingDiverged`` before anything in ``output_dir`` is replaced.
 """
 
-import glob
 import json
 import math
 import os
-import shutil
-import time
+import warnings
 
 import keras
 import numpy as np
@@ -20,7 +18,8 @@ import numpy as np
 from kzoo.data.moving_objects import moving_objects, next_frame_targets
 from kzoo.models.conv_lstm.frame_predictors import ColorFramePredictor, NextFramePredictor
 from kzoo.presets import preset_io
-from kzoo.utils.files import atomic_directory, atomic_file
+from kzoo.training.callbacks import AtomicBackupAndRestore, StopOnNaN, TrainingDiverged
+from kzoo.utils.files import atomic_file
 
 # The data the shipped preset was trained on; evaluation draws fresh sequences of the same kind.
 DATA_OPTIONS = dict(
@@ -37,12 +36,6 @@ EVAL_SEED = 10_000
 KINDS = ("color", "next")
 LOSSES = ("mae", "mse", "binary_crossentropy")
 BACKUP_DIR = "backup"
-_STATE_FILE = "state.json"
-_WEIGHTS_FILE = "training.weights.h5"
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; nothing in the output directory was replaced."""
 
 
 def check_learning_rate(value, name="`learning_rate`"):
@@ -151,114 +144,6 @@ def unrolled_model(model, input_frames, steps, frame_size, channels):
         if step < steps - 1:
             window = keras.ops.concatenate([window[:, 1:], keras.ops.expand_dims(frame, 1)], 1)
     return keras.Model(inputs, keras.ops.stack(outputs, axis=1), name="unrolled_" + model.name)
-
-
-class _StopOnNaN(keras.callbacks.TerminateOnNaN):
-    """``TerminateOnNaN`` that raises ``TrainingDiverged`` (naming where) instead of stopping
-    quietly, so that no callback saves the broken weights at the end of the epoch."""
-
-    def __init__(self):
-        super().__init__(raise_error=True)
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not np.all(np.isfinite(np.asarray(loss, dtype="float64"))):
-            raise TrainingDiverged(
-                f"training stopped: the loss became {float(np.asarray(loss))} in epoch "
-                f"{self.epoch + 1}, batch {batch + 1} (try a lower learning rate)"
-            )
-
-
-class TrainingBackup(keras.callbacks.Callback):
-    """Writes the training state after every epoch, atomically, and restores the newest one.
-
-    Each epoch goes to its own directory ``epoch-NNNN`` (weights with the optimizer state and
-    ``state.json``: the epoch, the history, the run's arguments), made complete in a temporary
-    directory and renamed into place; older epochs are removed after it. A kill at any moment
-    leaves the previous complete epoch readable.
-    """
-
-    def __init__(self, directory, run_config):
-        super().__init__()
-        self.directory = os.path.abspath(directory)
-        self.run_config = run_config
-        self.history = {}
-        self.loss_name = None
-        self.seconds = 0.0
-        self._started = time.time()
-
-    def clear(self):
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-    def _epoch_dirs(self):
-        found = []
-        for path in glob.glob(os.path.join(self.directory, "epoch-*")):
-            try:
-                found.append((int(os.path.basename(path)[len("epoch-") :]), path))
-            except ValueError:
-                continue
-        return sorted(found)
-
-    def latest(self):
-        """``(epoch, state_dict, weights_path)`` of the newest complete backup, or ``None``."""
-        if not os.path.isdir(self.directory):
-            return None
-        for name in os.listdir(self.directory):
-            # Temporary directories of a write that was killed.
-            if name.startswith(".") and name.endswith((".tmp", ".old")):
-                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-        dirs = self._epoch_dirs()
-        if not dirs:
-            return None
-        epoch, path = dirs[-1]
-        with open(os.path.join(path, _STATE_FILE)) as f:
-            state = json.load(f)
-        if state.get("config") != self.run_config:
-            changed = sorted(
-                k
-                for k in set(state.get("config", {})) | set(self.run_config)
-                if state.get("config", {}).get(k) != self.run_config.get(k)
-            )
-            raise ValueError(
-                f"{self.directory} holds an interrupted run with other arguments (changed: "
-                f"{', '.join(changed)}); rerun the same command to resume it, or pass --fresh "
-                "(fresh=True) to start over."
-            )
-        return epoch, state, os.path.join(path, _WEIGHTS_FILE)
-
-    def restored(self, state):
-        self.history = {k: list(v) for k, v in state["history"].items()}
-        self.seconds = float(state.get("seconds", 0.0))
-
-    def on_train_begin(self, logs=None):
-        self._started = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(np.asarray(value)))
-        self.history.setdefault("loss_name", []).append(self.loss_name)
-        now = time.time()
-        self.seconds += now - self._started
-        self._started = now
-        os.makedirs(self.directory, exist_ok=True)
-        target = os.path.join(self.directory, f"epoch-{epoch + 1:04d}")
-        with atomic_directory(target) as tmp:
-            self.model.save_weights(os.path.join(tmp, _WEIGHTS_FILE))
-            state = {
-                "epoch": epoch + 1,
-                "history": self.history,
-                "seconds": self.seconds,
-                "config": self.run_config,
-            }
-            with open(os.path.join(tmp, _STATE_FILE), "w") as f:
-                json.dump(state, f, indent=1)
-        for number, path in self._epoch_dirs():
-            if number < epoch + 1:
-                shutil.rmtree(path, ignore_errors=True)
 
 
 def _finite(model, dataset):
@@ -415,7 +300,14 @@ def train_frame_predictor(
         "stride": stride,
         "backend": keras.backend.backend(),
     }
-    backup = TrainingBackup(os.path.join(output_dir, BACKUP_DIR), run_config)
+    # Restored by hand below: each stage compiles its own optimizer, and only the stage that
+    # wrote the backup may take its optimizer state.
+    backup = AtomicBackupAndRestore(
+        os.path.join(output_dir, BACKUP_DIR),
+        config=run_config,
+        delete_checkpoint=False,
+        restore_on_train_begin=False,
+    )
     if fresh:
         backup.clear()
     resume = backup.latest()
@@ -453,20 +345,15 @@ def train_frame_predictor(
     first_epoch = 0
     loaded_stage = None
     if resume is not None:
-        first_epoch, state, weights = resume
+        first_epoch = resume.epoch
         # The checkpoint holds the optimizer state of the stage that wrote it.
         loaded_stage = _stage_of(first_epoch - 1, stages)
         compile_stage(loaded_stage)
-        if trainee.optimizer is not None and not trainee.optimizer.built:
-            trainee.optimizer.build(trainee.trainable_variables)
-        trainee.load_weights(weights)
-        backup.restored(state)
+        backup.restore(trainee)
         if verbose:
-            print(
-                f"resuming from {os.path.dirname(weights)}: {first_epoch} of {epochs} epochs done"
-            )
+            print(f"resuming from {resume.path}: {first_epoch} of {epochs} epochs done")
 
-    callbacks = [_StopOnNaN(), backup]
+    callbacks = [StopOnNaN(), backup]
     if hasattr(train, "epoch_callback"):
         # Shuffle by epoch number: a resumed run sees the orders the whole run would have.
         callbacks.append(train.epoch_callback())
@@ -475,7 +362,7 @@ def train_frame_predictor(
             continue
         if not (index == loaded_stage and first_epoch > start):
             compile_stage(index)
-        backup.loss_name = stage_loss
+        backup.tags = {"loss_name": stage_loss}
         initial = max(start, first_epoch)
         try:
             trainee.fit(
@@ -634,3 +521,16 @@ def save_prediction_grid(
         fig.savefig(f, format="png")
     plt.close(fig)
     return path
+
+
+def __getattr__(name):
+    # TrainingBackup became kzoo.training's AtomicBackupAndRestore (kept for one release).
+    if name == "TrainingBackup":
+        warnings.warn(
+            "kzoo.models.conv_lstm.training.TrainingBackup is deprecated; use "
+            "AtomicBackupAndRestore from kzoo.training (kzoo.training.callbacks).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return AtomicBackupAndRestore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -75,7 +75,7 @@ for _info in PRESETS:
 register_hub_converter(
     HubConverter(
         model_type="detr",
-        check="kzoo.models.detr.hub_convert:check_config",
-        convert="kzoo.models.detr.hub_convert:convert_repo",
+        check="kzoo.models.detr.convert.hub:check_config",
+        convert="kzoo.models.detr.convert.hub:convert_repo",
     )
 )

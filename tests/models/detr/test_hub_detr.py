@@ -17,7 +17,7 @@ import pytest
 from hub_checkpoints import reference, repo_files
 
 from kzoo.models.detr import DETR
-from kzoo.models.detr.finetune import label_metadata
+from kzoo.models.detr.training.finetune import label_metadata
 from kzoo.presets import hub, resolve_preset
 
 TOL = 1e-4
@@ -88,8 +88,8 @@ def test_dc5_repo_in_transformers_timm_layout(hub_server, tmp_path_factory):
 
 
 def test_dc5_and_labels_from_transformers_4_configs(tmp_path_factory):
-    from kzoo.models.detr.convert_reading import config_dilation
-    from kzoo.models.detr.hub_convert import _class_names, check_config
+    from kzoo.models.detr.convert.hub import _class_names, check_config
+    from kzoo.models.detr.convert.reading import config_dilation
 
     files = reference(tmp_path_factory, "dc5_r50")
     config4 = json.loads((files / "timm4_dc5" / "config.json").read_text())
