@@ -80,7 +80,6 @@ def _train_synthetic(config):
     import keras
 
     from kzoo.models.detr.training.evaluation import evaluate_synthetic
-    from kzoo.presets import preset_io
     from kzoo.training.callbacks import AtomicCheckpoint
 
     out = os.path.abspath(config.out)
@@ -102,39 +101,26 @@ def _train_synthetic(config):
         f"images: {config.epochs} epochs x {len(train_data)} steps, batch {config.batch_size}",
         flush=True,
     )
-    start = time.time()
-    history = fit(model, train_data, config, callbacks)
-    train_seconds = time.time() - start
-    steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    preset_io.save_preset(
-        model,
-        preset_dir,
-        force=config.force,
-        extra_metadata={
-            "class_names": train_data.class_names,
-            # SyntheticDetection's COCO ground truth numbers its categories label + 1.
-            "category_ids": [k + 1 for k in range(config.num_classes)],
-            "image_size": config.image_size,
-            "max_size": config.image_size,
-            "trained_steps": steps,
-        },
-    )
+    metadata = {
+        "class_names": train_data.class_names,
+        # SyntheticDetection's COCO ground truth numbers its categories label + 1.
+        "category_ids": [k + 1 for k in range(config.num_classes)],
+        "image_size": config.image_size,
+        "max_size": config.image_size,
+    }
+    summary = fit_and_save(model, train_data, config, callbacks, time_limit, preset_dir, metadata)
     metrics = evaluate_synthetic(model, held_out)
     result = {
         **metrics,
-        "steps": steps,
-        "train_seconds": round(train_seconds, 1),
-        "stopped_by_time_limit": time_limit.stopped,
-        "final_loss": final_loss(history),
-        "backend": keras.backend.backend(),
+        **summary,
         "eval_images": config.eval_images,
         "args": run_arguments(config),
     }
     write_eval(out, result)
     print(
         f"held-out COCO AP {metrics['AP']:.3f}  AP50 {metrics['AP50']:.3f}  "
-        f"AP75 {metrics['AP75']:.3f}  ({config.eval_images} images; {steps} steps in "
-        f"{train_seconds / 60:.1f} min)\npreset: {preset_dir}",
+        f"AP75 {metrics['AP75']:.3f}  ({config.eval_images} images; {summary['steps']} steps "
+        f"in {summary['train_seconds'] / 60:.1f} min)\npreset: {preset_dir}",
         flush=True,
     )
     return result
@@ -208,24 +194,8 @@ def _train_coco(config):
         + (f"; validation: {val.num_images} images" if val is not None else ""),
         flush=True,
     )
-    start = time.time()
-    history = fit(model, train_data, config, callbacks)
-    train_seconds = time.time() - start
-    steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    preset_io.save_preset(
-        model,
-        preset_dir,
-        force=config.force,
-        extra_metadata={**metadata, "trained_steps": steps},
-    )
-    result = {
-        "steps": steps,
-        "train_seconds": round(train_seconds, 1),
-        "stopped_by_time_limit": time_limit.stopped,
-        "final_loss": final_loss(history),
-        "backend": keras.backend.backend(),
-        "args": run_arguments(config),
-    }
+    summary = fit_and_save(model, train_data, config, callbacks, time_limit, preset_dir, metadata)
+    result = {**summary, "args": run_arguments(config)}
     if val is not None:
         metrics = evaluate_coco(model, val, all_metrics=True)
         result = {**metrics, **result, "val_images": val.num_images}
@@ -236,8 +206,8 @@ def _train_coco(config):
     if val is not None:
         print(
             f"validation COCO AP {result['AP']:.3f}  AP50 {result['AP50']:.3f}  AP75 "
-            f"{result['AP75']:.3f}  ({val.num_images} images; {steps} steps in "
-            f"{train_seconds / 60:.1f} min)\nbest: {best_dir}",
+            f"{result['AP75']:.3f}  ({val.num_images} images; {summary['steps']} steps in "
+            f"{summary['train_seconds'] / 60:.1f} min)\nbest: {best_dir}",
             flush=True,
         )
     print(f"preset: {preset_dir}", flush=True)
@@ -391,6 +361,30 @@ def fit(model, data, config, callbacks):
     )
 
 
+def fit_and_save(model, data, config, callbacks, time_limit, preset_dir, metadata):
+    """Train, save the model as a preset (``metadata`` and the steps trained in its metadata),
+    and return the run's summary for ``eval.json``."""
+    import keras
+
+    from kzoo.presets import preset_io
+
+    start = time.time()
+    history = fit(model, data, config, callbacks)
+    seconds = time.time() - start
+    steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    preset_io.save_preset(
+        model, preset_dir, force=config.force, extra_metadata={**metadata, "trained_steps": steps}
+    )
+    losses = history.history.get("loss")
+    return {
+        "steps": steps,
+        "train_seconds": round(seconds, 1),
+        "stopped_by_time_limit": time_limit.stopped,
+        "final_loss": float(losses[-1]) if losses else None,
+        "backend": keras.backend.backend(),
+    }
+
+
 def time_limit_callback(config):
     from kzoo.training.callbacks import TimeLimit
 
@@ -398,10 +392,6 @@ def time_limit_callback(config):
         config.time_limit * 60 if config.time_limit else None,
         cpu_seconds=config.cpu_time_limit * 60 if config.cpu_time_limit else None,
     )
-
-
-def final_loss(history):
-    return float(history.history["loss"][-1]) if history.history.get("loss") else None
 
 
 def run_arguments(config):
