@@ -71,20 +71,23 @@ def add_arguments(p):
         default=default.augment,
         choices=config_lib.AUGMENTATIONS,
         help="training augmentation: DETR's (flip, multi-scale resize, random crop; sizes scaled "
-        f"to --image-size), flip and resize to --image-size only, or resize only ({default.augment})",
+        "to --image-size), flip and resize to --image-size only, or resize only "
+        f"({default.augment})",
     )
     coco.add_argument(
         "--max-size",
         type=int,
         default=None,
-        help=f"longest image side (default --image-size x {max_size}/{eval_size}, as DETR's {eval_size}/{max_size})",
+        help=f"longest image side (default --image-size x {max_size}/{eval_size}, as DETR's "
+        f"{eval_size}/{max_size})",
     )
     coco.add_argument(
         "--pad-multiple",
         type=int,
         default=default.pad_multiple,
         help="pad each batch's height and width to a multiple of this, so that JAX and "
-        f"TensorFlow compile few step shapes; 0 pads to the batch's largest image ({default.pad_multiple})",
+        "TensorFlow compile few step shapes; 0 pads to the batch's largest image "
+        f"({default.pad_multiple})",
     )
     coco.add_argument(
         "--workers",
@@ -157,7 +160,8 @@ def add_arguments(p):
         type=int,
         default=None,
         help=f"synthetic: image side ({synthetic['image_size']}); COCO: shorter side images are "
-        f"resized to for evaluation, and the largest training scale (the preset's, else {eval_size})",
+        "resized to for evaluation, and the largest training scale (the preset's, else "
+        f"{eval_size})",
     )
     p.add_argument(
         "--num-classes",

@@ -9,10 +9,11 @@ weights and outputs. Weights are low-entropy and compressed as in ``make_legacy_
 
     git worktree add /tmp/old c561e39
     # once: the preset (weights are backend-independent)
-    PYTHONPATH=/tmp/old KERAS_BACKEND=torch python tests/models/detr/data/make_c561e39_preset.py preset
+    cd tests/models/detr/data
+    PYTHONPATH=/tmp/old KERAS_BACKEND=torch python make_c561e39_preset.py preset
     # then once per backend: that backend's reference outputs
     for b in jax tensorflow torch; do
-        PYTHONPATH=/tmp/old KERAS_BACKEND=$b python tests/models/detr/data/make_c561e39_preset.py outputs
+        PYTHONPATH=/tmp/old KERAS_BACKEND=$b python make_c561e39_preset.py outputs
     done
 """
 
