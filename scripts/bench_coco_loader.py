@@ -47,17 +47,19 @@ def images_per_second(dataset, repeats=3):
 
 def _transforms(name, size):
     from kzoo.data.detr_transforms import DetrEvalTransform, DetrTrainTransform
+    from kzoo.models.detr import recipe
 
-    scale = size / 800
+    scale = size / recipe.EVAL_SIZE
+    max_size = round(recipe.MAX_SIZE * scale)
     if name == "plain":
         return None
     if name == "eval":
-        return DetrEvalTransform(size=size, max_size=round(1333 * scale))
-    scales = sorted({max(8, round(s * scale)) for s in range(480, 801, 32)})
-    crop_resize = sorted({max(8, round(s * scale)) for s in (400, 500, 600)})
-    crop = (max(4, round(384 * scale)), max(4, round(600 * scale)))
+        return DetrEvalTransform(size=size, max_size=max_size)
+    scales = sorted({max(8, round(s * scale)) for s in recipe.TRAIN_SCALES})
+    crop_resize = sorted({max(8, round(s * scale)) for s in recipe.CROP_RESIZE})
+    crop = tuple(max(4, round(s * scale)) for s in recipe.CROP_SIZE)
     return DetrTrainTransform(
-        scales=scales, max_size=round(1333 * scale), crop_resize=crop_resize, crop_size=crop
+        scales=scales, max_size=max_size, crop_resize=crop_resize, crop_size=crop
     )
 
 

@@ -1,7 +1,8 @@
 """Train a small DETR on synthetic shapes with model.fit and report held-out COCO AP.
 
-The same as ``kzoo train detr``; see ``kzoo.cli.detr.train`` for the run directory's
-layout. Example (the figures in docs/benchmarks.md):
+The same as ``kzoo train detr``: its flags become a ``kzoo.models.detr.TrainConfig`` and
+``kzoo.models.detr.train(config)`` runs (``kzoo.models.detr.training.engine`` describes the run
+directory). Example (the figures in docs/benchmarks.md):
 
     KERAS_BACKEND=jax python scripts/train_detr.py --out runs/detr --time-limit 30
 """

@@ -2,10 +2,12 @@
 
 Exports ``SyntheticDetection`` splits with ``kzoo.data.export_coco`` (the same images as the
 in-memory run: training seed 0, held-out seed 1,000,000) unless they are already in ``--data``,
-then runs ``python -m kzoo train detr --train-annotations ... --val-annotations ...`` with the
-remaining arguments in a subprocess and reports the held-out AP50 with the CPU time the training
-process used (user + system, all its threads, from ``resource.getrusage(RUSAGE_CHILDREN)``): on
-a shared machine wall time says more about the other jobs than about kzoo.
+then runs ``python -m kzoo train detr --train-annotations ... --val-annotations ...`` (which is
+``kzoo.models.detr.train(config)``) with the remaining arguments in a subprocess and reports the
+held-out AP50 with the CPU time the training process used (user + system, all its threads, from
+``resource.getrusage(RUSAGE_CHILDREN)``; a process of its own, so that the figure is the
+training's and comparable with the published ones): on a shared machine wall time says more
+about the other jobs than about kzoo.
 
 Example (the figures in docs/benchmarks.md):
 

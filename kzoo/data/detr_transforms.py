@@ -33,9 +33,13 @@ training pipeline:
 import keras
 import numpy as np
 
-from kzoo.data.images import detr_resize_shape
+from kzoo.data.images import DEFAULT_LONGEST_EDGE, DEFAULT_SHORTEST_EDGE, detr_resize_shape
 
+# DETR's training augmentation for an evaluation size of 800, the defaults here (as in
+# kzoo.data.images, DETR's code passes kzoo.models.detr.recipe's values explicitly).
 DEFAULT_SCALES = tuple(range(480, 801, 32))
+DEFAULT_CROP_RESIZE = (400, 500, 600)
+DEFAULT_CROP_SIZE = (384, 600)
 
 
 def _rng(rng):
@@ -244,9 +248,9 @@ class DetrTrainTransform:
     def __init__(
         self,
         scales=DEFAULT_SCALES,
-        max_size=1333,
-        crop_resize=(400, 500, 600),
-        crop_size=(384, 600),
+        max_size=DEFAULT_LONGEST_EDGE,
+        crop_resize=DEFAULT_CROP_RESIZE,
+        crop_size=DEFAULT_CROP_SIZE,
         flip_prob=0.5,
         select_prob=0.5,
         seed=None,
@@ -319,7 +323,7 @@ class DetrEvalTransform:
     ```
     """
 
-    def __init__(self, size=800, max_size=1333):
+    def __init__(self, size=DEFAULT_SHORTEST_EDGE, max_size=DEFAULT_LONGEST_EDGE):
         (self.size,) = _positive_ints("size", size)
         if max_size is not None:
             (max_size,) = _positive_ints("max_size", max_size)

@@ -34,6 +34,11 @@ import os
 
 import numpy as np
 
+# DETR's evaluation resize, the default here. kzoo.data sits below kzoo.models and cannot read
+# kzoo.models.detr.recipe: DETR's code passes the recipe's sizes explicitly, and
+# tests/models/detr/test_recipe.py checks that these defaults are the same numbers.
+DEFAULT_SHORTEST_EDGE = 800
+DEFAULT_LONGEST_EDGE = 1333
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -224,7 +229,9 @@ def _array_to_rgb(array, order):
     return np.ascontiguousarray(array)
 
 
-def detr_resize_shape(height, width, shortest_edge=800, longest_edge=1333):
+def detr_resize_shape(
+    height, width, shortest_edge=DEFAULT_SHORTEST_EDGE, longest_edge=DEFAULT_LONGEST_EDGE
+):
     """The ``(height, width)`` DETR resizes an image of ``height`` × ``width`` to.
 
     The shorter side becomes ``shortest_edge``; if the longer side would then exceed
@@ -264,7 +271,7 @@ def _check_edges(shortest_edge, longest_edge):
         )
 
 
-def resize_image(image, shortest_edge=800, longest_edge=1333):
+def resize_image(image, shortest_edge=DEFAULT_SHORTEST_EDGE, longest_edge=DEFAULT_LONGEST_EDGE):
     """Resize a uint8 RGB array as DETR does, with PIL's bilinear filter; returns uint8."""
     from PIL import Image
 
@@ -285,8 +292,8 @@ def normalize_image(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
 def preprocess_images(
     images,
     channel_order="rgb",
-    shortest_edge=800,
-    longest_edge=1333,
+    shortest_edge=DEFAULT_SHORTEST_EDGE,
+    longest_edge=DEFAULT_LONGEST_EDGE,
     resize=True,
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,

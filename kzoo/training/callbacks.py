@@ -340,11 +340,11 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
             if match := _EPOCH_FILE.match(name):
                 found.append(Backup(int(match.group(1)), path, None, path))
             elif (match := _EPOCH_DIR.match(name)) and os.path.isfile(
-                os.path.join(path, _DIR_WEIGHTS)
+                os.path.join(path, _DIR_STATE)
             ):
-                found.append(
-                    Backup(int(match.group(1)), os.path.join(path, _DIR_WEIGHTS), None, path)
-                )
+                # The state is what counts (its configuration is checked before any loading).
+                weights = os.path.join(path, _DIR_WEIGHTS)
+                found.append(Backup(int(match.group(1)), weights, None, path))
         legacy = self._keras_backup()
         if legacy is not None:
             found.append(legacy)

@@ -256,9 +256,11 @@ def _interrupted_run(out, *args):
     code = (
         "import sys, argparse\n"
         "from kzoo.cli.detr import train as t\n"
+        "from kzoo.models.detr.training import engine\n"
         "p = argparse.ArgumentParser(); t.add_arguments(p)\n"
         f"a = p.parse_args({[*TINY, *args]!r})\n"
-        "m = t.build_model(a); m.optimizer.build(m.trainable_variables)\n"
+        "c = t.config_from_args(a).resolved()\n"
+        "m = engine.synthetic_model(c); m.optimizer.build(m.trainable_variables)\n"
         f"m.save_weights({str(backup / 'latest.weights.h5')!r})\n"
         f"open({str(backup / 'training_metadata.json')!r}, 'w').write('{{\"epoch\": 0}}')\n"
     )

@@ -89,7 +89,8 @@ def test_sigkill_mid_run_then_the_same_command_resumes(tmp_path, backend):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     done = sorted(p for p in os.listdir(backup) if p.startswith("epoch-"))
-    epoch = int(done[-1][len("epoch-") :])
+    # epoch-NNNNNN.weights.h5 (kzoo.training's AtomicBackupAndRestore)
+    epoch = int(done[-1][len("epoch-") :].split(".")[0])
     assert 1 <= epoch < 4
     # The kill left the previous preset as it was, and wrote no history.
     assert _digest(out / "preset") == before
@@ -110,7 +111,8 @@ def test_sigkill_mid_run_then_the_same_command_resumes(tmp_path, backend):
     x, _ = training.synthetic_rollout_data(model, 2, 1, input_frames=3)
     assert np.isfinite(model.rollout(x, steps=2)).all()
 
-    # A different command does not silently continue someone else's run.
+    # A different command does not silently continue someone else's run (here, one recorded in
+    # the layout of kzoo before the shared backups).
     (backup / "epoch-0001").mkdir(parents=True)
     (backup / "epoch-0001" / "state.json").write_text(
         json.dumps({"epoch": 1, "history": {}, "config": {"epochs": 99}})

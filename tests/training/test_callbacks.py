@@ -297,3 +297,14 @@ def test_stop_on_nan_raises_before_the_epoch_is_saved(tmp_path):
         model.fit(x, y, epochs=2, batch_size=4, verbose=0,
                   callbacks=[StopOnNaN(), AtomicBackupAndRestore(backup)])  # fmt: skip
     assert not backup.exists()
+
+
+def test_a_legacy_record_alone_is_enough_to_refuse(tmp_path):
+    # What a different command finds after ConvLSTM's old layout: the check reads the record
+    # before any weights.
+    folder = tmp_path / "backup" / "epoch-0001"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps({"epoch": 1, "config": {"epochs": 99}}))
+    callback = AtomicBackupAndRestore(tmp_path / "backup", config={"epochs": 4})
+    with pytest.raises(ValueError, match=r"epochs 99 \(now 4\)"):
+        callback.latest()

@@ -5,13 +5,12 @@ The preset's labels are mapped to the annotation file's category ids through the
 without them is taken as a COCO checkpoint (label = COCO category id); another preset with as
 many classes as the file has categories is taken to use the file's categories in ascending id
 order. Images are resized as the preset was trained (its ``image_size`` / ``max_size``, else
-DETR's 800 / 1333) unless ``--shortest-edge`` / ``--longest-edge`` say otherwise.
+DETR's evaluation sizes, ``kzoo.models.detr.recipe``) unless ``--shortest-edge`` /
+``--longest-edge`` say otherwise.
 """
 
 import json
 import os
-
-DEFAULT_SIZES = (800, 1333)  # DETR's evaluation resize
 
 
 def register(commands):
@@ -44,29 +43,32 @@ def register(commands):
 
 def add_size_arguments(parser):
     """``--shortest-edge`` and ``--longest-edge``, read by :func:`resolve_sizes`."""
+    from kzoo.models.detr import recipe
+
     parser.add_argument(
         "--shortest-edge",
         type=int,
         default=None,
-        help="resize: shorter side (the preset's training size, else 800)",
+        help=f"resize: shorter side (the preset's training size, else {recipe.EVAL_SIZE})",
     )
     parser.add_argument(
         "--longest-edge",
         type=int,
         default=None,
-        help="resize: longer side cap (the preset's, else 1333)",
+        help=f"resize: longer side cap (the preset's, else {recipe.MAX_SIZE})",
     )
 
 
 def resolve_sizes(preset_dir, shortest_edge, longest_edge):
     """``(shortest, longest)``: the options, else the preset's training sizes, else DETR's."""
-    from kzoo.models.detr.training.engine import default_max_size, preset_image_size
+    from kzoo.models.detr import recipe
+    from kzoo.models.detr.training.finetune import preset_image_size
 
     size, max_size = preset_image_size(preset_dir)
-    shortest = shortest_edge if shortest_edge is not None else (size or DEFAULT_SIZES[0])
+    shortest = shortest_edge if shortest_edge is not None else (size or recipe.EVAL_SIZE)
     longest = longest_edge
     if longest is None:
-        longest = max_size if (max_size and shortest == size) else default_max_size(shortest)
+        longest = max_size if (max_size and shortest == size) else recipe.default_max_size(shortest)
     for option, value in (("--shortest-edge", shortest), ("--longest-edge", longest)):
         if value < 1:
             raise ValueError(f"{option} must be >= 1; got {value}.")

@@ -1,4 +1,15 @@
-"""DETR: the detection transformer, its backbone, transformer, heads and post-processing."""
+"""DETR, the detection transformer, by role:
+
+- ``model/``: the network (``DETR``, its ResNet backbone, ``DETRHead``, the transformer, input
+  checks, post-processing, COCO's label names, ``DETRDetections`` for export);
+- ``training/``: the loss and its matcher, the optimizer, ``TrainConfig`` and the engine
+  (``train``), DETR's callbacks, COCO evaluation, fine-tuning a preset;
+- ``convert/``: facebookresearch and HuggingFace checkpoints into kzoo presets;
+- ``recipe.py``: the recipe's sizes and defaults (800 / 1333, learning rates, ...);
+- ``presets.py``: the registered COCO checkpoints.
+
+The command line (``kzoo train|predict|eval|convert detr``) is ``kzoo.cli.detr``.
+"""
 
 from kzoo.models.detr import presets  # noqa: F401  (registers the COCO presets and hf:// DETR repos)
 from kzoo.models.detr.model.backbone import FrozenBatchNormalization, ResNetBackbone
@@ -11,6 +22,8 @@ from kzoo.models.detr.model.transformer import (
     TransformerDecoderLayer,
     TransformerEncoderLayer,
 )
+from kzoo.models.detr.training.config import TrainConfig
+from kzoo.models.detr.training.engine import train
 from kzoo.models.detr.training.loss import DETRLoss
 from kzoo.models.detr.training.matcher import HungarianMatcher
 from kzoo.models.detr.training.optimizer import ScaledAdamW
@@ -26,6 +39,8 @@ __all__ = [
     "ResNetBackbone",
     "ScaledAdamW",
     "SinePositionEmbedding",
+    "TrainConfig",
     "TransformerDecoderLayer",
     "TransformerEncoderLayer",
+    "train",
 ]

@@ -60,9 +60,11 @@ def test_resumes_from_backup_after_an_interruption(tmp_path):
             sys.executable,
             "-c",
             "import sys, keras; from kzoo.cli.detr import train as t\n"
+            "from kzoo.models.detr.training import engine\n"
             "p = __import__('argparse').ArgumentParser(); t.add_arguments(p)\n"
             f"a = p.parse_args(['--out', {str(out)!r}] + {TINY!r})\n"
-            "m = t.build_model(a); m.optimizer.build(m.trainable_variables)\n"
+            "c = t.config_from_args(a).resolved()\n"
+            "m = engine.synthetic_model(c); m.optimizer.build(m.trainable_variables)\n"
             f"m.save_weights({str(backup / 'latest.weights.h5')!r})\n"
             f"open({str(backup / 'training_metadata.json')!r}, 'w').write('{{\"epoch\": 1}}')\n",
         ],

@@ -57,6 +57,7 @@ from keras import ops
 
 from kzoo.export.mixin import ExportMixin
 from kzoo.export.signatures import image_signature
+from kzoo.models.detr import recipe
 from kzoo.models.detr.model.backbone import RESNET_BLOCKS, ResNetBackbone
 from kzoo.models.detr.model.head import DETRHead
 from kzoo.models.detr.model.pixel_mask import DETRInputChecks, check_batch, check_pixel_mask
@@ -431,7 +432,13 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
 
     # ---------------------------------------------------------------- training
 
-    def compile(self, optimizer=None, loss=None, backbone_learning_rate_scale=0.1, **kwargs):
+    def compile(
+        self,
+        optimizer=None,
+        loss=None,
+        backbone_learning_rate_scale=recipe.BACKBONE_LR_SCALE,
+        **kwargs,
+    ):
         """Compile with DETR's recipe unless told otherwise.
 
         Args:
@@ -452,9 +459,9 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
             from kzoo.models.detr.training.optimizer import ScaledAdamW
 
             optimizer = ScaledAdamW(
-                learning_rate=1e-4,
-                weight_decay=1e-4,
-                global_clipnorm=0.1,
+                learning_rate=recipe.LEARNING_RATE,
+                weight_decay=recipe.WEIGHT_DECAY,
+                global_clipnorm=recipe.CLIP_NORM,
                 learning_rate_scales={self.backbone_path_pattern(): backbone_learning_rate_scale},
             )
         if loss is None:

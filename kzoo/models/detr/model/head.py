@@ -5,9 +5,9 @@ embedding of the feature mask, the transformer encoder and decoder with learned 
 and the class and box branches. ``kzoo.models.DETR`` is a backbone followed by this layer; it can
 also be used on its own, on features of any (B, h, w, C) feature map.
 
-The layer builds on DETR's pieces in ``kzoo.models.detr`` (transformer, position embedding,
-initializers), which is why ``kzoo.layers`` exposes it lazily: ``kzoo.models.detr`` imports this
-module, so importing it from ``kzoo/layers/__init__.py`` would be circular.
+The layer builds on DETR's pieces beside it (transformer, position embedding, initializers), so
+it lives with DETR; ``kzoo.layers.DETRHead`` is the same class, looked up on first access
+(``kzoo.layers`` sits below ``kzoo.models`` and does not import it).
 """
 
 import keras

@@ -9,7 +9,7 @@ the preset's own N (or no ``num_classes``) it is the plain ``from_preset``.
 The preset's labels are described in its ``metadata.json``: ``class_names`` (a name per label)
 and ``category_ids`` (the dataset's category id per label, as ``kzoo.data.CocoDetection`` maps
 them). :func:`label_metadata` reads them, so predictions come out as the dataset's own ids and
-names.
+names; :func:`preset_image_size` reads the image sizes the preset was trained at.
 """
 
 import logging
@@ -98,6 +98,20 @@ def with_new_class_head(source, num_classes):
     return model
 
 
+def preset_image_size(preset):
+    """The ``image_size`` / ``max_size`` a preset was trained at (its metadata), or Nones."""
+    from kzoo.presets import preset_io
+
+    preset_dir = preset_io.resolve_preset(preset)
+    meta = {}
+    if os.path.isfile(os.path.join(preset_dir, preset_io.METADATA_FILE)):
+        meta = preset_io.read_metadata(preset_dir)
+    size, max_size = meta.get("image_size"), meta.get("max_size")
+    ok = isinstance(size, int) and not isinstance(size, bool) and size > 0
+    ok_max = isinstance(max_size, int) and not isinstance(max_size, bool) and max_size >= size
+    return (size if ok else None), (max_size if ok and ok_max else None)
+
+
 def label_metadata(preset_dir, num_classes):
     """``(class_names, category_ids)`` of a preset's labels, from its ``metadata.json``.
 
@@ -105,16 +119,16 @@ def label_metadata(preset_dir, num_classes):
     labels are COCO category ids), else to ``"class N"``. ``category_ids`` falls back to the
     label itself for a 91-label model, else is ``None`` (unknown: presets saved without it).
     """
-    from kzoo.models.detr.model import labels as coco_names
+    from kzoo.models.detr.model import labels
     from kzoo.presets import preset_io
 
     meta = {}
     if os.path.isfile(os.path.join(preset_dir, preset_io.METADATA_FILE)):
         meta = preset_io.read_metadata(preset_dir)
-    coco91 = num_classes == coco_names.NUM_CLASSES
+    coco91 = num_classes == labels.NUM_CLASSES
     names = meta.get("class_names")
     if not (isinstance(names, list) and len(names) == num_classes):
-        names = list(coco_names.COCO91_NAMES) if coco91 else None
+        names = list(labels.COCO91_NAMES) if coco91 else None
         names = names or [f"class {i}" for i in range(num_classes)]
     ids = meta.get("category_ids")
     valid_ids = (

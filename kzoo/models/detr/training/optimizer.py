@@ -27,6 +27,7 @@ import keras
 from keras import ops
 
 from kzoo.backends import dispatch
+from kzoo.models.detr import recipe
 
 UPDATE_OP = "scaled_adamw_update"
 CLIP_OP = "clip_by_global_norm"
@@ -52,7 +53,13 @@ class ScaledAdamW(keras.optimizers.Adam):
     ```
     """
 
-    def __init__(self, learning_rate=1e-4, weight_decay=1e-4, learning_rate_scales=None, **kwargs):
+    def __init__(
+        self,
+        learning_rate=recipe.LEARNING_RATE,
+        weight_decay=recipe.WEIGHT_DECAY,
+        learning_rate_scales=None,
+        **kwargs,
+    ):
         if weight_decay is None:
             weight_decay = 0.0
         if (

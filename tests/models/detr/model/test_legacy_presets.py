@@ -1,8 +1,11 @@
-"""Presets saved before DETR was split into a backbone and a DETRHead still load, unchanged.
+"""Presets saved by earlier kzoo versions still load, unchanged.
 
-``data/legacy_preset`` was written by kzoo at commit b57f64d (``data/make_legacy_preset.py``
-says how), with the outputs that code gave on each backend (``data/legacy_reference.npz``) and
-a fingerprint of every variable (``data/legacy_fingerprints.json``).
+``data/legacy_preset`` was written by kzoo at commit b57f64d, before DETR was split into a
+backbone and a DETRHead (``data/make_legacy_preset.py`` says how), with the outputs that code
+gave on each backend (``data/legacy_reference.npz``) and a fingerprint of every variable
+(``data/legacy_fingerprints.json``). ``data/c561e39_preset`` was written at c561e39, before
+DETR's modules moved by role: its config names the modules of that time
+(``data/make_c561e39_preset.py``; outputs and fingerprints in ``data/c561e39_reference.npz``).
 """
 
 import json
@@ -138,3 +141,22 @@ def test_backbone_of_a_legacy_preset():
         key = variable.path.split(prefix, 1)[1]
         got[key] = [float(v.sum()), float((v * np.arange(1, v.size + 1)).sum())]
     assert got == expected
+
+
+def test_a_preset_saved_before_the_modules_moved_loads_with_the_same_weights_and_outputs():
+    preset = os.path.join(DATA, "c561e39_preset")
+    with open(os.path.join(preset, "config.json")) as f:
+        saved = json.load(f)
+    # Module paths of that time, which are now deprecated shims: the registered names resolve.
+    assert saved["module"] == "kzoo.models.detr.detr_model"
+    assert saved["config"]["backbone"]["module"] == "kzoo.models.detr.backbone"
+    reference = dict(np.load(os.path.join(DATA, "c561e39_reference.npz")))
+    model = DETR.from_preset(preset)
+    assert type(model.backbone).__module__ == "kzoo.models.detr.model.backbone"
+    expected = {
+        k[len("fingerprint:") :]: list(v)
+        for k, v in reference.items()
+        if k.startswith("fingerprint:")
+    }
+    assert _fingerprints(model) == expected
+    _assert_same_as_before(model, reference)
