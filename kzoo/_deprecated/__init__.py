@@ -40,6 +40,7 @@ MOVED = {
     "kzoo.models.detr.convert_weights": "kzoo.models.detr.convert.weights",
     "kzoo.layers.detr_head": "kzoo.models.detr.model.head",
     "kzoo.export.detr": "kzoo.models.detr.model.detections",
+    "kzoo.layers.conv_lstm_portable": "kzoo.backends.common.conv_lstm",
 }
 
 # An old module whose names went to several new homes: old path -> (the module of this package
