@@ -6,6 +6,7 @@ The backend is chosen by ``KERAS_BACKEND``; kzoo imports no framework except thr
 import os
 import sys
 
+from kzoo import _deprecated
 from kzoo.backends.environment import check_backend_env
 from kzoo.version import __version__
 
@@ -31,6 +32,8 @@ if _running_as_cli() and sys.argv[1:2] == ["demo"]:
     # A newcomer's first command prints a few lines; TensorFlow's C++ notes (CPU instruction
     # sets) would bury them. A level the user set stays.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_deprecated.install()
 
 import keras  # noqa: E402,F401
 

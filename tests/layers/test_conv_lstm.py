@@ -441,7 +441,7 @@ def test_tensorflow_fast_path_in_graph_mode_matches_keras(rank, data_format, kwa
 def test_per_step_input_conv_equals_the_hoisted_one(kwargs):
     """The export path for symbolic batch/time sizes (input convolution inside the loop)
     computes what the hoisted convolution computes."""
-    from kzoo.layers import conv_lstm_portable as portable
+    from kzoo.backends.common import conv_lstm as portable
 
     kwargs = dict(kwargs)
     training = kwargs.pop("training", False)

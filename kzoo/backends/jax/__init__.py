@@ -126,7 +126,7 @@ register(
     "conv_lstm_forward",
     Implementation(
         name="jax-per-step-input-conv",
-        target="kzoo.layers.conv_lstm_portable:conv_lstm_forward_per_step",
+        target="kzoo.backends.common.conv_lstm:conv_lstm_forward_per_step",
         backends=BACKEND,
         supports="kzoo.backends.jax.conv_lstm:supports_symbolic_batch_or_time",
         priority=20,

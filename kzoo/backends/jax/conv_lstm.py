@@ -18,7 +18,7 @@ reshaped dimension to one input axis). Those traces take the portable per-step l
 import jax.numpy as jnp
 from keras import ops
 
-from kzoo.layers import conv_lstm_portable as portable
+from kzoo.backends.common import conv_lstm as portable
 
 MAX_UNROLLED_STEPS = 64
 

@@ -21,7 +21,7 @@ of the recurrent convolution runs once per step on a small batch. Here:
   gradient are skipped.
 
 Calls with a time mask or with recurrent dropout masks take the portable loop. Same arguments
-and results as ``conv_lstm_portable.conv_lstm_forward``.
+and results as ``kzoo.backends.common.conv_lstm.conv_lstm_forward``.
 
 Inference calls (``training=False``: ``predict``, ``model.export``, a plain ``model(x)``) run
 ``conv_lstm_forward_inference``: the same per-step function in the same loop, without the
@@ -32,7 +32,7 @@ the loop's TensorArrays). The dispatch picks between the two from the ``training
 import keras
 import tensorflow as tf
 
-from kzoo.layers import conv_lstm_portable as portable
+from kzoo.backends.common import conv_lstm as portable
 
 # Activations whose derivative is a function of their output: the backward pass then needs
 # only the activations the forward pass kept. Each maps (output, output gradient) to the input

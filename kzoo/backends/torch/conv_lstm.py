@@ -5,7 +5,7 @@ keras's torch convolution takes channels-last tensors, transposes them to channe
 keras pays several layout transposes per timestep. Here the inputs are transposed once, the
 input convolution of all timesteps runs as one call, the state stays in torch's layout
 through the eager loop (one convolution per step for all four gates), and the outputs are
-transposed back once. Same arguments and results as ``conv_lstm_portable.conv_lstm_forward``.
+transposed back once. Same arguments and results as ``kzoo.backends.common.conv_lstm.conv_lstm_forward``.
 
 Training runs the recurrence as one ``torch.autograd.Function`` (``_Recurrence``) when the
 activations are tanh, sigmoid or relu (their derivatives follow from their outputs), there is no
@@ -29,8 +29,8 @@ import keras
 import torch
 import torch.nn.functional as tnn
 
+from kzoo.backends.common.conv_lstm import same_padding
 from kzoo.backends.torch import conv_lstm_traced
-from kzoo.layers.conv_lstm import same_padding
 
 _CONV = {1: tnn.conv1d, 2: tnn.conv2d, 3: tnn.conv3d}
 

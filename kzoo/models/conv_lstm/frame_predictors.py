@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from kzoo.export.mixin import ExportMixin
-from kzoo.layers.conv_lstm import ConvLSTM2D
+from kzoo.layers.conv_lstm2d import ConvLSTM2D
 from kzoo.presets import PresetMixin
 
 

@@ -41,8 +41,9 @@ CONFIG = dict(
 
 
 def make_preset():
-    from kzoo.models import DETR
     from kzoo.models.detr.backbone import ResNetBackbone
+
+    from kzoo.models import DETR
     from kzoo.utils.files import sha256_file
 
     backbone = ResNetBackbone("small", trainable_stages=5, trainable_affine=True, name="backbone")

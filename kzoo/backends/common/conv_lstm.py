@@ -1,4 +1,5 @@
-"""The ConvLSTM forward pass in keras.ops, for every backend (the dispatch fallback).
+"""The ConvLSTM forward pass in keras.ops, for every backend (the dispatch fallback), and the
+convolution sizes the layer and the backends' own loops share.
 
 The input convolution of all timesteps is one convolution over batch x time; the loop
 (``keras.ops.scan``: ``lax.scan`` on JAX, a ``tf.while_loop`` on TensorFlow) then does one
@@ -6,6 +7,28 @@ convolution of the state per step, with the recurrent kernel of all four gates a
 """
 
 from keras import ops
+
+
+def conv_output_length(length, kernel, stride, dilation, padding):
+    """Output length of a convolution along one axis (``None`` stays ``None``)."""
+    if length is None:
+        return None
+    if padding == "same":
+        return -(-length // stride)
+    effective = (kernel - 1) * dilation + 1
+    return max((length - effective) // stride + 1, 0)
+
+
+def same_padding(length, kernel, stride, dilation):
+    """(before, after) padding of TF/keras "same": the odd pixel goes after."""
+    effective = (kernel - 1) * dilation + 1
+    out = -(-length // stride)
+    total = max((out - 1) * stride + effective - length, 0)
+    return total // 2, total - total // 2
+
+
+def no_export_fixed_dims(config):
+    return ()
 
 
 def _gate_slices(kernel):

@@ -1,10 +1,8 @@
 """Deprecated: ``kzoo.models.detr.train_callbacks`` is now ``kzoo.training.callbacks``.
 
-Kept for one release: it re-exports the public names it held and warns once, when first
-imported.
+Kept for one release: it gathers the public names it held; ``kzoo._deprecated`` warns once when
+it is imported by its old path.
 """
-
-import warnings
 
 from kzoo.training.callbacks import (
     TEMPORARY,
@@ -23,10 +21,3 @@ __all__ = [
     "remove_orphaned_temporaries",
     "save_weights_atomically",
 ]
-
-warnings.warn(
-    "kzoo.models.detr.train_callbacks is deprecated; import the callbacks from "
-    "kzoo.training (kzoo.training.callbacks).",
-    DeprecationWarning,
-    stacklevel=2,
-)

@@ -1,10 +1,9 @@
 """Deprecated: ``kzoo.models.detr.train_coco`` is now ``kzoo.models.detr.training.engine`` (with
-DETR's sizes in ``kzoo.models.detr.recipe``); this path works for one release. It re-exports the
-public names it held and warns once, when first imported.
+DETR's sizes in ``kzoo.models.detr.recipe``); this path works for one release. It gathers the
+public names it held; ``kzoo._deprecated`` warns once when it is imported by its old path.
 """
 
 import dataclasses
-import warnings
 
 from kzoo.models.detr import recipe
 from kzoo.models.detr.training.config import TrainConfig
@@ -31,14 +30,6 @@ __all__ = [
     "train_coco",
     "train_transform",
 ]
-
-warnings.warn(
-    "kzoo.models.detr.train_coco is deprecated; call train(TrainConfig(...)) from "
-    "kzoo.models.detr (kzoo.models.detr.training.engine); DETR's sizes are in "
-    "kzoo.models.detr.recipe.",
-    DeprecationWarning,
-    stacklevel=2,
-)
 
 
 def train_coco(args):

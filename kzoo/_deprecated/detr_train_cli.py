@@ -1,9 +1,8 @@
 """Deprecated: ``kzoo.models.detr.train_cli`` is now ``kzoo.cli.detr.train`` (the flags) and
 ``kzoo.models.detr.train`` with a ``TrainConfig`` (the training); this path works for one
-release. It re-exports the public names it held and warns once, when first imported.
+release. It gathers the public names it held; ``kzoo._deprecated`` warns once when it is
+imported by its old path.
 """
-
-import warnings
 
 from kzoo.cli.detr.train import add_arguments, cmd_train, config_from_args, main, register
 from kzoo.models.detr import recipe
@@ -24,13 +23,6 @@ __all__ = [
     "register",
     "train",
 ]
-
-warnings.warn(
-    "kzoo.models.detr.train_cli is deprecated; build a TrainConfig and call train(config) from "
-    "kzoo.models.detr; the command line is kzoo.cli.detr.train.",
-    DeprecationWarning,
-    stacklevel=2,
-)
 
 
 def train(args):

@@ -1,8 +1,7 @@
-"""Deprecated: ``kzoo.models.detr.eval_cli`` is now ``kzoo.cli.detr.evaluate``; this path works
-for one release. It re-exports the public names it held and warns once, when first imported.
+"""Deprecated: ``kzoo.models.detr.eval_cli`` is now ``kzoo.cli.detr.evaluate``; this path works for
+one release. It gathers the public names it held; ``kzoo._deprecated`` warns once when it is
+imported by its old path.
 """
-
-import warnings
 
 from kzoo.cli.detr.evaluate import (
     add_size_arguments,
@@ -23,9 +22,3 @@ __all__ = [
     "register",
     "resolve_sizes",
 ]
-
-warnings.warn(
-    "kzoo.models.detr.eval_cli is deprecated; import from kzoo.cli.detr.evaluate.",
-    DeprecationWarning,
-    stacklevel=2,
-)

@@ -1,9 +1,7 @@
 """Deprecated: ``kzoo.models.detr.cli`` is now ``kzoo.cli.detr.predict`` and
-``kzoo.cli.detr.convert``; this path works for one release. It re-exports the public names it
-held and warns once, when first imported.
+``kzoo.cli.detr.convert``; this path works for one release. It gathers the public names it held;
+``kzoo._deprecated`` warns once when it is imported by its old path.
 """
-
-import warnings
 
 from kzoo.cli.detr import convert as _convert
 from kzoo.cli.detr import predict as _predict
@@ -38,13 +36,6 @@ __all__ = [
     "print_table",
     "register",
 ]
-
-warnings.warn(
-    "kzoo.models.detr.cli is deprecated; import from kzoo.cli.detr.predict and "
-    "kzoo.cli.detr.convert.",
-    DeprecationWarning,
-    stacklevel=2,
-)
 
 
 def register(commands):
