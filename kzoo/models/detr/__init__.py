@@ -13,6 +13,7 @@ The command line (``kzoo train|predict|eval|convert detr``) is ``kzoo.cli.detr``
 
 from kzoo.models.detr import presets  # noqa: F401  (registers the COCO presets and hf:// DETR repos)
 from kzoo.models.detr.model.backbone import FrozenBatchNormalization, ResNetBackbone
+from kzoo.models.detr.model.detections import DETRDetections
 from kzoo.models.detr.model.detr import DETR
 from kzoo.models.detr.model.head import DETRHead
 from kzoo.models.detr.model.position_embedding import SinePositionEmbedding
@@ -31,6 +32,7 @@ from kzoo.models.detr.training.optimizer import ScaledAdamW
 __all__ = [
     "DETR",
     "DETRAttention",
+    "DETRDetections",
     "DETRHead",
     "DETRLoss",
     "DETRTransformer",

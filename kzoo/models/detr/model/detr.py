@@ -9,7 +9,7 @@ or a backbone instance whose ``output_stride`` attribute says 16). It is kzoo's 
 ``"resnet101"``, ``"small"``), or any keras layer or model passed as an instance (a
 ``ResNetBackbone``, ``keras.applications.ResNet50(include_top=False, weights=None)``, a model of
 your own); the stride and the layout are checked when the model is built. ``model.head`` is a
-``kzoo.layers.DETRHead``: input projection, sine position encoding, transformer encoder and
+``kzoo.models.DETRHead``: input projection, sine position encoding, transformer encoder and
 decoder with the object queries, class and box branches.
 
 Weights layout

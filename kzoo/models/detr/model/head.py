@@ -6,8 +6,8 @@ and the class and box branches. ``kzoo.models.DETR`` is a backbone followed by t
 also be used on its own, on features of any (B, h, w, C) feature map.
 
 The layer builds on DETR's pieces beside it (transformer, position embedding, initializers), so
-it lives with DETR; ``kzoo.layers.DETRHead`` is the same class, looked up on first access
-(``kzoo.layers`` sits below ``kzoo.models`` and does not import it).
+it lives with DETR and is public as ``kzoo.models.DETRHead`` (its old name
+``kzoo.layers.DETRHead`` is a deprecated alias: ``kzoo.layers`` sits below ``kzoo.models``).
 """
 
 import keras
@@ -67,7 +67,7 @@ class DETRHead(keras.layers.Layer):
     Example:
 
     ```python
-    head = kzoo.layers.DETRHead(num_classes=3, num_queries=10, d_model=32, num_heads=4,
+    head = kzoo.models.DETRHead(num_classes=3, num_queries=10, d_model=32, num_heads=4,
                                 num_encoder_layers=1, num_decoder_layers=2, ffn_dim=64)
     features = np.random.rand(2, 4, 6, 256).astype("float32")  # a stride-32 feature map
     mask = np.ones((2, 4, 6), bool)
