@@ -7,6 +7,9 @@ does the timing; :func:`medians`, :func:`ratio` and :func:`field` summarise what
 
 This module imports no framework: callers pass ``sync`` (e.g. ``jax.block_until_ready`` or a
 function calling ``torch.cuda.synchronize()``) to wait for a device inside the timed region.
+Importing it imports the ``kzoo`` package, though, and with it keras and its backend: a script
+that starts one process per backend imports it in those processes, not in the one that starts
+them.
 
 Example:
 
@@ -24,13 +27,12 @@ True
 """
 
 import math
-import os
 import random
 import statistics
 import time
 from collections.abc import Callable, Mapping
 
-__all__ = ["alternate", "field", "medians", "ratio", "thread_env"]
+__all__ = ["alternate", "field", "medians", "ratio"]
 
 
 def _check_count(name, value, minimum):
@@ -204,24 +206,3 @@ def ratio(samples: Mapping[str, list], a: str, b: str) -> float:
 def field(samples: Mapping[str, list], key: str) -> dict[str, list[float]]:
     """``{name: [sample[key], ...]}`` of self-timed samples that are mappings of figures."""
     return {name: [sample[key] for sample in values] for name, values in samples.items()}
-
-
-def thread_env(threads: int, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``env`` (default ``os.environ``) with every framework held to ``threads`` CPU threads.
-
-    For a benchmark's child process, before it imports a framework: OpenMP (torch), TensorFlow's
-    intra- and inter-op pools and, with one thread, XLA's CPU client (JAX).
-    """
-    _check_count("threads", threads, 1)
-    out = dict(os.environ if env is None else env)
-    out.update(
-        OMP_NUM_THREADS=str(threads),
-        TF_NUM_INTRAOP_THREADS=str(threads),
-        TF_NUM_INTEROP_THREADS=str(threads),
-    )
-    if threads == 1:
-        out["XLA_FLAGS"] = (
-            out.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-            " intra_op_parallelism_threads=1"
-        ).strip()
-    return out

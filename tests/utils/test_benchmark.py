@@ -192,18 +192,6 @@ def test_bad_arguments_are_refused_before_anything_runs(kwargs, message):
     assert ran == []
 
 
-def test_thread_env_holds_every_framework_to_the_given_threads():
-    env = benchmark.thread_env(1, {"XLA_FLAGS": "--xla_dump_to=/tmp/x", "HOME": "/h"})
-    assert env["HOME"] == "/h"
-    assert env["OMP_NUM_THREADS"] == env["TF_NUM_INTRAOP_THREADS"] == "1"
-    assert env["TF_NUM_INTEROP_THREADS"] == "1"
-    assert env["XLA_FLAGS"].startswith("--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=false")
-    two = benchmark.thread_env(2, {})
-    assert two["OMP_NUM_THREADS"] == "2" and "XLA_FLAGS" not in two
-    with pytest.raises(ValueError, match="`threads` must be an integer >= 1"):
-        benchmark.thread_env(0)
-
-
 def test_real_callables_on_the_real_clock_give_one_positive_sample_per_round():
     log = []
 
