@@ -9,7 +9,7 @@ It writes the preset to ``kzoo/presets/builtin/convlstm_color_shapes`` (``--pres
 the loss curve and history to ``--output-dir``. It also prints the per-step MSE of a 10-step
 rollout (``--eval-steps``) against copying the last frame. ``--rollout-steps K`` trains the
 model's own K-step rollout (unrolled into one graph) on the next K true frames: that is how
-``convlstm_color_shapes_rollout`` was made (the commands are in docs/benchmarks.md). An
+``convlstm_color_shapes_rollout`` was made (the commands are in docs/benchmarks-history.md). An
 interrupted run resumes from ``--output-dir/backup`` when rerun with the same arguments.
 """
 
