@@ -75,7 +75,7 @@ def build_parser():
     p.set_defaults(func=cmd_demo, _commands=commands)
 
     p = sub.add_parser("bench", help="run a benchmark script from scripts/ (source checkout)")
-    p.add_argument("name", help="benchmark name: runs scripts/bench_<name>.py")
+    p.add_argument("name", help="benchmark name: runs scripts/bench/<name>.py")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
     p.set_defaults(func=cmd_bench)
     return parser
@@ -200,19 +200,26 @@ def cmd_demo(args):
     return demo_args.func(demo_args)
 
 
+def _is_script(path):
+    """A benchmark runs; a module the benchmarks share (``convlstm_grid``) does not."""
+    with open(path) as f:
+        return "__main__" in f.read()
+
+
 def cmd_bench(args):
     import runpy
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    script = os.path.join(root, "scripts", f"bench_{args.name}.py")
+    folder = os.path.join(root, "scripts", "bench")
+    script = os.path.join(folder, f"{args.name}.py")
     if not os.path.isfile(script):
         available = (
             sorted(
-                f[len("bench_") : -3]
-                for f in os.listdir(os.path.join(root, "scripts"))
-                if f.startswith("bench_") and f.endswith(".py")
+                f[:-3]
+                for f in os.listdir(folder)
+                if f.endswith(".py") and _is_script(os.path.join(folder, f))
             )
-            if os.path.isdir(os.path.join(root, "scripts"))
+            if os.path.isdir(folder)
             else []
         )
         raise UserError(

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -70,6 +71,25 @@ def test_unknown_benchmark_is_one_line_error(capsys):
     assert main(["bench", "no_such_bench"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("kzoo: error: no benchmark named 'no_such_bench'")
+
+
+def test_unknown_benchmark_lists_the_benchmarks_in_scripts_bench(capsys):
+    assert main(["bench", "no_such_bench"]) == 2
+    listed = capsys.readouterr().err.strip().split("; available: ")[1].split(", ")
+    assert {"convlstm", "cp_torch", "detr", "detr_train", "layernorm"} <= set(listed)
+    assert "convlstm_grid" not in listed  # the grid the ConvLSTM benchmark reads, not a script
+
+
+def test_bench_runs_the_script_from_scripts_bench(tmp_path, monkeypatch):
+    # --from-json --plot draws saved grid figures without timing anything.
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the command replaces sys.argv
+    runs = tmp_path / "run.json"
+    runs.write_text(json.dumps([{"backend": "torch", "name": "mnist-like", "speedup": 1.1}]))
+    out = tmp_path / "grid.png"
+    with pytest.raises(SystemExit) as exit_info:  # the script ends with sys.exit(main())
+        main(["bench", "convlstm", "--from-json", str(runs), "--plot", str(out)])
+    assert exit_info.value.code == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_python_m_kzoo_and_bad_backend_as_processes():

@@ -24,21 +24,18 @@ DETR's recipe trains layer2-layer4. ``--backbone recipe`` (default) unfreezes HF
 whole backbone (``backbone_trainable_stages=0``) to match HF's default.
 
 Usage:
-    python scripts/bench_detr_train.py                         # all backends, 512x640
-    python scripts/bench_detr_train.py --backends torch jax --rounds 7 --backbone frozen
+    python scripts/bench/detr_train.py                         # all backends, 512x640
+    python scripts/bench/detr_train.py --backends torch jax --rounds 7 --backbone frozen
 """
 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _targets(rng, batch, counts, num_classes):
@@ -55,7 +52,7 @@ def build_steps(args):
     """``(step_hf, step_kzoo, hf, model)``: one training step of each on the same batch.
 
     ``args`` needs ``batch``, ``height``, ``width``, ``backbone``, ``dtype_policy`` and
-    ``hf_default_dropout`` (as this script's options); ``scripts/profile_detr_train.py`` profiles
+    ``hf_default_dropout`` (as this script's options); ``scripts/profile/detr_train.py`` profiles
     the same two steps.
     """
     # transformers pulls in triton, whose LLVM clashes with TensorFlow's when loaded after it:
@@ -65,7 +62,6 @@ def build_steps(args):
     import keras
     import torch
 
-    sys.path.insert(0, ROOT)
     from kzoo.models import DETR
 
     if args.dtype_policy:
@@ -134,23 +130,15 @@ def child(args):
     import keras
     import torch
 
+    from kzoo.utils import benchmark
+
     start = time.perf_counter()
     step_kzoo()
     first_call = time.perf_counter() - start
-    for _ in range(args.warmup):
-        step_hf()
-        step_kzoo()
-    hf_times, kzoo_times = [], []
-    for _ in range(args.rounds):
-        time.sleep(args.pause)
-        start = time.perf_counter()
-        step_hf()
-        hf_times.append(time.perf_counter() - start)
-        time.sleep(args.pause)
-        start = time.perf_counter()
-        step_kzoo()
-        kzoo_times.append(time.perf_counter() - start)
-    ratios = [k / h for k, h in zip(kzoo_times, hf_times)]
+    samples = benchmark.alternate(
+        {"hf": step_hf, "kzoo": step_kzoo}, args.rounds, warmup=args.warmup, pause=args.pause
+    )
+    medians = benchmark.medians(samples)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     hf_trainable = sum(p.numel() for p in hf.parameters() if p.requires_grad)
     print(
@@ -160,9 +148,9 @@ def child(args):
                 "backend": keras.backend.backend(),
                 "dtype_policy": args.dtype_policy or "float32",
                 "backbone": args.backbone,
-                "kzoo_median_s": statistics.median(kzoo_times),
-                "hf_median_s": statistics.median(hf_times),
-                "ratio_median": statistics.median(ratios),
+                "kzoo_median_s": medians["kzoo"],
+                "hf_median_s": medians["hf"],
+                "ratio_median": benchmark.ratio(samples, "kzoo", "hf"),
                 "kzoo_first_call_s": first_call,
                 "kzoo_trainable": trainable,
                 "hf_trainable": hf_trainable,
