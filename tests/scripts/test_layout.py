@@ -1,5 +1,5 @@
 """scripts/ runs with kzoo installed: no script edits ``sys.path``, and every script path the
-docs, the tests and the scripts name exists."""
+docs, the tests, the scripts and kzoo's own modules name exists."""
 
 import re
 
@@ -53,6 +53,7 @@ def test_every_script_path_named_in_docs_tests_and_scripts_exists():
     texts = [ROOT / "README.md", ROOT / "mkdocs.yml", ROOT / "pyproject.toml"]
     texts += sorted((ROOT / "docs").glob("*.md"))
     texts += sorted(SCRIPTS.rglob("*.py")) + sorted((ROOT / "tests").rglob("*.py"))
+    texts += sorted((ROOT / "kzoo").rglob("*.py"))
     named = {
         (match, str(path.relative_to(ROOT)))
         for path in texts

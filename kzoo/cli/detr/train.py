@@ -6,7 +6,7 @@ shapes and reports COCO AP on held-out synthetic images. With ``--train-annotati
 scratch or fine-tuning a preset (``--preset``), evaluating on ``--val-annotations`` /
 ``--val-images`` every ``--eval-every`` epochs. The flags become one
 ``kzoo.models.detr.TrainConfig`` and the work is ``kzoo.models.detr.train(config)``
-(``kzoo.models.detr.training.engine``), which ``python scripts/train_detr.py`` and Python call
+(``kzoo.models.detr.training.engine``), which ``python scripts/train/detr.py`` and Python call
 too. The run directory holds:
 
 - ``backup/``: the state after the last finished epoch (``kzoo.training``'s
@@ -255,6 +255,6 @@ def cmd_train(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="train_detr.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="scripts/train/detr.py", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return cmd_train(parser.parse_args(argv))

@@ -1,6 +1,6 @@
 """``train(config)``: DETR training from a ``TrainConfig``, on synthetic shapes or COCO files.
 
-One entry point for ``kzoo train detr``, ``scripts/train_detr.py`` and Python. It reads the
+One entry point for ``kzoo train detr``, ``scripts/train/detr.py`` and Python. It reads the
 config (:class:`kzoo.models.detr.training.config.TrainConfig`) and never changes it.
 
 Without ``train_annotations`` it trains a small DETR from scratch on the built-in synthetic
