@@ -1,9 +1,9 @@
 """kzoo.models."""
 
-import kzoo as _kzoo
+from kzoo import _command
 
-if not _kzoo._light:
-    # Skipped only while the kzoo command parses its arguments (see kzoo/__init__.py).
+if not _command.parsing:
+    # Skipped only while the kzoo command parses its arguments (see kzoo/_command.py).
     from kzoo.models.causal_lm import CausalLM, CausalLMBlock  # noqa: F401
     from kzoo.models.conv_lstm import ColorFramePredictor, NextFramePredictor  # noqa: F401
     from kzoo.models.detr import DETR  # noqa: F401

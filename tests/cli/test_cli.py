@@ -166,11 +166,11 @@ def test_import_kzoo_as_a_library_still_loads_keras_and_the_models():
 def test_running_as_the_command_is_read_from_the_interpreter_options(
     orig_argv, argv0, expected, monkeypatch
 ):
-    import kzoo
+    from kzoo import _command
 
     monkeypatch.setattr(sys, "orig_argv", orig_argv)
     monkeypatch.setattr(sys, "argv", [argv0] + orig_argv[2:])
-    assert kzoo._running_as_cli() is expected
+    assert _command.running_as_command() is expected
 
 
 @pytest.mark.parametrize("level", [None, "0"])

@@ -11,11 +11,11 @@
 The command line (``kzoo train|predict|eval|convert detr``) is ``kzoo.cli.detr``.
 """
 
-import kzoo as _kzoo
+from kzoo import _command
 
-if not _kzoo._light:
+if not _command.parsing:
     # Skipped only while the kzoo command parses its arguments: its parsers read recipe.py and
-    # training/config.py, which need none of this (see kzoo/__init__.py).
+    # training/config.py, which need none of this (see kzoo/_command.py).
     # presets registers the COCO presets and hf:// DETR repos.
     from kzoo.models.detr import presets  # noqa: F401
     from kzoo.models.detr.model.backbone import FrozenBatchNormalization, ResNetBackbone
