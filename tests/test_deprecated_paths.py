@@ -45,6 +45,9 @@ MOVED = {
     f"{D}.cli": ("kzoo.cli.detr.predict", {"cmd_predict": "kzoo.cli.detr.predict", "class_names_for": "kzoo.cli.detr.predict", "cmd_convert": "kzoo.cli.detr.convert"}),
     f"{D}.eval_cli": ("kzoo.cli.detr.evaluate", {"cmd_eval": "kzoo.cli.detr.evaluate", "resolve_sizes": "kzoo.cli.detr.evaluate"}),
     f"{D}.train_cli": ("TrainConfig", {"add_arguments": "kzoo.cli.detr.train", "main": "kzoo.cli.detr.train", "ARCHITECTURE_KEYS": f"{D}.training.config"}),
+    "kzoo.models.conv_lstm.cli": ("kzoo.cli.convlstm", {"register": "kzoo.cli.convlstm", "train": "kzoo.cli.convlstm", "predict": "kzoo.cli.convlstm", "TARGETS": "kzoo.cli.convlstm"}),
+    "kzoo.export.cli": ("kzoo.cli.export", {"register": "kzoo.cli.export", "cmd_export": "kzoo.cli.export", "sample_inputs": "kzoo.cli.export", "FORMATS": "kzoo.cli.export"}),
+    "kzoo.cli.paths": ("kzoo.utils.paths", {"check_input_file": "kzoo.utils.paths", "check_output_file": "kzoo.utils.paths", "check_output_location": "kzoo.utils.paths", "describe": "kzoo.utils.paths"}),
 }  # fmt: skip
 
 
@@ -121,6 +124,7 @@ def test_the_public_api_and_kzoo_itself_warn_nothing():
         "    warnings.simplefilter('always')\n"
         "    import kzoo, kzoo.cli.main, kzoo.cli.detr.train, kzoo.cli.detr.predict\n"
         "    import kzoo.cli.detr.evaluate, kzoo.cli.detr.convert, kzoo.training\n"
+        "    import kzoo.cli.convlstm, kzoo.cli.export, kzoo.utils.paths\n"
         "    import kzoo.models.detr.convert, kzoo.models.conv_lstm.training\n"
         "    from kzoo.models.detr import *\n"
         "    kzoo.models.DETR, kzoo.models.DETRHead, kzoo.models.DETRDetections\n"

@@ -46,6 +46,11 @@ MOVED = {
     "kzoo.layers.detr_head": "kzoo.models.detr.model.head",
     "kzoo.export.detr": "kzoo.models.detr.model.detections",
     "kzoo.layers.conv_lstm_portable": "kzoo.backends.common.conv_lstm",
+    # The command line's modules, all in kzoo/cli (issue #24); the path checks moved below the
+    # models, which use them too.
+    "kzoo.models.conv_lstm.cli": "kzoo.cli.convlstm",
+    "kzoo.export.cli": "kzoo.cli.export",
+    "kzoo.cli.paths": "kzoo.utils.paths",
 }
 
 # A public name that moved: package -> {name: the module that holds it now}.

@@ -240,7 +240,7 @@ OUTPUT_OPTIONS = {"out": "--out", "output_dir": "--output-dir", "dst": "DST"}
 
 
 def check_outputs(args):
-    from kzoo.cli.paths import check_output_location
+    from kzoo.utils.paths import check_output_location
 
     for attr, option in OUTPUT_OPTIONS.items():
         value = getattr(args, attr, None)
@@ -255,11 +255,21 @@ def os_error_message(e):
     return f"{paths}: {reason}" if paths else reason
 
 
+def _import_kzoo():
+    # Run as the command, ``import kzoo`` skipped keras and kzoo's subpackages so that --help and
+    # argument errors load no framework; a command runs with kzoo imported as a library user has
+    # it (presets registered, old module paths answered).
+    import kzoo
+
+    kzoo._import_all()
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         check_outputs(args)
+        _import_kzoo()
         return int(args.func(args) or 0)
     except (UserError, ValueError) as e:
         print(f"kzoo: error: {_one_line(str(e))}", file=sys.stderr)

@@ -437,9 +437,9 @@ def _check_folder(path, option):
 
 def check_paths(config):
     """The data options name files and folders that exist; validation comes in pairs."""
-    # The command line's own check (a message naming the option); the one import of kzoo.cli
-    # left below it, to go when the check moves down to kzoo.utils.
-    from kzoo.cli.paths import check_input_file
+    # The command line's own check, so a mistake reads the same through the API (it names the
+    # option).
+    from kzoo.utils.paths import check_input_file
 
     if config.train_images is None:
         raise ValueError("--train-annotations needs --train-images DIR (the images' folder).")

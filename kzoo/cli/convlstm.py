@@ -4,7 +4,7 @@ import math
 import os
 import sys
 
-from kzoo.cli.paths import check_output_file
+from kzoo.utils.paths import check_output_file
 
 DEFAULT_PRESET = "convlstm_color_shapes"
 OUT_FORMATS = (".png", ".gif", ".mp4")
