@@ -255,6 +255,8 @@ def cmd_train(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="scripts/train/detr.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="scripts/train/detr.py", description=__doc__.split("\n\n")[0]
+    )
     add_arguments(parser)
     return cmd_train(parser.parse_args(argv))
