@@ -2,8 +2,8 @@
 
 - ``model/``: the network (``DETR``, its ResNet backbone, ``DETRHead``, the transformer, input
   checks, post-processing, COCO's label names, ``DETRDetections`` for export);
-- ``training/``: the loss and its matcher, the optimizer, ``TrainConfig`` and the engine
-  (``train``), DETR's callbacks, COCO evaluation, fine-tuning a preset;
+- ``training/``: the loss and its matcher, the training-only queries (denoising, query
+  groups), the optimizer, ``TrainConfig`` and the engine (``train``), DETR's callbacks, COCO evaluation, fine-tuning a preset;
 - ``convert/``: facebookresearch and HuggingFace checkpoints into kzoo presets;
 - ``recipe.py``: the recipe's sizes and defaults (800 / 1333, learning rates, ...);
 - ``presets.py``: the registered COCO checkpoints.
@@ -27,13 +27,16 @@ from kzoo.models.detr.training.engine import train
 from kzoo.models.detr.training.loss import DETRLoss
 from kzoo.models.detr.training.matcher import HungarianMatcher
 from kzoo.models.detr.training.optimizer import ScaledAdamW
+from kzoo.models.detr.training.training_queries import DenoisingConfig, DETRTrainingQueries
 
 __all__ = [
     "DETR",
     "DETRAttention",
     "DETRHead",
     "DETRLoss",
+    "DETRTrainingQueries",
     "DETRTransformer",
+    "DenoisingConfig",
     "FrozenBatchNormalization",
     "HungarianMatcher",
     "ResNetBackbone",
