@@ -541,13 +541,8 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
                 name="training_queries",
             )
             layer.build()
-            # A built model refuses new state; these weights are training-only by design, so
-            # the lock is lifted for this one attribute.
-            self._tracker.unlock()
-            try:
+            with self._state_unlocked():
                 self.training_queries = layer
-            finally:
-                self._tracker.lock()
         self._training_queries_active = active
 
     def train_step(self, *args):
@@ -569,20 +564,33 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
         return super().train_step(*state, keras.utils.pack_x_y_sample_weight(x, y, sample_weight))
 
     @contextlib.contextmanager
+    def _state_unlocked(self):
+        # A built model refuses new state; the training-only queries are attached (and hidden
+        # for saving) after build by design, so the lock is lifted around just that.
+        self._tracker.unlock()
+        try:
+            yield
+        finally:
+            self._tracker.lock()
+
+    @contextlib.contextmanager
     def without_training_queries(self):
         """Within it, the model saves (``save_weights``, presets) as if it had never been
         compiled with training-only queries; backups made outside it keep them."""
-        layer = self.__dict__.get("training_queries")
+        layer = getattr(self, "training_queries", None)
         if layer is None:
             yield self
             return
-        # Keras saves the layers it finds as attributes; the layer stays tracked (its
-        # variables stay the model's) while it is hidden.
-        del self.__dict__["training_queries"]
+        # Keras saves the layers it finds as attributes and in ``model.layers``: the layer
+        # leaves both for the duration (its variables are neither created nor dropped).
+        with self._state_unlocked():
+            self._tracker.untrack(layer)
+            delattr(self, "training_queries")
         try:
             yield self
         finally:
-            self.__dict__["training_queries"] = layer
+            with self._state_unlocked():
+                self.training_queries = layer
 
     def save_to_preset(self, preset_dir, overwrite=True, force=False):
         """``PresetMixin.save_to_preset`` without training-only weights (a plain DETR loads it)."""
