@@ -23,6 +23,8 @@ from tests.models.detr.coco_files import tiny_detr
 
 MATCHING_KEYS = ("logits", "boxes", "aux_logits", "aux_boxes")
 slow_unless_torch = pytest.mark.slow if keras.backend.backend() != "torch" else (lambda f: f)
+# Eager JAX compiles every op of a model's first call (minutes for this file on 2 cores).
+slow_on_jax = pytest.mark.slow if keras.backend.backend() == "jax" else (lambda f: f)
 
 
 def np_(x):
@@ -377,6 +379,7 @@ def _plain_and_compiled(denoising=None, query_groups=3):
     return plain, other
 
 
+@slow_on_jax
 def test_the_options_change_nothing_at_inference_bit_for_bit():
     x, _ = _batch()
     plain, model = _plain_and_compiled()
@@ -414,6 +417,7 @@ def _h5_datasets(path):
     return names
 
 
+@slow_on_jax
 def test_preset_of_a_model_trained_with_the_options_is_a_plain_detr(tmp_path):
     x, y = _batch()
     plain, model = _plain_and_compiled()
@@ -447,6 +451,7 @@ def _training_outputs(model, x, y, state):
     return model({**x, "targets": y}, training=True)
 
 
+@slow_on_jax
 def test_matching_queries_never_see_the_denoising_queries():
     """Gradients reach the label table only through the DN queries: the matching outputs do not
     depend on it (nor on the targets), bit for bit, while the DN outputs do."""
@@ -472,6 +477,7 @@ def test_matching_queries_never_see_the_denoising_queries():
         np.testing.assert_allclose(np_(first[key]), np_(inference[key]), atol=2e-5)
 
 
+@slow_on_jax
 def test_denoising_slots_of_padding_change_nothing():
     """Ragged targets: the DN outputs of real slots do not depend on how far targets are padded,
     and images without boxes work."""
@@ -498,6 +504,7 @@ def test_denoising_slots_of_padding_change_nothing():
     assert np.isfinite(np_(three["dn_logits"])).all()
 
 
+@slow_on_jax
 def test_noise_is_seeded_and_drawn_afresh_every_step():
     x, y = _batch()
     _, model = _plain_and_compiled(query_groups=1)
