@@ -206,6 +206,37 @@ def add_arguments(p):
         help="keras dtype policy of the layers; mixed_bfloat16 computes in bfloat16 with "
         f"float32 weights (the matching cost and the losses stay float32) ({default.dtype_policy})",
     )
+    faster = p.add_argument_group(
+        "training-only queries (faster convergence; the trained model is a plain DETR)"
+    )
+    faster.add_argument(
+        "--denoising-groups",
+        type=int,
+        default=default.denoising_groups,
+        help="DN-DETR denoising groups: noised copies of the ground truth fed as extra decoder "
+        f"queries that learn to reconstruct it (0: off; DN-DETR uses {recipe.DN_GROUPS})",
+    )
+    faster.add_argument(
+        "--box-noise-scale",
+        type=float,
+        default=default.box_noise_scale,
+        help="denoising box noise: centre shifts up to this times half the box, sizes scaled "
+        f"within 1 +- it ({default.box_noise_scale:g})",
+    )
+    faster.add_argument(
+        "--label-noise-ratio",
+        type=float,
+        default=default.label_noise_ratio,
+        help=f"denoising: share of labels replaced at random ({default.label_noise_ratio:g})",
+    )
+    faster.add_argument(
+        "--query-groups",
+        type=int,
+        default=default.query_groups,
+        help="Group DETR: groups of object queries in training, each matched one-to-one, "
+        "self-attention blocked between groups; inference keeps group 0 (1: off; LW-DETR "
+        "uses 13)",
+    )
     p.add_argument(
         "--data-parallel",
         action="store_true",

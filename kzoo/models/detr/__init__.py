@@ -2,8 +2,8 @@
 
 - ``model/``: the network (``DETR``, its ResNet backbone, ``DETRHead``, the transformer, input
   checks, post-processing, COCO's label names, ``DETRDetections`` for export);
-- ``training/``: the loss and its matcher, the optimizer, ``TrainConfig`` and the engine
-  (``train``), DETR's callbacks, COCO evaluation, fine-tuning a preset;
+- ``training/``: the loss and its matcher, the training-only queries (denoising, query
+  groups), the optimizer, ``TrainConfig`` and the engine (``train``), DETR's callbacks, COCO evaluation, fine-tuning a preset;
 - ``convert/``: facebookresearch and HuggingFace checkpoints into kzoo presets;
 - ``recipe.py``: the recipe's sizes and defaults (800 / 1333, learning rates, ...);
 - ``presets.py``: the registered COCO checkpoints.
@@ -34,6 +34,7 @@ if not _command.parsing:
     from kzoo.models.detr.training.loss import DETRLoss
     from kzoo.models.detr.training.matcher import HungarianMatcher
     from kzoo.models.detr.training.optimizer import ScaledAdamW
+    from kzoo.models.detr.training.training_queries import DenoisingConfig, DETRTrainingQueries
 
 __all__ = [
     "DETR",
@@ -41,7 +42,9 @@ __all__ = [
     "DETRDetections",
     "DETRHead",
     "DETRLoss",
+    "DETRTrainingQueries",
     "DETRTransformer",
+    "DenoisingConfig",
     "FrozenBatchNormalization",
     "HungarianMatcher",
     "ResNetBackbone",

@@ -47,6 +47,7 @@ recognises that layout and reads it through a copy rearranged under ``head/`` (t
 is never changed), so presets saved or converted before the split load with the same outputs.
 """
 
+import contextlib
 import inspect
 import os
 import re
@@ -64,6 +65,8 @@ from kzoo.models.detr.model.pixel_mask import DETRInputChecks, check_batch, chec
 from kzoo.ops.shapes import arange, ceil_divide
 from kzoo.presets import PresetMixin
 
+# Where DETR's train step hands the targets to ``call`` (training-only queries need them).
+TARGETS_KEY = "targets"
 DEFAULT_TRAINABLE_STAGES = {"resnet50": 3, "resnet101": 3, "small": 5}
 CONFIG_VERSION = 2
 BACKBONE_STRIDE = 32
@@ -91,6 +94,12 @@ def nearest_indices(in_size, out_size):
     scale = ops.cast(in_size, "float32") / ops.cast(out_size, "float32")
     idx = ops.floor(ops.cast(arange(out_size), "float32") * scale)
     return ops.minimum(ops.cast(idx, "int32"), in_size - 1)
+
+
+def _seed_from_global():
+    """A seed for the training noise drawn from keras' global generator: reproducible after
+    ``keras.utils.set_random_seed``."""
+    return int(keras.ops.convert_to_numpy(keras.random.randint((), 0, 2**31 - 1)))
 
 
 def _common_directory(paths):
@@ -284,6 +293,9 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
         self.backbone = backbone_layer
         self.head = head
         self._detr_loss = None
+        # Training-only queries (compile(denoising=..., query_groups=...)); the layer, when
+        # there is one, is ``self.training_queries``, attached by compile.
+        self._training_queries_active = False
 
     # ---------------------------------------------------------------- building and calling
 
@@ -387,6 +399,12 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
         return mask > 0
 
     def call(self, inputs, training=None):
+        targets = None
+        if isinstance(inputs, dict) and TARGETS_KEY in inputs:
+            # Only DETR's own train step puts the targets here (training with denoising
+            # queries or query groups); anywhere else they are not an input.
+            inputs = dict(inputs)
+            targets = inputs.pop(TARGETS_KEY)
         images, pixel_mask = self._split_inputs(inputs)
         images = ops.cast(images, self.compute_dtype)
         masks_backbone = self.padding_invariant and self.backbone_takes_valid_sizes
@@ -410,6 +428,12 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
                 mask = ops.logical_and(ops.expand_dims(rows, 2), ops.expand_dims(cols, 1))
             else:
                 mask = self._resized_mask(pixel_mask, height, width)
+        if targets is not None and training and self._training_queries_active:
+            queries = self.training_queries(
+                self.head.query_embed.embeddings, targets["boxes"], targets["labels"]
+            )
+            outputs = self.head(features, mask, training=training, queries=queries)
+            return self.training_queries.split_outputs(outputs)
         return self.head(features, mask, training=training)
 
     def export_signature(self):
@@ -437,6 +461,8 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
         optimizer=None,
         loss=None,
         backbone_learning_rate_scale=recipe.BACKBONE_LR_SCALE,
+        denoising=None,
+        query_groups=1,
         **kwargs,
     ):
         """Compile with DETR's recipe unless told otherwise.
@@ -452,9 +478,18 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
             loss: A callable ``loss(y_true, y_pred) -> scalar`` on the whole target and output
                 dicts; defaults to ``kzoo.models.detr.training.loss.DETRLoss()``.
             backbone_learning_rate_scale: Only used when ``optimizer`` is None.
+            denoising: DN-DETR's denoising queries during training: a
+                ``kzoo.models.detr.DenoisingConfig`` (or its config dict), or None (off).
+            query_groups: Group DETR's groups of object queries during training (1: off).
+                Both options are training-only (see
+                ``kzoo.models.detr.training.training_queries``): they attach
+                ``self.training_queries`` with their weights, used by ``fit``'s steps only;
+                inference, ``get_config`` and presets saved with ``save_to_preset`` are those of
+                the plain model.
             **kwargs: Passed to ``keras.Model.compile`` (``jit_compile``, ``steps_per_execution``,
                 ...). Per-output ``metrics`` are not supported: the loss sees the whole dict.
         """
+        self._set_training_queries(denoising, query_groups)
         if optimizer is None:
             from kzoo.models.detr.training.optimizer import ScaledAdamW
 
@@ -474,6 +509,93 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
         # keras' CompileLoss would map one loss per output key; DETR's loss needs the whole dict.
         super().compile(optimizer=optimizer, loss=None, **kwargs)
         self._detr_loss = loss
+
+    def _set_training_queries(self, denoising, query_groups):
+        from kzoo.models.detr.training.training_queries import (
+            DETRTrainingQueries,
+            as_denoising_config,
+        )
+
+        denoising = as_denoising_config(denoising)
+        if isinstance(query_groups, bool) or not isinstance(query_groups, int) or query_groups < 1:
+            raise ValueError(f"query_groups must be an int >= 1; got {query_groups!r}.")
+        active = denoising is not None or query_groups > 1
+        existing = getattr(self, "training_queries", None)
+        wanted = {"denoising": denoising, "query_groups": query_groups}
+        if active and existing is not None and existing.options() != wanted:
+            raise ValueError(
+                f"This DETR was compiled with {existing.options()}; its training-only weights "
+                f"are built for those. To train with {wanted}, compile a fresh model (e.g. "
+                "DETR.from_preset of this one saved with save_to_preset)."
+            )
+        if active and existing is None:
+            if not self.built:
+                self.build()
+            layer = DETRTrainingQueries(
+                self.num_classes,
+                self.num_queries,
+                self.d_model,
+                query_groups=query_groups,
+                denoising=denoising,
+                seed=_seed_from_global(),
+                name="training_queries",
+            )
+            layer.build()
+            with self._state_unlocked():
+                self.training_queries = layer
+        self._training_queries_active = active
+
+    def train_step(self, *args):
+        """Keras' train step; with training-only queries, the targets also go to ``call``.
+
+        ``args`` are the backend trainer's (``(state, data)`` on JAX, ``(data,)`` elsewhere).
+        """
+        if not self._training_queries_active:
+            return super().train_step(*args)
+        *state, data = args
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError(
+                "Training with denoising queries or query groups needs targets: fit(x, y) or "
+                "a dataset of (inputs, targets)."
+            )
+        x = dict(x) if isinstance(x, dict) else {"images": x}
+        x[TARGETS_KEY] = y
+        return super().train_step(*state, keras.utils.pack_x_y_sample_weight(x, y, sample_weight))
+
+    @contextlib.contextmanager
+    def _state_unlocked(self):
+        # A built model refuses new state; the training-only queries are attached (and hidden
+        # for saving) after build by design, so the lock is lifted around just that.
+        self._tracker.unlock()
+        try:
+            yield
+        finally:
+            self._tracker.lock()
+
+    @contextlib.contextmanager
+    def without_training_queries(self):
+        """Within it, the model saves (``save_weights``, presets) as if it had never been
+        compiled with training-only queries; backups made outside it keep them."""
+        layer = getattr(self, "training_queries", None)
+        if layer is None:
+            yield self
+            return
+        # Keras saves the layers it finds as attributes and in ``model.layers``: the layer
+        # leaves both for the duration (its variables are neither created nor dropped).
+        with self._state_unlocked():
+            self._tracker.untrack(layer)
+            delattr(self, "training_queries")
+        try:
+            yield self
+        finally:
+            with self._state_unlocked():
+                self.training_queries = layer
+
+    def save_to_preset(self, preset_dir, overwrite=True, force=False):
+        """``PresetMixin.save_to_preset`` without training-only weights (a plain DETR loads it)."""
+        with self.without_training_queries():
+            return super().save_to_preset(preset_dir, overwrite=overwrite, force=force)
 
     def get_compile_config(self):
         # compile() is DETR's own (a loss on the whole output dict), which keras cannot restore
