@@ -47,7 +47,6 @@ recognises that layout and reads it through a copy rearranged under ``head/`` (t
 is never changed), so presets saved or converted before the split load with the same outputs.
 """
 
-import contextlib
 import inspect
 import os
 import re
@@ -61,12 +60,13 @@ from kzoo.export.signatures import image_signature
 from kzoo.models.detr import recipe
 from kzoo.models.detr.model.backbone import RESNET_BLOCKS, ResNetBackbone
 from kzoo.models.detr.model.head import DETRHead
+from kzoo.models.detr.model.legacy_weights import _is_legacy_weights_file, migrate_legacy_weights
 from kzoo.models.detr.model.pixel_mask import DETRInputChecks, check_batch, check_pixel_mask
+from kzoo.models.detr.model.training_queries_host import TARGETS_KEY, TrainingQueriesHost
 from kzoo.ops.shapes import arange, ceil_divide
 from kzoo.presets import PresetMixin
 
 # Where DETR's train step hands the targets to ``call`` (training-only queries need them).
-TARGETS_KEY = "targets"
 DEFAULT_TRAINABLE_STAGES = {"resnet50": 3, "resnet101": 3, "small": 5}
 CONFIG_VERSION = 2
 BACKBONE_STRIDE = 32
@@ -74,19 +74,6 @@ BACKBONE_STRIDE = 32
 # has a fixed input size): multiples of the stride, so that backbones rounding up or down agree,
 # with height != width, so that swapped axes or a channels-first output show.
 PROBE_SIZE = (128, 96)
-
-# Version-1 weight files: where each group of the head's layers sits now. Other groups
-# (``backbone``, the model's own ``vars``, an ``optimizer`` in training backups) stay put.
-LEGACY_WEIGHT_GROUPS = {
-    "input_proj": "head/input_proj",
-    "class_embed": "head/class_embed",
-    "bbox_embed_0": "head/bbox_embed_0",
-    "bbox_embed_1": "head/bbox_embed_1",
-    "bbox_embed_2": "head/bbox_embed_2",
-    "layers/detr_transformer": "head/transformer",
-    "layers/embedding": "head/query_embed",
-    "layers/sine_position_embedding": "head/position_embedding",
-}
 
 
 def nearest_indices(in_size, out_size):
@@ -96,45 +83,14 @@ def nearest_indices(in_size, out_size):
     return ops.minimum(ops.cast(idx, "int32"), in_size - 1)
 
 
-def _seed_from_global():
-    """A seed for the training noise drawn from keras' global generator: reproducible after
-    ``keras.utils.set_random_seed``."""
-    return int(keras.ops.convert_to_numpy(keras.random.randint((), 0, 2**31 - 1)))
-
-
 def _common_directory(paths):
     """The longest ``a/b/`` prefix shared by all ``paths`` ('' when none)."""
     prefix = os.path.commonprefix(list(paths)) if paths else ""
     return prefix[: prefix.rfind("/") + 1]
 
 
-def _is_legacy_weights_file(path):
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return "head" not in f and "input_proj" in f
-
-
-def migrate_legacy_weights(src, dst):
-    """Copy a version-1 DETR weights file to ``dst`` with the head's groups under ``head/``."""
-    import h5py
-
-    with h5py.File(src, "r") as old, h5py.File(dst, "w") as new:
-        new.attrs.update(old.attrs)
-        names = []
-        for name, obj in old.items():
-            if name == "layers" and isinstance(obj, h5py.Group):
-                names += [f"layers/{child}" for child in obj]
-            else:
-                names.append(name)
-        for name in names:
-            target = LEGACY_WEIGHT_GROUPS.get(name, name)
-            parent, _, leaf = target.rpartition("/")
-            old.copy(old[name], new.require_group(parent) if parent else new, name=leaf)
-
-
 @keras.saving.register_keras_serializable(package="kzoo")
-class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
+class DETR(DETRInputChecks, TrainingQueriesHost, PresetMixin, ExportMixin, keras.Model):
     """DETR: a backbone, then a ``DETRHead`` (transformer encoder–decoder and set prediction).
 
     Args:
@@ -509,88 +465,6 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
         # keras' CompileLoss would map one loss per output key; DETR's loss needs the whole dict.
         super().compile(optimizer=optimizer, loss=None, **kwargs)
         self._detr_loss = loss
-
-    def _set_training_queries(self, denoising, query_groups):
-        from kzoo.models.detr.training.training_queries import (
-            DETRTrainingQueries,
-            as_denoising_config,
-        )
-
-        denoising = as_denoising_config(denoising)
-        if isinstance(query_groups, bool) or not isinstance(query_groups, int) or query_groups < 1:
-            raise ValueError(f"query_groups must be an int >= 1; got {query_groups!r}.")
-        active = denoising is not None or query_groups > 1
-        existing = getattr(self, "training_queries", None)
-        wanted = {"denoising": denoising, "query_groups": query_groups}
-        if active and existing is not None and existing.options() != wanted:
-            raise ValueError(
-                f"This DETR was compiled with {existing.options()}; its training-only weights "
-                f"are built for those. To train with {wanted}, compile a fresh model (e.g. "
-                "DETR.from_preset of this one saved with save_to_preset)."
-            )
-        if active and existing is None:
-            if not self.built:
-                self.build()
-            layer = DETRTrainingQueries(
-                self.num_classes,
-                self.num_queries,
-                self.d_model,
-                query_groups=query_groups,
-                denoising=denoising,
-                seed=_seed_from_global(),
-                name="training_queries",
-            )
-            layer.build()
-            with self._state_unlocked():
-                self.training_queries = layer
-        self._training_queries_active = active
-
-    def train_step(self, *args):
-        """Keras' train step; with training-only queries, the targets also go to ``call``.
-
-        ``args`` are the backend trainer's (``(state, data)`` on JAX, ``(data,)`` elsewhere).
-        """
-        if not self._training_queries_active:
-            return super().train_step(*args)
-        *state, data = args
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if y is None:
-            raise ValueError(
-                "Training with denoising queries or query groups needs targets: fit(x, y) or "
-                "a dataset of (inputs, targets)."
-            )
-        x = dict(x) if isinstance(x, dict) else {"images": x}
-        x[TARGETS_KEY] = y
-        return super().train_step(*state, keras.utils.pack_x_y_sample_weight(x, y, sample_weight))
-
-    @contextlib.contextmanager
-    def _state_unlocked(self):
-        # A built model refuses new state; the training-only queries are attached (and hidden
-        # for saving) after build by design, so the lock is lifted around just that.
-        self._tracker.unlock()
-        try:
-            yield
-        finally:
-            self._tracker.lock()
-
-    @contextlib.contextmanager
-    def without_training_queries(self):
-        """Within it, the model saves (``save_weights``, presets) as if it had never been
-        compiled with training-only queries; backups made outside it keep them."""
-        layer = getattr(self, "training_queries", None)
-        if layer is None:
-            yield self
-            return
-        # Keras saves the layers it finds as attributes and in ``model.layers``: the layer
-        # leaves both for the duration (its variables are neither created nor dropped).
-        with self._state_unlocked():
-            self._tracker.untrack(layer)
-            delattr(self, "training_queries")
-        try:
-            yield self
-        finally:
-            with self._state_unlocked():
-                self.training_queries = layer
 
     def save_to_preset(self, preset_dir, overwrite=True, force=False):
         """``PresetMixin.save_to_preset`` without training-only weights (a plain DETR loads it)."""
