@@ -8,14 +8,14 @@ by default):
   kernels against their float64 references and for bitwise-reproducible gradients: the kernel
   tests and the norm layer tests with ``KZOO_TEST_GPU=1`` (so nothing runs in an interpreter),
   in a few concurrent pytest shards;
-- ``bench-torch`` / ``bench-jax``: ``scripts/bench_layernorm.py --grid gpu-check`` for
+- ``bench-torch`` / ``bench-jax``: ``scripts/bench/layernorm.py --grid gpu-check`` for
   LayerNorm, RMSNorm and the fused residual variants, with each target's verdict (forward at
   >= 85% of the copy bandwidth measured in the same run for hidden >= 4096 in bfloat16;
   forward+backward >= 1.3x torch's functions or keras's unfused ops);
 - ``convlstm``: kzoo's ConvLSTM2D against keras's in the color frame predictor (torch, one
-  configuration, ``scripts/bench_convlstm.py``);
+  configuration, ``scripts/bench/convlstm.py``);
 - ``detr``: DETR R50 inference against transformers' DetrForObjectDetection on the GPU (torch,
-  one 480x640 image, ``scripts/bench_detr.py``).
+  one 480x640 image, ``scripts/bench/detr.py``).
 
 Each section runs in its own subprocess (its own process group) with its own timeout, cut to
 what is left of the budget, so a hang or a crash loses only that section; what a section wrote
@@ -25,10 +25,10 @@ figure goes to ``gpu_check.json`` and the tables, ready for docs/benchmarks.md, 
 an existing report is replaced only with ``--overwrite``); the sections' logs go to ``logs/``.
 
 For every benchmark shape the measured time is also set against its roofline: the bytes the
-pass must move (``bench_layernorm.roofline_bytes``) over the card's HBM bandwidth (H100 3.35,
-H200 4.8, B200 8 TB/s), printed as the section ends and tabled in ``gpu_check.md`` ("% of
-roofline" = predicted time / measured time). ``docs/gpu_kernels.md`` has the predictions for
-the whole benchmark grid.
+pass must move (``roofline_bytes`` of ``scripts/bench/layernorm.py``) over the card's HBM
+bandwidth (H100 3.35, H200 4.8, B200 8 TB/s), printed as the section ends and tabled in
+``gpu_check.md`` ("% of roofline" = predicted time / measured time). ``docs/gpu_kernels.md``
+has the predictions for the whole benchmark grid.
 
 ``--dry-run`` prints the plan and the budget and runs nothing. ``--cpu`` runs the same plan on a
 machine without a GPU at toy sizes, through the Triton and Pallas interpreters: a check of this
@@ -88,28 +88,28 @@ SECTIONS = (
         "LayerNorm, RMSNorm and fused add+norm: torch",
         "torch",
         70,
-        "scripts/bench_layernorm.py --grid gpu-check (bf16, 16384 rows, hidden 1024/4096/8192)",
+        "scripts/bench/layernorm.py --grid gpu-check (bf16, 16384 rows, hidden 1024/4096/8192)",
     ),
     Section(
         "bench-jax",
         "LayerNorm, RMSNorm and fused add+norm: JAX",
         "jax",
         100,
-        "scripts/bench_layernorm.py --grid gpu-check (bf16, 16384 rows, hidden 1024/4096/8192)",
+        "scripts/bench/layernorm.py --grid gpu-check (bf16, 16384 rows, hidden 1024/4096/8192)",
     ),
     Section(
         "convlstm",
         "ConvLSTM2D: kzoo against keras",
         "torch",
         50,
-        "scripts/bench_convlstm.py: color predictor, batch 4, 6 frames of 32x32, filters 32,32",
+        "scripts/bench/convlstm.py: color predictor, batch 4, 6 frames of 32x32, filters 32,32",
     ),
     Section(
         "detr",
         "DETR R50 inference: kzoo against transformers",
         "torch",
         60,
-        "scripts/bench_detr.py: one 480x640 image, 2 warm-up + 5 timed rounds",
+        "scripts/bench/detr.py: one 480x640 image, 2 warm-up + 5 timed rounds",
     ),
 )
 BY_NAME = {s.name: s for s in SECTIONS}
@@ -282,21 +282,21 @@ def pytest_collection_modifyitems(config, items):
 def _section_command(section, workdir, cpu):
     """The command a benchmark section runs (it replaces the section's process)."""
     if section.name.startswith("bench-"):
-        script = "bench_layernorm.py"
+        script = os.path.join("bench", "layernorm.py")
         sizes = "--grid gpu-check"
         if cpu:
             sizes = "--rows 256 --hidden 64 --dtypes float32 --variants layer --rounds 2"
             sizes += " --min-time 0.001"
         sizes += f" --no-ops --no-plot --worker-out {os.path.join(workdir, 'results.json')}"
     elif section.name == "convlstm":
-        script = "bench_convlstm.py"
+        script = os.path.join("bench", "convlstm.py")
         sizes = "--child --models color --batch 4 --batches 4 --frames 6 --size 32"
         sizes += " --filters 32,32 --repeats 3"
         if cpu:
             sizes = "--child --models color --batch 2 --batches 2 --frames 3 --size 16"
             sizes += " --filters 4,4 --repeats 1"
     else:
-        script = "bench_detr.py"
+        script = os.path.join("bench", "detr.py")
         sizes = "--child --rounds 5 --warmup 2"
         if cpu:
             sizes = "--child --rounds 1 --warmup 0 --height 64 --width 64"
@@ -324,7 +324,7 @@ _PYTEST_LINE = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS
 
 def _bench_module():
     spec = importlib.util.spec_from_file_location(
-        "bench_layernorm", os.path.join(SCRIPTS, "bench_layernorm.py")
+        "bench_layernorm", os.path.join(SCRIPTS, "bench", "layernorm.py")
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

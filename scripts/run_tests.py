@@ -1,7 +1,7 @@
-"""Run kzoo's checks: ruff, the docs build, and the test suite under jax, tensorflow and torch.
+"""Run kzoo's checks: ruff, the import layering, the docs build, and the tests under each backend.
 
-Each backend runs in its own pytest process (keras fixes its backend at import), and the slow
-tests in two more; ``--jobs`` of these steps run at once. The run fails if any step fails.
+Each backend runs in its own pytest processes (keras fixes its backend at import; two halves per
+backend), and the slow tests in four more; ``--jobs`` of these steps run at once. The run fails if any step fails.
 Usage: ``python scripts/run_tests.py [--backends jax,torch] [--no-slow] [--jobs N]``; extra
 arguments after ``--`` go to pytest.
 """
@@ -17,6 +17,29 @@ import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ("jax", "tensorflow", "torch")
+# A backend's suite in two pytest processes of similar length.
+PARTS = (
+    ("models", ["tests/models", "tests/export"]),
+    ("rest", ["tests", "--ignore=tests/models", "--ignore=tests/export"]),
+)
+SLOW_PARTS = (
+    ("DETR training", ["tests/models/detr/training"]),
+    ("DETR model", ["tests/models/detr", "--ignore=tests/models/detr/training"]),
+    ("CLI", ["tests/cli"]),
+    ("others", ["tests", "--ignore=tests/models/detr", "--ignore=tests/cli"]),
+)
+LONGEST_FIRST = (
+    "slow tests (DETR training)",
+    "slow tests (others)",
+    "tests (tensorflow, models)",
+    "tests (jax, rest)",
+    "tests (jax, models)",
+    "tests (tensorflow, rest)",
+    "slow tests (CLI)",
+    "slow tests (DETR model)",
+    "tests (torch, models)",
+    "tests (torch, rest)",
+)
 
 
 def run(step, cmd, env=None):
@@ -88,9 +111,9 @@ def main():
     parser.add_argument(
         "--jobs",
         type=int,
-        default=2,
-        help="test steps run at once (default 2: most of a step's time is one core's work, "
-        "process start-up and compilation, so two steps share two cores well)",
+        default=3,
+        help="test steps run at once (default 3: on 2 cores, two steps left half the CPU idle, "
+        "since much of a step's time is one thread's work or waiting on its subprocesses)",
     )
     parser.add_argument("pytest_args", nargs="*")
     args = parser.parse_args()
@@ -100,8 +123,13 @@ def main():
     results = {}
     reports = tempfile.mkdtemp(prefix="kzoo-tests-")
     if not args.no_lint:
-        results["ruff check"] = run("ruff check", [py, "-m", "ruff", "check", "."])
+        # --no-cache: a cache written before a ruff upgrade or a settings change can pass files
+        # a fresh run (CI's clean clone) fails.
+        results["ruff check"] = run("ruff check", [py, "-m", "ruff", "check", "--no-cache", "."])
         results["ruff format"] = run("ruff format", [py, "-m", "ruff", "format", "--check", "."])
+        # The declared layering (pyproject's [tool.importlinter]; docs/architecture.md).
+        lint_imports = os.path.join(os.path.dirname(py), "lint-imports")
+        results["import layers"] = run("import layers", [lint_imports, "--no-cache"])
         results["docs"] = run(
             "docs",
             [py, "-m", "mkdocs", "build", "--strict", "-q", "-d", os.path.join(ROOT, "site")],
@@ -109,45 +137,48 @@ def main():
     jobs = []
     for backend in args.backends.split(","):
         env = dict(os.environ, KERAS_BACKEND=backend)
-        report = f"{reports}/{backend}.xml"
-        jobs.append(
-            (f"tests ({backend})", pytest_cmd(py, report, "--timeout=900", *args.pytest_args), env)
-        )
+        # Each backend's suite in two halves, so that the lanes stay full until the end (one
+        # process when pytest arguments name what to run).
+        for part, paths in PARTS if not args.pytest_args else (("all", []),):
+            report = f"{reports}/{backend}-{part}.xml"
+            cmd = pytest_cmd(py, report, "--timeout=900", *paths, *args.pytest_args)
+            jobs.append((f"tests ({backend}, {part})", cmd, env))
     slow_steps = []
     if not args.no_slow:
-        # Slow tests (multi-process, cross-backend round trips) run once, each choosing the
-        # backends it needs in its own subprocesses; DETR's are half of them, hence two steps.
+        # Slow tests (multi-process, cross-backend round trips, full-size models) run once,
+        # each choosing the backends it needs in its own subprocesses.
         env = dict(os.environ, KERAS_BACKEND="jax")
-        for name, stem, paths in (
-            ("slow tests (DETR)", "detr-slow", ["tests/models/detr"]),
-            ("slow tests (others)", "others-slow", ["tests", "--ignore=tests/models/detr"]),
-        ):
-            report = f"{reports}/{stem}.xml"
+        for part, paths in SLOW_PARTS:
+            report = f"{reports}/slow-{part}.xml"
             cmd = pytest_cmd(py, report, "-m", "slow", "--timeout=1500", *paths)
-            jobs.append((name, cmd, env))
-            slow_steps.append(name)
-    # Longest first (measured on CI: jax, tensorflow, the two slow halves, torch).
-    order = {
-        "tests (jax)": 0,
-        "tests (tensorflow)": 1,
-        "slow tests (DETR)": 2,
-        "slow tests (others)": 3,
-    }
-    jobs.sort(key=lambda job: order.get(job[0], 4))
+            jobs.append((f"slow tests ({part})", cmd, env))
+            slow_steps.append(f"slow tests ({part})")
+    # Longest first, as measured on 2 cores (2026-12-07): the slow parts, then the halves.
+    order = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
+    jobs.sort(key=lambda job: order.get(job[0], len(order)))
     for step, rc in run_parallel(jobs, args.jobs).items():
         results[step] = 0 if (step in slow_steps and rc == 5) else rc  # 5: none collected
     print("\nsummary:")
     for step, rc in results.items():
-        print(f"  {step:<20} {'ok' if rc == 0 else 'FAILED'}")
+        print(f"  {step:<28} {'ok' if rc == 0 else 'FAILED'}")
     failed = [s for s, rc in results.items() if rc != 0]
-    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    for path in glob.glob(os.path.join(reports, "*.xml")):
+    totals = {}
+    for path in sorted(glob.glob(os.path.join(reports, "*.xml"))):
+        name = os.path.basename(path)
+        group = "slow" if name.startswith("slow-") else name.split("-")[0]
+        counts = totals.setdefault(group, {"tests": 0, "failures": 0, "errors": 0, "skipped": 0})
         for suite in ET.parse(path).getroot().iter("testsuite"):
             for key in counts:
                 counts[key] += int(suite.get(key, 0))
-    bad = counts["failures"] + counts["errors"]
-    passed = counts["tests"] - bad - counts["skipped"]
-    print(f"tests: {passed} passed, {bad} failed, {counts['skipped']} skipped")
+    passed = 0
+    for group, counts in totals.items():
+        bad = counts["failures"] + counts["errors"]
+        ok = counts["tests"] - bad - counts["skipped"]
+        passed += ok
+        print(f"  {group}: {ok} passed, {bad} failed, {counts['skipped']} skipped")
+    bad = sum(c["failures"] + c["errors"] for c in totals.values())
+    skipped = sum(c["skipped"] for c in totals.values())
+    print(f"tests: {passed} passed, {bad} failed, {skipped} skipped")
     return 1 if failed or passed == 0 else 0
 
 

@@ -1,9 +1,10 @@
 """Import paths that moved in the house redesign (issue #25) keep working for one release.
 
 Importing an old module warns once with a ``DeprecationWarning`` naming where its contents went,
-and gives the very objects of the new modules; the public API (``kzoo.models.DETR``,
-``kzoo.models.detr.*``, ``kzoo.layers.DETRHead``, ``kzoo.export.DETRDetections``) warns not at
-all, and no kzoo module imports an old path.
+and gives the very objects of the new modules; the two public names that moved
+(``kzoo.layers.DETRHead``, ``kzoo.export.DETRDetections``, now in ``kzoo.models``) warn and give
+the same classes; the public API (``kzoo.models.*``, ``kzoo.models.detr.*``) warns not at all,
+and no kzoo module imports an old path.
 """
 
 import importlib
@@ -44,6 +45,9 @@ MOVED = {
     f"{D}.cli": ("kzoo.cli.detr.predict", {"cmd_predict": "kzoo.cli.detr.predict", "class_names_for": "kzoo.cli.detr.predict", "cmd_convert": "kzoo.cli.detr.convert"}),
     f"{D}.eval_cli": ("kzoo.cli.detr.evaluate", {"cmd_eval": "kzoo.cli.detr.evaluate", "resolve_sizes": "kzoo.cli.detr.evaluate"}),
     f"{D}.train_cli": ("TrainConfig", {"add_arguments": "kzoo.cli.detr.train", "main": "kzoo.cli.detr.train", "ARCHITECTURE_KEYS": f"{D}.training.config"}),
+    "kzoo.models.conv_lstm.cli": ("kzoo.cli.convlstm", {"register": "kzoo.cli.convlstm", "train": "kzoo.cli.convlstm", "predict": "kzoo.cli.convlstm", "TARGETS": "kzoo.cli.convlstm"}),
+    "kzoo.export.cli": ("kzoo.cli.export", {"register": "kzoo.cli.export", "cmd_export": "kzoo.cli.export", "sample_inputs": "kzoo.cli.export", "FORMATS": "kzoo.cli.export"}),
+    "kzoo.cli.paths": ("kzoo.utils.paths", {"check_input_file": "kzoo.utils.paths", "check_output_file": "kzoo.utils.paths", "check_output_location": "kzoo.utils.paths", "describe": "kzoo.utils.paths"}),
 }  # fmt: skip
 
 
@@ -98,6 +102,19 @@ def test_training_backup_of_conv_lstm_is_the_shared_callback():
         assert training.TrainingBackup is AtomicBackupAndRestore
 
 
+@pytest.mark.parametrize(
+    "package, name", [("kzoo.layers", "DETRHead"), ("kzoo.export", "DETRDetections")]
+)
+def test_a_moved_public_name_warns_and_is_the_same_class(package, name):
+    import kzoo.models
+
+    module = importlib.import_module(package)
+    with pytest.warns(DeprecationWarning, match=f"{package}.{name} is deprecated.*kzoo.models"):
+        assert getattr(module, name) is getattr(kzoo.models, name)
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
+        module.NoSuchName  # noqa: B018
+
+
 def test_the_public_api_and_kzoo_itself_warn_nothing():
     # A fresh process: every kzoo module imported, every public name used; no kzoo deprecation.
     code = (
@@ -107,9 +124,10 @@ def test_the_public_api_and_kzoo_itself_warn_nothing():
         "    warnings.simplefilter('always')\n"
         "    import kzoo, kzoo.cli.main, kzoo.cli.detr.train, kzoo.cli.detr.predict\n"
         "    import kzoo.cli.detr.evaluate, kzoo.cli.detr.convert, kzoo.training\n"
+        "    import kzoo.cli.convlstm, kzoo.cli.export, kzoo.utils.paths\n"
         "    import kzoo.models.detr.convert, kzoo.models.conv_lstm.training\n"
         "    from kzoo.models.detr import *\n"
-        "    kzoo.models.DETR, kzoo.layers.DETRHead, kzoo.export.DETRDetections\n"
+        "    kzoo.models.DETR, kzoo.models.DETRHead, kzoo.models.DETRDetections\n"
         "    kzoo.cli.main.build_parser()\n"
         "ours = [str(w.message) for w in caught if 'kzoo' in str(w.message)\n"
         "        and issubclass(w.category, DeprecationWarning)]\n"

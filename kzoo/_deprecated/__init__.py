@@ -7,9 +7,14 @@ this package that gathers them (``GATHERED``), with the same names it had. A fin
 ``sys.meta_path`` (installed by ``import kzoo``) answers for the old names only, so nothing of
 this lives in the folders where the code now is.
 
-The public API (``kzoo.models.DETR``, ``kzoo.models.detr.*``, ``kzoo.layers.DETRHead``,
-``kzoo.export.DETRDetections``) is not deprecated and warns nothing. Next release: delete this
-package and its ``install()`` call in ``kzoo/__init__.py``.
+Two public names moved to the package of the model they belong to (``NAMES``):
+``kzoo.layers.DETRHead`` is ``kzoo.models.DETRHead`` and ``kzoo.export.DETRDetections`` is
+``kzoo.models.DETRDetections``; the old names answer through ``moved_name``, looked up by name so
+that ``kzoo.layers`` and ``kzoo.export`` import nothing from the layer above them.
+
+The public API (``kzoo.models.*``, ``kzoo.models.detr.*``) is not deprecated and warns nothing.
+Next release: delete this package, its ``install()`` call in ``kzoo/__init__.py`` and the two
+``__getattr__`` calling ``moved_name``.
 """
 
 import importlib
@@ -41,6 +46,17 @@ MOVED = {
     "kzoo.layers.detr_head": "kzoo.models.detr.model.head",
     "kzoo.export.detr": "kzoo.models.detr.model.detections",
     "kzoo.layers.conv_lstm_portable": "kzoo.backends.common.conv_lstm",
+    # The command line's modules, all in kzoo/cli (issue #24); the path checks moved below the
+    # models, which use them too.
+    "kzoo.models.conv_lstm.cli": "kzoo.cli.convlstm",
+    "kzoo.export.cli": "kzoo.cli.export",
+    "kzoo.cli.paths": "kzoo.utils.paths",
+}
+
+# A public name that moved: package -> {name: the module that holds it now}.
+NAMES = {
+    "kzoo.layers": {"DETRHead": "kzoo.models.detr.model.head"},
+    "kzoo.export": {"DETRDetections": "kzoo.models.detr.model.detections"},
 }
 
 # An old module whose names went to several new homes: old path -> (the module of this package
@@ -139,3 +155,20 @@ def install():
     """Let the old paths be imported (idempotent)."""
     if _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
+
+
+def moved_name(package, name):
+    """``package.name`` for a name in ``NAMES``, with a ``DeprecationWarning`` naming the new home.
+
+    For a package's module ``__getattr__``; any other name raises ``AttributeError`` as Python
+    would.
+    """
+    module = NAMES.get(package, {}).get(name)
+    if module is None:
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    warnings.warn(
+        f"{package}.{name} is deprecated; use kzoo.models.{name}.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(module), name)

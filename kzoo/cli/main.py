@@ -75,7 +75,7 @@ def build_parser():
     p.set_defaults(func=cmd_demo, _commands=commands)
 
     p = sub.add_parser("bench", help="run a benchmark script from scripts/ (source checkout)")
-    p.add_argument("name", help="benchmark name: runs scripts/bench_<name>.py")
+    p.add_argument("name", help="benchmark name: runs scripts/bench/<name>.py")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
     p.set_defaults(func=cmd_bench)
     return parser
@@ -200,19 +200,26 @@ def cmd_demo(args):
     return demo_args.func(demo_args)
 
 
+def _is_script(path):
+    """A benchmark runs; a module the benchmarks share (``convlstm_grid``) does not."""
+    with open(path) as f:
+        return "__main__" in f.read()
+
+
 def cmd_bench(args):
     import runpy
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    script = os.path.join(root, "scripts", f"bench_{args.name}.py")
+    folder = os.path.join(root, "scripts", "bench")
+    script = os.path.join(folder, f"{args.name}.py")
     if not os.path.isfile(script):
         available = (
             sorted(
-                f[len("bench_") : -3]
-                for f in os.listdir(os.path.join(root, "scripts"))
-                if f.startswith("bench_") and f.endswith(".py")
+                f[:-3]
+                for f in os.listdir(folder)
+                if f.endswith(".py") and _is_script(os.path.join(folder, f))
             )
-            if os.path.isdir(os.path.join(root, "scripts"))
+            if os.path.isdir(folder)
             else []
         )
         raise UserError(
@@ -233,7 +240,7 @@ OUTPUT_OPTIONS = {"out": "--out", "output_dir": "--output-dir", "dst": "DST"}
 
 
 def check_outputs(args):
-    from kzoo.cli.paths import check_output_location
+    from kzoo.utils.paths import check_output_location
 
     for attr, option in OUTPUT_OPTIONS.items():
         value = getattr(args, attr, None)
@@ -248,11 +255,21 @@ def os_error_message(e):
     return f"{paths}: {reason}" if paths else reason
 
 
+def _import_kzoo():
+    # Run as the command, ``import kzoo`` skipped keras and kzoo's subpackages so that --help and
+    # argument errors load no framework; a command runs with kzoo imported as a library user has
+    # it (presets registered, old module paths answered).
+    import kzoo
+
+    kzoo._import_all()
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         check_outputs(args)
+        _import_kzoo()
         return int(args.func(args) or 0)
     except (UserError, ValueError) as e:
         print(f"kzoo: error: {_one_line(str(e))}", file=sys.stderr)

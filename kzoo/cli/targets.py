@@ -3,15 +3,17 @@
 Each module defines ``register(commands)``, where ``commands`` maps a command name (``"train"``,
 ``"predict"``, ``"convert"``, ``"eval"``, ``"export"``) to its argparse sub-parsers; it adds a
 parser per target and sets
-``func`` to a function taking the parsed arguments. Heavy imports stay inside those functions so
-that ``kzoo --help`` is fast.
+``func`` to a function taking the parsed arguments. A target module imports no framework (keras,
+TensorFlow, JAX, torch, numpy, nor any kzoo module that does): its heavy imports stay inside
+those functions, so ``kzoo --help`` and argument errors load none of them
+(``tests/cli/test_cli.py`` checks).
 """
 
 TARGET_MODULES = [
-    "kzoo.models.conv_lstm.cli",
+    "kzoo.cli.convlstm",
     "kzoo.cli.detr.convert",
     "kzoo.cli.detr.predict",
     "kzoo.cli.detr.train",
     "kzoo.cli.detr.evaluate",
-    "kzoo.export.cli",
+    "kzoo.cli.export",
 ]

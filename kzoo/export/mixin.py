@@ -12,8 +12,7 @@ model's own dynamic dimensions, atomic writes, the converter settings of each ba
 
 import os
 
-# keras's format names -> kzoo.export's.
-KERAS_TO_KZOO = {"tf_saved_model": "saved_model", "onnx": "onnx", "litert": "litert"}
+from kzoo.export.writers import KERAS_TO_KZOO
 
 
 class ExportMixin:
@@ -78,7 +77,7 @@ class ExportMixin:
                 without ``overwrite``, a model never built or called (one with no signature of
                 its own), bad ``fixed_sizes``, or keras converter options with a kzoo format.
         """
-        from kzoo.export import export_model
+        from kzoo.export.exporter import export_model
 
         kzoo_format = KERAS_TO_KZOO.get(format)
         if kzoo_format is None:

@@ -8,28 +8,19 @@ specs; each backend package registers what its converter needs on top
 """
 
 from kzoo.backends import dispatch
+from kzoo.backends.common.export import KERAS_FORMATS, export_with_keras  # noqa: F401
 
 OP = "export_artifact"
 FIXED_OP = "export_fixed_dims"
-KERAS_FORMATS = {"saved_model": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
-
-
-def export_with_keras(serving, path, format, signature, fixed, verbose=False, **kwargs):
-    """``serving.export`` with the signature's specs (fixed dimensions filled in)."""
-    serving.export(
-        path,
-        format=KERAS_FORMATS[format],
-        input_signature=[signature.map(lambda s: s.keras_spec(fixed))],
-        verbose=verbose,
-        **kwargs,
-    )
+# keras's format names -> kzoo's (the inverse of KERAS_FORMATS).
+KERAS_TO_KZOO = {keras_name: name for name, keras_name in KERAS_FORMATS.items()}
 
 
 dispatch.register(
     OP,
     dispatch.Implementation(
         name="keras",
-        target="kzoo.export.writers:export_with_keras",
+        target="kzoo.backends.common.export:export_with_keras",
         description="keras's model.export with kzoo's input signature",
     ),
     fallback=True,

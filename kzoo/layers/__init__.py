@@ -15,7 +15,6 @@ __all__ = [
     "ConvLSTM1D",
     "ConvLSTM2D",
     "ConvLSTM3D",
-    "DETRHead",
     "Dropout",
     "LayerNormalization",
     "RMSNormalization",
@@ -23,15 +22,8 @@ __all__ = [
 
 
 def __getattr__(name):
-    # DETRHead lives with the model it belongs to (kzoo.models.detr.model.head), a layer above
-    # this package: it is looked up on first use rather than imported here (``import kzoo`` has
-    # imported it by then anyway).
-    if name == "DETRHead":
-        from kzoo.models.detr.model.head import DETRHead
+    # DETRHead is kzoo.models.DETRHead (it lives with DETR, a layer above); this name is an
+    # alias, deprecated, answered through kzoo._deprecated so this package imports no model.
+    from kzoo._deprecated import moved_name
 
-        return DETRHead
-    raise AttributeError(f"module 'kzoo.layers' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | {"DETRHead"})
+    return moved_name(__name__, name)

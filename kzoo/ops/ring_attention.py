@@ -19,7 +19,7 @@ within its own document; id 0 is padding) and a sliding window (``window_size=w`
 sees itself and the ``w - 1`` keys before it). The schedule - which part of which block a
 device computes at which ring step, which steps a window lets the ring skip - is plain Python
 here (``step_pairs``, ``ring_steps``), shared by the JAX code, the tests and
-``scripts/bench_cp.py``, so the per-device work the benchmark reports is the work the ring does.
+``scripts/bench/cp.py``, so the per-device work the benchmark reports is the work the ring does.
 
 Layout order. Under context parallelism with ``load_balance="zigzag"`` the sequence axis of
 every tensor is in *layout order*: the sequence is cut into ``2 * CP`` chunks and device ``r``
@@ -71,7 +71,7 @@ STRATEGY_OPS = {"ring": RING_OP, "all_to_all": ALL_TO_ALL_OP}
 
 # strategy="auto" takes all-to-all only up to this many tokens per device. Below it a ring step's
 # compute is too short to hide the step's key/value transfer on an H200 with NVLink:
-# scripts/bench_cp.py measures the crossover from the compiled FLOPs and collective bytes of a
+# scripts/bench/cp.py measures the crossover from the compiled FLOPs and collective bytes of a
 # ring step at 2160-2541 tokens (2 query heads per key/value head; docs/context_parallel.md),
 # and this is the power of two below it. There the ring's sends are exposed and the two
 # all-to-alls, which send fewer bytes, are the cheaper strategy.

@@ -40,6 +40,7 @@ import shutil
 import sys
 import urllib.parse
 
+from kzoo.presets.files import weights_verified
 from kzoo.utils.download import keras_home, remove
 from kzoo.utils.files import atomic_directory, atomic_file, recover_directory, sha256_file
 
@@ -229,9 +230,7 @@ def _write_ref(repo_dir, ref, commit):
 
 
 def _verified(entry):
-    from kzoo.presets import preset_io
-
-    return os.path.isdir(entry) and preset_io._weights_verified(entry)
+    return os.path.isdir(entry) and weights_verified(entry)
 
 
 def _cached_entry(handle, reason):

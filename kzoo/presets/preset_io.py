@@ -25,16 +25,23 @@ import keras
 import numpy as np
 
 from kzoo.presets import hub, registry
+from kzoo.presets.files import (  # noqa: F401  (public through preset_io too)
+    CONFIG_FILE,
+    METADATA_FILE,
+    PRESET_FILES,
+    WEIGHTS_FILE,
+    forget_hashes,
+    read_json,
+    read_metadata,
+    weights_sha256,
+    weights_verified,
+)
 from kzoo.utils.download import download_verified, keras_home, normalize_sha256, remove
 from kzoo.utils.files import atomic_directory, recover_directory, sha256_file
 from kzoo.version import __version__
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.weights.h5"
-METADATA_FILE = "metadata.json"
 CACHE_SUBDIR = os.path.join("kzoo", "presets")
 BUILTIN_DIR = os.path.join(os.path.dirname(__file__), "builtin")
-PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE)
 # The manifest kzoo writes into an archive's extraction in the cache: every file's sha256.
 MANIFEST_FILE = ".kzoo-manifest.json"
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -170,26 +177,6 @@ def save_preset(model, path, overwrite=True, extra_metadata=None, force=False):
     return os.path.abspath(path)
 
 
-def read_metadata(preset_dir):
-    """``metadata.json`` of a preset as a dict; a ``ValueError`` naming the file if unreadable."""
-    path = os.path.join(os.fspath(preset_dir), METADATA_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(f"{preset_dir} is not a complete kzoo preset: it has no {METADATA_FILE}.")
-    try:
-        with open(path) as f:
-            metadata = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    except OSError as e:
-        raise ValueError(f"Cannot read {path}: {e.strerror}.") from None
-    if not isinstance(metadata, dict):
-        raise ValueError(
-            f"{path} must hold a JSON object (the preset's metadata); found "
-            f"{type(metadata).__name__}."
-        )
-    return metadata
-
-
 def load_preset(source, expected_class=None, sha256=None, load_weights=True, **config_overrides):
     """Build the model a preset describes and load its weights.
 
@@ -205,7 +192,7 @@ def load_preset(source, expected_class=None, sha256=None, load_weights=True, **c
     try:
         return _load_preset(source, expected_class, sha256, load_weights, config_overrides)
     finally:
-        _HASHED.clear()
+        forget_hashes()
 
 
 def _load_preset(source, expected_class, sha256, load_weights, config_overrides):
@@ -273,16 +260,8 @@ def placeholder_initializers(model):
 
 
 def _read_config(preset_dir):
+    config = read_json(preset_dir, CONFIG_FILE, "a kzoo preset")
     path = os.path.join(preset_dir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(f"{preset_dir} is not a kzoo preset: it has no {CONFIG_FILE}.")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    except OSError as e:
-        raise ValueError(f"Cannot read {path}: {e.strerror}.") from None
     if not isinstance(config, dict) or "class_name" not in config:
         raise ValueError(f"{path} does not describe a model (no 'class_name').")
     return config
@@ -322,7 +301,7 @@ def _load_weights(model, preset_dir, config_overrides=None):
             "digits); kzoo does not load unverified weights. Rebuild the preset with "
             "save_to_preset."
         )
-    if _weights_sha256(weights) != expected.lower():
+    if weights_sha256(weights) != expected.lower():
         raise ValueError(
             f"{weights} is corrupt or truncated: its sha256 does not match the "
             f"{expected[:12]}... recorded in {METADATA_FILE}."
@@ -338,31 +317,6 @@ def _load_weights(model, preset_dir, config_overrides=None):
 # sha256 of files hashed since resolve_preset was last called, so that a cached preset verified
 # by resolve_preset is not hashed a second time by _load_weights right after. Cleared by every
 # resolve_preset and at the end of every load: a file changed between two loads is hashed again.
-_HASHED = {}
-
-
-def _weights_sha256(path):
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if key not in _HASHED:
-        _HASHED[key] = sha256_file(path)
-    return _HASHED[key]
-
-
-def _weights_verified(preset_dir):
-    """Whether ``preset_dir`` is a preset whose weights match the sha256 in its metadata."""
-    try:
-        expected = read_metadata(preset_dir).get("weights_sha256")
-        weights = os.path.join(preset_dir, WEIGHTS_FILE)
-        return (
-            os.path.isfile(os.path.join(preset_dir, CONFIG_FILE))
-            and isinstance(expected, str)
-            and _weights_sha256(weights) == expected.lower()
-        )
-    except (OSError, ValueError):
-        return False
-
-
 def _mismatch_message(model, preset_dir, error, config_overrides):
     """One paragraph for keras's multi-line "objects could not be loaded" list."""
     first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
@@ -381,7 +335,7 @@ def _mismatch_message(model, preset_dir, error, config_overrides):
 
 def resolve_preset(source, sha256=None):
     """Turn a preset name, directory, URL or ``hf://`` handle into a local preset directory."""
-    _HASHED.clear()
+    forget_hashes()
     source = os.fspath(source)
     if not isinstance(source, str) or not source:
         raise ValueError(f"A preset is a name, a directory or a URL; got {source!r}.")
@@ -484,7 +438,7 @@ def _manifest_matches(root, archive_sha256):
         found = dict(_walk_files(root))
         if set(found) != set(recorded):
             return False
-        return all(_weights_sha256(found[rel]) == recorded[rel] for rel in recorded)
+        return all(weights_sha256(found[rel]) == recorded[rel] for rel in recorded)
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -496,7 +450,7 @@ def _fetch_and_convert(info):
     target = os.path.join(_cache_root(), f"{info.name}-{(sha256 or 'local')[:12]}")
     recover_directory(target)
     if os.path.lexists(target):
-        if _weights_verified(target):
+        if weights_verified(target):
             return target
         # A damaged or altered conversion: convert again rather than fail on every load.
         remove(target)

@@ -56,7 +56,7 @@ DOCS_PAGE = os.path.join(ROOT, "docs", "gpu_kernels.md")
 DTYPES = ("float32", "float16", "bfloat16")
 ELEMENT_SIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 VARIANTS = ("layer", "rms", "add_layer", "add_rms")
-# The benchmark grid's hidden sizes (scripts/bench_layernorm.py), and for Pallas, whose kernels
+# The benchmark grid's hidden sizes (scripts/bench/layernorm.py), and for Pallas, whose kernels
 # are compiled for one row length each, a width that is not a multiple of 16 and the widest row
 # held in one block in half precision (the looped path for float32).
 GRID_HIDDEN = (256, 1024, 4096, 8192, 16384)
@@ -755,7 +755,7 @@ def table(rows, targets, backend):
 
 def _bench():
     spec = importlib.util.spec_from_file_location(
-        "bench_layernorm", os.path.join(ROOT, "scripts", "bench_layernorm.py")
+        "bench_layernorm", os.path.join(ROOT, "scripts", "bench", "layernorm.py")
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -890,7 +890,7 @@ def markdown(rows, targets, stats):
         "",
         "## Roofline: predicted times for the benchmark's GPU grid",
         "",
-        "The bytes each pass must move at least (`scripts/bench_layernorm.py`'s "
+        "The bytes each pass must move at least (`scripts/bench/layernorm.py`'s "
         "`roofline_bytes`: forward reads x (and the residual) and the parameters and writes y "
         "(and the sum) and the float32 row statistics; the backward reads the normalised input, "
         "dy (and the sum's gradient), the parameters and the statistics and writes dx and the "

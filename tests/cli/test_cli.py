@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -60,16 +61,165 @@ def test_list_prints_a_table(capsys):
 
 def test_every_subcommand_has_help():
     parser = build_parser()
-    for command in ("info", "list", "train", "predict", "convert", "bench", "demo"):
+    for command in (
+        "info",
+        "list",
+        "train",
+        "predict",
+        "convert",
+        "eval",
+        "export",
+        "bench",
+        "demo",
+    ):
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args([command, "--help"])
         assert exit_info.value.code == 0
+
+
+# What TensorFlow's C++ code prints on stderr when it loads (TF_CPP_MIN_LOG_LEVEL hides only some).
+TF_LOG_MARKERS = ("cpu_feature_guard", "oneDNN", "absl::InitializeLog", "port.cc")
+FRAMEWORKS = {"keras", "tensorflow", "torch", "jax", "jaxlib", "numpy"}
+
+
+def _imported_top_level(importtime_stderr):
+    """The top-level packages in ``python -X importtime``'s report."""
+    names = set()
+    for line in importtime_stderr.splitlines():
+        if line.startswith("import time:") and line.count("|") == 2:
+            name = line.rsplit("|", 1)[1].strip()
+            names.add(name.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize(
+    "argv, code, last_line",
+    [
+        (["--help"], 0, None),
+        (["train", "--help"], 0, None),
+        (["export", "--help"], 0, None),
+        # A target's own flags: DETR's defaults come from its recipe and TrainConfig.
+        (["train", "detr", "--help"], 0, None),
+        (
+            ["train", "detr", "--epochs", "x"],
+            2,
+            "kzoo train detr: error: argument --epochs: invalid int",
+        ),
+        (["trian"], 2, "kzoo: error: argument COMMAND: invalid choice: 'trian'"),
+    ],
+)
+def test_help_and_argument_errors_load_no_framework(argv, code, last_line):
+    """Issue #24 item 6: `kzoo --help` with no KERAS_BACKEND loaded keras and TensorFlow, whose
+    C++ logging (oneDNN, cpu_feature_guard) came before the usage text."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")
+    }
+    env["PYTHONPATH"] = ROOT
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "kzoo", *argv],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == code, proc.stderr[-3000:]
+    imported = _imported_top_level(proc.stderr)
+    assert "kzoo" in imported and "argparse" in imported  # the report is read correctly
+    assert not imported & FRAMEWORKS, sorted(imported & FRAMEWORKS)
+    printed = proc.stdout + "".join(
+        line + "\n" for line in proc.stderr.splitlines() if not line.startswith("import time:")
+    )
+    assert not [m for m in TF_LOG_MARKERS if m in printed], printed[:2000]
+    if code == 0:
+        assert proc.stdout.startswith("usage: kzoo")
+    else:
+        assert printed.strip().splitlines()[-1].startswith(last_line)
+
+
+def test_import_kzoo_as_a_library_still_loads_keras_and_the_models():
+    code = (
+        "import sys, kzoo\n"
+        "print('keras' in sys.modules, kzoo.models.DETR.__name__, kzoo.load_preset.__name__,\n"
+        "      kzoo.models.detr.TrainConfig.__name__)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND=keras.backend.backend())
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["True", "DETR", "load_preset", "TrainConfig"]
+
+
+@pytest.mark.parametrize(
+    "orig_argv, argv0, expected",
+    [
+        (["python", "-m", "kzoo", "info"], "-m", True),
+        (["python", "-X", "importtime", "-m", "kzoo", "--help"], "-m", True),
+        (["python", "-mkzoo"], "-m", True),
+        (["python", "-m", "pytest", "-m", "kzoo"], "-m", False),
+        (["python", "script.py", "-m", "kzoo"], "script.py", False),
+        (["python", "-c", "import kzoo", "-m", "kzoo"], "-c", False),
+        # The console script; a later "-m" is the command's own argument.
+        (["python", "/venv/bin/kzoo", "bench", "x", "-m", "y"], "/venv/bin/kzoo", True),
+    ],
+)
+def test_running_as_the_command_is_read_from_the_interpreter_options(
+    orig_argv, argv0, expected, monkeypatch
+):
+    from kzoo import _command
+
+    monkeypatch.setattr(sys, "orig_argv", orig_argv)
+    monkeypatch.setattr(sys, "argv", [argv0] + orig_argv[2:])
+    assert _command.running_as_command() is expected
+
+
+@pytest.mark.parametrize("level", [None, "0"])
+def test_commands_quiet_tensorflow_notes_unless_the_user_chose_a_level(level):
+    # TF_CPP_MIN_LOG_LEVEL has to be set before TensorFlow loads, which for the command is after
+    # the arguments have parsed; every command, not only the demo.
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    if level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = level
+    proc = subprocess.run(
+        [sys.executable, "-m", "kzoo", "info"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "backend   tensorflow" in proc.stdout  # TensorFlow loaded
+    # What level 2 hides: TensorFlow's note on CPU instructions, printed when it loads; a level
+    # the user set stays.
+    assert ("cpu_feature_guard" in proc.stderr) is (level == "0"), proc.stderr[-3000:]
 
 
 def test_unknown_benchmark_is_one_line_error(capsys):
     assert main(["bench", "no_such_bench"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("kzoo: error: no benchmark named 'no_such_bench'")
+
+
+def test_unknown_benchmark_lists_the_benchmarks_in_scripts_bench(capsys):
+    assert main(["bench", "no_such_bench"]) == 2
+    listed = capsys.readouterr().err.strip().split("; available: ")[1].split(", ")
+    assert {"convlstm", "cp_torch", "detr", "detr_train", "layernorm"} <= set(listed)
+    assert "convlstm_grid" not in listed  # the grid the ConvLSTM benchmark reads, not a script
+
+
+def test_bench_runs_the_script_from_scripts_bench(tmp_path, monkeypatch):
+    # --from-json --plot draws saved grid figures without timing anything.
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the command replaces sys.argv
+    runs = tmp_path / "run.json"
+    runs.write_text(json.dumps([{"backend": "torch", "name": "mnist-like", "speedup": 1.1}]))
+    out = tmp_path / "grid.png"
+    with pytest.raises(SystemExit) as exit_info:  # the script ends with sys.exit(main())
+        main(["bench", "convlstm", "--from-json", str(runs), "--plot", str(out)])
+    assert exit_info.value.code == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_python_m_kzoo_and_bad_backend_as_processes():

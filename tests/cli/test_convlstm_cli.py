@@ -1,8 +1,6 @@
 """``kzoo train convlstm-color``, ``kzoo predict convlstm-color`` and ``kzoo demo``."""
 
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -105,29 +103,6 @@ def test_demo_prints_a_few_lines_then_where_it_wrote_the_picture(tmp_path, capsy
     bar = lines[wrote - 1]
     assert "\r" in bar and "4/4" in bar.split("\r")[-1]
     assert lines[wrote + 1].startswith("MAE of the next frame")
-
-
-def test_demo_quiets_tensorflow_notes_unless_the_user_chose_a_level(tmp_path):
-    # TF_CPP_MIN_LOG_LEVEL has to be set before TensorFlow is imported, which is when kzoo is.
-    code = (
-        "import os, sys; sys.argv = ['kzoo', 'demo']; import kzoo; "
-        "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
-    )
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), PYTHONPATH=root)
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    results = []
-    for level in (None, "0"):
-        if level is not None:
-            env["TF_CPP_MIN_LOG_LEVEL"] = level
-        proc = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        results.append((proc.stdout.strip().splitlines()[-1], proc.stderr))
-    assert [level for level, _ in results] == ["2", "0"]
-    # What level 2 hides: TensorFlow's note on CPU instructions, printed at import.
-    assert "cpu_feature_guard" not in results[0][1]
 
 
 def _tiny_train(target, out_dir, *extra):

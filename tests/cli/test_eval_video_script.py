@@ -1,4 +1,5 @@
-"""scripts/eval_video.py: per-step metrics of a rollout and of the copy-last-frame baseline."""
+"""scripts/train/eval_video.py: per-step metrics of a rollout and of the copy-last-frame
+baseline."""
 
 import importlib.util
 import json
@@ -13,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _script():
-    path = os.path.join(ROOT, "scripts", "eval_video.py")
+    path = os.path.join(ROOT, "scripts", "train", "eval_video.py")
     spec = importlib.util.spec_from_file_location("eval_video", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

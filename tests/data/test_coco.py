@@ -645,7 +645,7 @@ def test_loader_benchmark_script_runs():
     out = subprocess.run(
         [
             sys.executable,
-            os.path.join(root, "scripts", "bench_coco_loader.py"),
+            os.path.join(root, "scripts", "bench", "coco_loader.py"),
             "--images=8",
             "--image-size=32",
             "--size=48",
@@ -655,7 +655,11 @@ def test_loader_benchmark_script_runs():
         capture_output=True,
         text=True,
         check=True,
-        env=dict(os.environ, KERAS_BACKEND=keras.backend.backend()),
+        env=dict(
+            os.environ,
+            KERAS_BACKEND=keras.backend.backend(),
+            PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+        ),
     )
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert [r["pipeline"] for r in rows] == ["plain", "eval", "train"]

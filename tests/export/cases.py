@@ -1,6 +1,6 @@
 """Tiny versions of every exportable kzoo model, with inputs at two sizes.
 
-Shared by the export tests and ``scripts/export_matrix.py`` (which prints docs/export.md's
+Shared by the export tests and ``scripts/tools/export_matrix.py`` (which prints docs/export.md's
 table). Each case builds its model with fixed seeds and makes inputs from named sizes
 (``batch``, ``time``, ``height``, ...); a dimension a backend's converter must fix
 (``kzoo.export.fixed_dims``) keeps its first size in the second input.

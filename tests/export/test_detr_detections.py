@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from kzoo.export import DETRDetections
+from kzoo.models import DETRDetections
 from kzoo.models.detr.model.postprocess import outputs_to_detections
 from tests.export.cases import detr_inputs, small_detr
 

@@ -261,7 +261,7 @@ def test_detr_head_is_right_at_every_feature_map_size(tmp_path):
     keras.utils.set_random_seed(6)
     features = keras.Input((None, None, 8))
     mask = keras.Input((None, None), dtype="bool")
-    head = kzoo.layers.DETRHead(
+    head = kzoo.models.DETRHead(
         num_classes=3, num_queries=5, d_model=16, num_heads=2, num_encoder_layers=1,
         num_decoder_layers=2, ffn_dim=16,
     )  # fmt: skip

@@ -3,7 +3,6 @@ kzoo's artifact (named inputs and outputs, the model's dynamic dimensions, atomi
 existing destinations kept unless ``overwrite=True``), checked in the runtime that serves it
 against the keras model (float32, 1e-5 absolute)."""
 
-import ast
 import os
 
 import keras
@@ -156,27 +155,6 @@ def test_any_model_with_the_mixin_exports_through_its_signature_hook(tmp_path):
     assert (artifact.input_names, artifact.output_names) == (["features"], ["doubled"])
     x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
     assert export.max_differences(model, artifact, x)["doubled"] <= 1e-5
-
-
-def test_export_package_imports_no_model():
-    """Layering: kzoo.export sits below kzoo.models; models hand their signatures up through
-    ``export_signature``. (``cli.py`` is the command, above the models; ``detr.py`` is to move.)"""
-    folder = os.path.join(ROOT, "kzoo", "export")
-    offenders = []
-    for name in sorted(os.listdir(folder)):
-        if not name.endswith(".py") or name in ("cli.py", "detr.py"):
-            continue
-        with open(os.path.join(folder, name)) as f:
-            tree = ast.parse(f.read())
-        for node in ast.walk(tree):
-            modules = []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                modules = [node.module]
-            elif isinstance(node, ast.Import):
-                modules = [a.name for a in node.names]
-            offenders += [(name, m) for m in modules if m.startswith("kzoo.models")]
-    # The one public re-export: kzoo.export.DETRDetections, looked up on first use.
-    assert offenders == [("__init__.py", "kzoo.models.detr.model.detections")]
 
 
 def _detr_preset(tmp_path):

@@ -1,24 +1,23 @@
-"""scripts/bench_convlstm.py: its default mode at a toy size, and --from-json (grid figures
+"""scripts/bench/convlstm.py: its default mode at a toy size, and --from-json (grid figures
 of several runs merged and plotted)."""
 
 import json
-import pathlib
 import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
+import keras
 
-import bench_convlstm  # noqa: E402
-import keras  # noqa: E402
+from tests.scripts.support import ROOT, env, load
+
+SCRIPT = ROOT / "scripts" / "bench" / "convlstm.py"
 
 
 def test_the_default_mode_runs_both_layers_in_a_child_process():
     backend = keras.backend.backend()
-    cmd = [sys.executable, str(ROOT / "scripts" / "bench_convlstm.py"), "--backends", backend]
+    cmd = [sys.executable, str(SCRIPT), "--backends", backend]
     cmd += ["--batches", "1", "--repeats", "1", "--no-memory", "--models", "next", "--batch", "2"]
     cmd += ["--frames", "2", "--size", "12", "--filters", "4", "--kernel-sizes", "3"]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env(), timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = [line for line in result.stdout.splitlines() if line.startswith(f"| {backend} |")]
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -35,7 +34,7 @@ def test_a_later_run_replaces_a_point_and_points_keep_the_grid_order(tmp_path):
         json.dumps([_row("torch", "mnist-like", 0.9), _row("torch", "tiny-1layer", 2)])
     )
     second.write_text(json.dumps([_row("torch", "mnist-like", 1.1), _row("jax", "k1-64f", None)]))
-    rows = bench_convlstm.merge_grid_json([str(first), str(second)])
+    rows = load("bench/convlstm.py").merge_grid_json([str(first), str(second)])
     assert [(r["name"], r["speedup"]) for r in rows] == [("tiny-1layer", 2), ("mnist-like", 1.1)]
 
 
@@ -43,8 +42,8 @@ def test_the_command_writes_the_png(tmp_path):
     runs = tmp_path / "run.json"
     runs.write_text(json.dumps([_row("torch", "mnist-like", 1.1), _row("jax", "mnist-like", 15)]))
     out = tmp_path / "grid.png"
-    cmd = [sys.executable, str(ROOT / "scripts" / "bench_convlstm.py")]
+    cmd = [sys.executable, str(SCRIPT)]
     cmd += ["--from-json", str(runs), "--plot", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env(), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""scripts/bench_cp_torch.py at a tiny size: it runs (one process, then 2 torchrun processes)
+"""scripts/bench/cp_torch.py at a tiny size: it runs (one process, then 2 torchrun processes)
 and its allocator figures show what context parallelism is for - the activations each process
 keeps for the backward pass are 1 / CP of one process's blockwise kernel, and far below exact
 attention's."""
@@ -21,7 +21,7 @@ def test_memory_per_process_scales_with_one_over_cp(tmp_path):
     done = subprocess.run(
         [
             sys.executable,
-            os.path.join(ROOT, "scripts", "bench_cp_torch.py"),
+            os.path.join(ROOT, "scripts", "bench", "cp_torch.py"),
             "--seq-lens",
             "512",
             "--cp",

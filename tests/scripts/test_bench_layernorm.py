@@ -1,21 +1,20 @@
-"""scripts/bench_layernorm.py: a toy-sized real run on this backend (the figures need an idle
+"""scripts/bench/layernorm.py: a toy-sized real run on this backend (the figures need an idle
 machine or a GPU; this checks that every variant and implementation runs and is reported)."""
 
 import json
-import os
-import pathlib
 import subprocess
 import sys
 
 import keras
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.scripts import support
+from tests.scripts.support import ROOT
 
 
 def test_toy_run_times_every_variant_and_implementation(tmp_path):
     backend = keras.backend.backend()
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, str(ROOT / "scripts" / "bench_layernorm.py"), "--backends", backend]
+    env = {k: v for k, v in support.env().items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench" / "layernorm.py"), "--backends", backend]
     cmd += ["--rows", "64", "--hidden", "32", "--dtypes", "float32", "--rounds", "1"]
     cmd += ["--min-time", "0.0001", "--variants", "rms,add_layer", "--no-plot"]
     cmd += ["--out", str(tmp_path)]

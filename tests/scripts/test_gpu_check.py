@@ -5,7 +5,6 @@ sections at toy sizes through the interpreters, which checks the orchestration f
 subprocesses, real timeouts, real files.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -14,22 +13,17 @@ import sys
 
 import pytest
 
+from tests.scripts.support import load
+
 # The script runs its sections in subprocesses of their own backend: one CI run is enough.
 pytestmark = pytest.mark.backends("torch")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def gpu_check():
-    return _load("gpu_check")
+    return load("gpu_check.py")
 
 
 def _run(*args, timeout=300):
@@ -107,7 +101,7 @@ def _bench_rows(**over):
 
 
 def test_verdicts_on_given_numbers():
-    bench = _load("bench_layernorm")
+    bench = load("bench/layernorm.py")
     results = [
         # GPU forward at 3.8 of 4.2 TB/s copy: 90% meets; the RMS variant at 80% misses.
         _bench_rows(impl="kzoo", ms=1.0, gbps=3800.0),
@@ -163,7 +157,7 @@ def _report(sections):
 
 
 def test_report_holds_every_figure_and_is_never_overwritten_unasked(gpu_check, tmp_path):
-    bench = _load("bench_layernorm")
+    bench = load("bench/layernorm.py")
     results = [
         _bench_rows(impl="kzoo", ms=1.0, gbps=3800.0),
         _bench_rows(impl="copy", ms=0.9, gbps=4200.0),
@@ -323,7 +317,7 @@ def test_a_gpu_section_without_a_gpu_fails_with_a_clear_reason(gpu_check, tmp_pa
 
 
 def test_roofline_bytes_and_times_by_hand():
-    bench = _load("bench_layernorm")
+    bench = load("bench/layernorm.py")
     # LayerNorm, bfloat16, 4096 x 1024. Forward: x read and y written (2 bytes each), gamma and
     # beta read (float32), mean and 1/std written (float32 per row).
     fwd = 2 * 4096 * 1024 * 2 + 2 * 1024 * 4 + 4096 * 8
@@ -353,7 +347,7 @@ def test_roofline_bytes_and_times_by_hand():
 
 
 def test_cards_are_told_apart_by_name():
-    bench = _load("bench_layernorm")
+    bench = load("bench/layernorm.py")
     assert bench.card_bandwidth("NVIDIA H100 80GB HBM3") == ("H100", 3.35e12)
     assert bench.card_bandwidth("NVIDIA H200") == ("H200", 4.8e12)
     assert bench.card_bandwidth("NVIDIA B200") == ("B200", 8.0e12)

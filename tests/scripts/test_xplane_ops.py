@@ -1,16 +1,13 @@
-"""scripts/xplane_ops.py: self times of nested trace events, and a real trace on this backend."""
-
-import pathlib
-import sys
+"""scripts/profile/xplane_ops.py: self times of nested trace events, and a real trace on this
+backend."""
 
 import keras
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
+from tests.scripts.support import load
 
-import xplane_ops  # noqa: E402
+xplane_ops = load("profile/xplane_ops.py")
 
 
 def test_self_time_takes_out_nested_events_once():

@@ -2,7 +2,7 @@
 ``keras.ops``, correct on every backend and every set of axes, statistics in at least float32.
 
 ``kzoo.ops.layer_norm`` validates its arguments and registers these as the fallbacks of its four
-ops; backends build on them (``kzoo/backends/jax/layer_norm_xla.py`` jits them).
+ops; backends build on them (``kzoo/backends/jax/layer_norm.py`` jits them).
 """
 
 import keras

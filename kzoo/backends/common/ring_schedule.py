@@ -2,7 +2,7 @@
 
 Plain Python and numpy, shared by every backend's implementation (``kzoo/backends/jax/``),
 by ``kzoo.distribution.packing`` (which balances packed documents with the same skip rule),
-the tests and ``scripts/bench_cp.py``, so the per-device work the benchmark reports is the
+the tests and ``scripts/bench/cp.py``, so the per-device work the benchmark reports is the
 work the ring does. ``kzoo.ops.ring_attention`` re-exports these names.
 
 Each device's local sequence is two chunk slots (front, back). With

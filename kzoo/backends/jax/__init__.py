@@ -79,7 +79,7 @@ for _op, _what in (
         _op,
         Implementation(
             name="xla-jit",
-            target=f"kzoo.backends.jax.layer_norm_xla:{_op}",
+            target=f"kzoo.backends.jax.layer_norm:{_op}",
             backends=BACKEND,
             priority=1,
             description="the keras.ops composition under jax.jit (one fused call when eager)",

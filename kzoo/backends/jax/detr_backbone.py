@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 from keras import ops
 
-from kzoo.models.detr.model.conv_bn import conv_bn_portable
-from kzoo.models.detr.model.stem_pool import max_pool_portable
+from kzoo.backends.common.detr_backbone import conv_bn_portable, max_pool_portable
 
 
 def conv_bn_scale_after(conv, bn, x, stride, pad, data_format):

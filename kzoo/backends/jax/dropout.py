@@ -2,7 +2,7 @@
 
 ``jax.random.bernoulli`` spends one threefry-2x32 hash (20 rounds over two 32-bit words) on
 every mask element and keeps 32 of its 64 bits; the hashing is about 8 % of DETR's training
-step on the CPU (2026-12-02, ``scripts/profile_detr_train.py --backend jax``). Here one hash
+step on the CPU (2026-12-02, ``scripts/profile/detr_train.py --backend jax``). Here one hash
 turns a pair of counters into two 32-bit words (``jax.extend.random.threefry2x32_p``) and each
 word gives two 16-bit fields. A field below ``round(rate * 2**16)`` drops its element; kept
 values are divided by ``(2**16 - threshold) / 2**16``, the keep probability the fields give, so

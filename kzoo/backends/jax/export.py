@@ -12,7 +12,7 @@ signature's dimension names are the symbols: equal names, equal sizes.
 
 import numpy as np
 
-from kzoo.export.writers import export_with_keras
+from kzoo.backends.common.export import export_with_keras
 
 
 def _dims(spec, fixed):

@@ -385,7 +385,7 @@ def _forward(
         # A plain add rather than ``bias_add``: TensorFlow's oneDNN rewrite fuses the gradient
         # of a ``bias_add`` after a convolution into ``Conv2DBackpropFilterWithBias``, which
         # profiled 1.3-3x slower than the filter gradient and a separate bias sum
-        # (``scripts/profile_convlstm.py k3-32f-32px --backend tensorflow``).
+        # (``scripts/profile/convlstm.py k3-32f-32px --backend tensorflow``).
         return z if b is None else z + b
 
     k, b = _value(kernel), None if bias is None else _value(bias)

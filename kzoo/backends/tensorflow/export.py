@@ -16,7 +16,7 @@ import contextlib
 
 import numpy as np
 
-from kzoo.export.writers import export_with_keras
+from kzoo.backends.common.export import export_with_keras
 
 _registered = False
 

@@ -174,7 +174,7 @@ register(
     "detr_conv_bn",
     Implementation(
         name="torch-fused",
-        target="kzoo.backends.torch.detr_conv_bn:conv_bn",
+        target="kzoo.backends.torch.detr_backbone:conv_bn",
         backends=BACKEND,
         description="F.conv2d with the frozen-BN shift as bias; folded kernel reused at inference",
     ),

@@ -12,7 +12,7 @@ TorchScript form. Those dimensions must be given a size; ONNX Runtime then rejec
 any other size.
 """
 
-from kzoo.export.writers import export_with_keras
+from kzoo.backends.common.export import export_with_keras
 
 
 def fixed_dims(signature, format):

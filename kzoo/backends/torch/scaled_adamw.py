@@ -13,8 +13,8 @@ decay ``x -= x * (lr * decay)``, so the two paths agree to float rounding
 
 import torch
 
-from kzoo.models.detr.training.optimizer import clip_by_global_norm as clip_portable
-from kzoo.models.detr.training.optimizer import update_portable
+from kzoo.backends.common.scaled_adamw import clip_by_global_norm as clip_portable
+from kzoo.backends.common.scaled_adamw import update_portable
 
 
 @torch.no_grad()

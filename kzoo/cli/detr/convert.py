@@ -47,9 +47,9 @@ CLI_OPTIONS = {"overwrite": "drop --no-overwrite", "force": "pass --force"}
 
 
 def cmd_convert(args):
-    from kzoo.cli.paths import check_input_file
     from kzoo.models.detr.convert import convert_detr
     from kzoo.presets import preset_io
+    from kzoo.utils.paths import check_input_file
 
     if args.num_heads is not None and args.num_heads < 1:
         raise ValueError(f"--num-heads must be >= 1; got {args.num_heads}.")

@@ -101,7 +101,7 @@ def model_category_ids(preset_dir, model, dataset, source):
 
 
 def cmd_eval(args):
-    from kzoo.cli.paths import check_input_file, check_output_file
+    from kzoo.utils.paths import check_input_file, check_output_file
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}.")

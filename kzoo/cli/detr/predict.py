@@ -94,7 +94,7 @@ def image_files(folder):
 
 def annotation_image_ids(annotation_file, paths, folder):
     """The COCO image id of each path, matched by ``file_name`` relative to ``folder``."""
-    from kzoo.cli.paths import check_input_file
+    from kzoo.utils.paths import check_input_file
 
     check_input_file(annotation_file, "--annotations")
     try:
@@ -122,8 +122,8 @@ def cmd_predict(args):
         raise ValueError(f"--threshold must be in [0, 1); got {args.threshold}.")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}.")
-    from kzoo.cli.paths import check_input_file, check_output_file, check_output_location
     from kzoo.data import images as images_lib
+    from kzoo.utils.paths import check_input_file, check_output_file, check_output_location
 
     # Every path is checked before the model loads and runs: a mistake costs no inference.
     check_input_file(args.image, "--image", allow_directory=True)

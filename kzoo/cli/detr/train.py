@@ -6,7 +6,7 @@ shapes and reports COCO AP on held-out synthetic images. With ``--train-annotati
 scratch or fine-tuning a preset (``--preset``), evaluating on ``--val-annotations`` /
 ``--val-images`` every ``--eval-every`` epochs. The flags become one
 ``kzoo.models.detr.TrainConfig`` and the work is ``kzoo.models.detr.train(config)``
-(``kzoo.models.detr.training.engine``), which ``python scripts/train_detr.py`` and Python call
+(``kzoo.models.detr.training.engine``), which ``python scripts/train/detr.py`` and Python call
 too. The run directory holds:
 
 - ``backup/``: the state after the last finished epoch (``kzoo.training``'s
@@ -206,6 +206,37 @@ def add_arguments(p):
         help="keras dtype policy of the layers; mixed_bfloat16 computes in bfloat16 with "
         f"float32 weights (the matching cost and the losses stay float32) ({default.dtype_policy})",
     )
+    faster = p.add_argument_group(
+        "training-only queries (faster convergence; the trained model is a plain DETR)"
+    )
+    faster.add_argument(
+        "--denoising-groups",
+        type=int,
+        default=default.denoising_groups,
+        help="DN-DETR denoising groups: noised copies of the ground truth fed as extra decoder "
+        f"queries that learn to reconstruct it (0: off; DN-DETR uses {recipe.DN_GROUPS})",
+    )
+    faster.add_argument(
+        "--box-noise-scale",
+        type=float,
+        default=default.box_noise_scale,
+        help="denoising box noise: centre shifts up to this times half the box, sizes scaled "
+        f"within 1 +- it ({default.box_noise_scale:g})",
+    )
+    faster.add_argument(
+        "--label-noise-ratio",
+        type=float,
+        default=default.label_noise_ratio,
+        help=f"denoising: share of labels replaced at random ({default.label_noise_ratio:g})",
+    )
+    faster.add_argument(
+        "--query-groups",
+        type=int,
+        default=default.query_groups,
+        help="Group DETR: groups of object queries in training, each matched one-to-one, "
+        "self-attention blocked between groups; inference keeps group 0 (1: off; LW-DETR "
+        "uses 13)",
+    )
     p.add_argument(
         "--data-parallel",
         action="store_true",
@@ -255,6 +286,8 @@ def cmd_train(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="train_detr.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="scripts/train/detr.py", description=__doc__.split("\n\n")[0]
+    )
     add_arguments(parser)
     return cmd_train(parser.parse_args(argv))

@@ -25,6 +25,12 @@ CLIP_NORM = 0.1  # global gradient norm
 LR_DROP_FACTOR = 0.1  # the learning rate drops 10x ...
 LR_DROP = 0.8  # ... after this fraction of the steps (kzoo's; DETR drops at epoch 200 of 300)
 
+# Training-only queries (off by default): DN-DETR's noise (denoising groups are DN-DETR's 5 when
+# turned on) and Group DETR's groups (LW-DETR and RF-DETR train with 13).
+DN_GROUPS = 5
+DN_BOX_NOISE_SCALE = 0.4
+DN_LABEL_NOISE_RATIO = 0.2
+
 # Training from scratch (kzoo's defaults for the small backbone, which has no pretrained
 # weights): a higher learning rate, the backbone at half of it, no dropout.
 SCRATCH_LEARNING_RATE = 5e-4

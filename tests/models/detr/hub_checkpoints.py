@@ -26,7 +26,7 @@ Generated in a separate process (``python hub_checkpoints.py ROOT SPEC...``; why
   outputs. ``dc5_r50`` also has hub repos of the same weights in transformers' timm layouts:
   ``timm5_dc5`` (transformers 5: ``backbone_config`` ``timm_backbone`` with ``output_stride``
   16) and the ``config.json`` of ``timm4_dc5`` (transformers 4: ``dilation: true``). Its ``bench_patch.json`` checks
-  ``scripts/bench_detr.py``'s DC5 reference (transformers' own ResNet with the last stage
+  ``scripts/bench/detr.py``'s DC5 reference (transformers' own ResNet with the last stage
   switched to DC5 in place) against the independent reference with the same weights.
 - ``dc5_r50_full``, ``dc5_r101_full`` (slow tests): the released architecture (6+6 layers, 100
   queries, 91 classes) with the dilated backbone, larger padded images.
@@ -56,7 +56,7 @@ def _cache_root():
     for path in ("hub_checkpoints.py", "dc5_reference.py", "detr_checkpoints.py"):
         with open(os.path.join(HERE, path), "rb") as f:
             digest.update(f.read())
-    with open(os.path.join(SCRIPTS, "bench_detr.py"), "rb") as f:
+    with open(os.path.join(SCRIPTS, "bench", "detr.py"), "rb") as f:
         digest.update(f.read())
     for package in ("torch", "transformers"):
         digest.update(importlib.metadata.version(package).encode())
@@ -252,14 +252,19 @@ def _parity(model, out, rng, big, small, name="ref.npz"):
 def _bench_patch_check(head_config, out):
     """The benchmark's in-place DC5 transformers model against :mod:`dc5_reference`."""
     import copy
+    import importlib.util
 
     import torch
     from dc5_reference import DilatedResNet
     from detr_checkpoints import hf_outputs, make_hf_model, padded_pair
     from transformers import DetrConfig
 
-    sys.path.insert(0, SCRIPTS)
-    from bench_detr import dilate_hf_last_stage
+    # scripts/ is a folder of scripts, not a package: load the benchmark by its path.
+    path = os.path.join(SCRIPTS, "bench", "detr.py")
+    spec = importlib.util.spec_from_file_location("bench_detr", path)
+    bench_detr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_detr)
+    dilate_hf_last_stage = bench_detr.dilate_hf_last_stage
 
     config = DetrConfig(
         use_timm_backbone=False,

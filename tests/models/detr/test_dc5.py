@@ -91,7 +91,7 @@ def test_dc5_checkpoint_parity(spec, tmp_path_factory, tmp_path):
 
 
 def test_the_benchmarks_dc5_reference_is_dc5(tmp_path_factory):
-    """``scripts/bench_detr.py --dc5`` times transformers' DETR with its ResNet's last stage
+    """``scripts/bench/detr.py --dc5`` times transformers' DETR with its ResNet's last stage
     switched to DC5 in place; with the same weights it equals the independent reference."""
     files = reference(tmp_path_factory, "dc5_r50")
     check = json.loads((files / "bench_patch.json").read_text())

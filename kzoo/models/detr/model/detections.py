@@ -5,7 +5,8 @@ image and query, the best class's probability (``scores``), that class (``labels
 as (x0, y0, x1, y1) in pixels of the unpadded input image (``boxes``): exactly what
 ``kzoo.models.detr.model.postprocess.outputs_to_detections`` computes from DETR's outputs,
 before its threshold and sort (a fixed-shape output; a client keeps the queries whose score it
-wants). ``kzoo.export.DETRDetections`` is this class, looked up on first access.
+wants). Public as ``kzoo.models.DETRDetections`` (its old name ``kzoo.export.DETRDetections`` is a
+deprecated alias).
 """
 
 import keras

@@ -9,7 +9,7 @@ or a backbone instance whose ``output_stride`` attribute says 16). It is kzoo's 
 ``"resnet101"``, ``"small"``), or any keras layer or model passed as an instance (a
 ``ResNetBackbone``, ``keras.applications.ResNet50(include_top=False, weights=None)``, a model of
 your own); the stride and the layout are checked when the model is built. ``model.head`` is a
-``kzoo.layers.DETRHead``: input projection, sine position encoding, transformer encoder and
+``kzoo.models.DETRHead``: input projection, sine position encoding, transformer encoder and
 decoder with the object queries, class and box branches.
 
 Weights layout
@@ -60,10 +60,13 @@ from kzoo.export.signatures import image_signature
 from kzoo.models.detr import recipe
 from kzoo.models.detr.model.backbone import RESNET_BLOCKS, ResNetBackbone
 from kzoo.models.detr.model.head import DETRHead
+from kzoo.models.detr.model.legacy_weights import _is_legacy_weights_file, migrate_legacy_weights
 from kzoo.models.detr.model.pixel_mask import DETRInputChecks, check_batch, check_pixel_mask
+from kzoo.models.detr.model.training_queries_host import TARGETS_KEY, TrainingQueriesHost
 from kzoo.ops.shapes import arange, ceil_divide
 from kzoo.presets import PresetMixin
 
+# Where DETR's train step hands the targets to ``call`` (training-only queries need them).
 DEFAULT_TRAINABLE_STAGES = {"resnet50": 3, "resnet101": 3, "small": 5}
 CONFIG_VERSION = 2
 BACKBONE_STRIDE = 32
@@ -71,19 +74,6 @@ BACKBONE_STRIDE = 32
 # has a fixed input size): multiples of the stride, so that backbones rounding up or down agree,
 # with height != width, so that swapped axes or a channels-first output show.
 PROBE_SIZE = (128, 96)
-
-# Version-1 weight files: where each group of the head's layers sits now. Other groups
-# (``backbone``, the model's own ``vars``, an ``optimizer`` in training backups) stay put.
-LEGACY_WEIGHT_GROUPS = {
-    "input_proj": "head/input_proj",
-    "class_embed": "head/class_embed",
-    "bbox_embed_0": "head/bbox_embed_0",
-    "bbox_embed_1": "head/bbox_embed_1",
-    "bbox_embed_2": "head/bbox_embed_2",
-    "layers/detr_transformer": "head/transformer",
-    "layers/embedding": "head/query_embed",
-    "layers/sine_position_embedding": "head/position_embedding",
-}
 
 
 def nearest_indices(in_size, out_size):
@@ -99,33 +89,8 @@ def _common_directory(paths):
     return prefix[: prefix.rfind("/") + 1]
 
 
-def _is_legacy_weights_file(path):
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return "head" not in f and "input_proj" in f
-
-
-def migrate_legacy_weights(src, dst):
-    """Copy a version-1 DETR weights file to ``dst`` with the head's groups under ``head/``."""
-    import h5py
-
-    with h5py.File(src, "r") as old, h5py.File(dst, "w") as new:
-        new.attrs.update(old.attrs)
-        names = []
-        for name, obj in old.items():
-            if name == "layers" and isinstance(obj, h5py.Group):
-                names += [f"layers/{child}" for child in obj]
-            else:
-                names.append(name)
-        for name in names:
-            target = LEGACY_WEIGHT_GROUPS.get(name, name)
-            parent, _, leaf = target.rpartition("/")
-            old.copy(old[name], new.require_group(parent) if parent else new, name=leaf)
-
-
 @keras.saving.register_keras_serializable(package="kzoo")
-class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
+class DETR(DETRInputChecks, TrainingQueriesHost, PresetMixin, ExportMixin, keras.Model):
     """DETR: a backbone, then a ``DETRHead`` (transformer encoder–decoder and set prediction).
 
     Args:
@@ -284,6 +249,9 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
         self.backbone = backbone_layer
         self.head = head
         self._detr_loss = None
+        # Training-only queries (compile(denoising=..., query_groups=...)); the layer, when
+        # there is one, is ``self.training_queries``, attached by compile.
+        self._training_queries_active = False
 
     # ---------------------------------------------------------------- building and calling
 
@@ -387,6 +355,12 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
         return mask > 0
 
     def call(self, inputs, training=None):
+        targets = None
+        if isinstance(inputs, dict) and TARGETS_KEY in inputs:
+            # Only DETR's own train step puts the targets here (training with denoising
+            # queries or query groups); anywhere else they are not an input.
+            inputs = dict(inputs)
+            targets = inputs.pop(TARGETS_KEY)
         images, pixel_mask = self._split_inputs(inputs)
         images = ops.cast(images, self.compute_dtype)
         masks_backbone = self.padding_invariant and self.backbone_takes_valid_sizes
@@ -410,6 +384,12 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
                 mask = ops.logical_and(ops.expand_dims(rows, 2), ops.expand_dims(cols, 1))
             else:
                 mask = self._resized_mask(pixel_mask, height, width)
+        if targets is not None and training and self._training_queries_active:
+            queries = self.training_queries(
+                self.head.query_embed.embeddings, targets["boxes"], targets["labels"]
+            )
+            outputs = self.head(features, mask, training=training, queries=queries)
+            return self.training_queries.split_outputs(outputs)
         return self.head(features, mask, training=training)
 
     def export_signature(self):
@@ -437,6 +417,8 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
         optimizer=None,
         loss=None,
         backbone_learning_rate_scale=recipe.BACKBONE_LR_SCALE,
+        denoising=None,
+        query_groups=1,
         **kwargs,
     ):
         """Compile with DETR's recipe unless told otherwise.
@@ -452,9 +434,18 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
             loss: A callable ``loss(y_true, y_pred) -> scalar`` on the whole target and output
                 dicts; defaults to ``kzoo.models.detr.training.loss.DETRLoss()``.
             backbone_learning_rate_scale: Only used when ``optimizer`` is None.
+            denoising: DN-DETR's denoising queries during training: a
+                ``kzoo.models.detr.DenoisingConfig`` (or its config dict), or None (off).
+            query_groups: Group DETR's groups of object queries during training (1: off).
+                Both options are training-only (see
+                ``kzoo.models.detr.training.training_queries``): they attach
+                ``self.training_queries`` with their weights, used by ``fit``'s steps only;
+                inference, ``get_config`` and presets saved with ``save_to_preset`` are those of
+                the plain model.
             **kwargs: Passed to ``keras.Model.compile`` (``jit_compile``, ``steps_per_execution``,
                 ...). Per-output ``metrics`` are not supported: the loss sees the whole dict.
         """
+        self._set_training_queries(denoising, query_groups)
         if optimizer is None:
             from kzoo.models.detr.training.optimizer import ScaledAdamW
 
@@ -474,6 +465,11 @@ class DETR(DETRInputChecks, PresetMixin, ExportMixin, keras.Model):
         # keras' CompileLoss would map one loss per output key; DETR's loss needs the whole dict.
         super().compile(optimizer=optimizer, loss=None, **kwargs)
         self._detr_loss = loss
+
+    def save_to_preset(self, preset_dir, overwrite=True, force=False):
+        """``PresetMixin.save_to_preset`` without training-only weights (a plain DETR loads it)."""
+        with self.without_training_queries():
+            return super().save_to_preset(preset_dir, overwrite=overwrite, force=force)
 
     def get_compile_config(self):
         # compile() is DETR's own (a loss on the whole output dict), which keras cannot restore

@@ -6,8 +6,8 @@ and the class and box branches. ``kzoo.models.DETR`` is a backbone followed by t
 also be used on its own, on features of any (B, h, w, C) feature map.
 
 The layer builds on DETR's pieces beside it (transformer, position embedding, initializers), so
-it lives with DETR; ``kzoo.layers.DETRHead`` is the same class, looked up on first access
-(``kzoo.layers`` sits below ``kzoo.models`` and does not import it).
+it lives with DETR and is public as ``kzoo.models.DETRHead`` (its old name
+``kzoo.layers.DETRHead`` is a deprecated alias: ``kzoo.layers`` sits below ``kzoo.models``).
 """
 
 import keras
@@ -53,6 +53,12 @@ class DETRHead(keras.layers.Layer):
             False (0) on padding; padded positions are never attended to, and the position
             embedding is normalised by each image's unpadded extent. ``None``: all valid.
         training: Whether dropout applies.
+        queries: Training only (DETR's denoising queries and query groups, see
+            ``kzoo.models.detr.training.denoising``): ``{"content": (B, N, d_model),
+            "position": (B, N, d_model), "attention_mask": (B, N, N) bool}`` replacing the
+            object queries: the decoder's starting target, the query position embedding and the
+            queries' self-attention mask. The outputs then have N queries. ``None`` (always at
+            inference): the ``num_queries`` learned object queries.
 
     Returns a dict:
 
@@ -67,7 +73,7 @@ class DETRHead(keras.layers.Layer):
     Example:
 
     ```python
-    head = kzoo.layers.DETRHead(num_classes=3, num_queries=10, d_model=32, num_heads=4,
+    head = kzoo.models.DETRHead(num_classes=3, num_queries=10, d_model=32, num_heads=4,
                                 num_encoder_layers=1, num_decoder_layers=2, ffn_dim=64)
     features = np.random.rand(2, 4, 6, 256).astype("float32")  # a stride-32 feature map
     mask = np.ones((2, 4, 6), bool)
@@ -163,7 +169,7 @@ class DETRHead(keras.layers.Layer):
             )
         return shape
 
-    def build(self, features_shape, feature_mask_shape=None):
+    def build(self, features_shape, feature_mask_shape=None, queries_shape=None):
         channels = self._check_features(features_shape)[-1]
         self.input_proj.build((None, None, None, channels))
         self.position_embedding.build((None, None, None))
@@ -173,7 +179,7 @@ class DETRHead(keras.layers.Layer):
             layer.build((None, self.d_model))
         self.built = True
 
-    def call(self, features, feature_mask=None, training=None):
+    def call(self, features, feature_mask=None, training=None, queries=None):
         shape = self._check_features(features.shape)
         if feature_mask is not None:
             mask_shape = tuple(feature_mask.shape)
@@ -203,11 +209,24 @@ class DETRHead(keras.layers.Layer):
         features = ops.reshape(features, (batch, tokens, self.d_model))
         pos = ops.reshape(ops.cast(pos, features.dtype), (batch, tokens, self.d_model))
         flat_mask = None if mask is None else ops.reshape(mask, (batch, tokens))
-        query_pos = ops.broadcast_to(
-            ops.cast(self.query_embed.embeddings, features.dtype)[None],
-            (batch, self.num_queries, self.d_model),
-        )
-        hidden = self.transformer(features, pos, query_pos, valid_mask=flat_mask, training=training)
+        if queries is None:
+            query_pos = ops.broadcast_to(
+                ops.cast(self.query_embed.embeddings, features.dtype)[None],
+                (batch, self.num_queries, self.d_model),
+            )
+            hidden = self.transformer(
+                features, pos, query_pos, valid_mask=flat_mask, training=training
+            )
+        else:
+            hidden = self.transformer(
+                features,
+                pos,
+                ops.cast(queries["position"], features.dtype),
+                valid_mask=flat_mask,
+                training=training,
+                query_content=ops.cast(queries["content"], features.dtype),
+                query_mask=queries["attention_mask"],
+            )
         logits = self.class_embed(hidden)
         boxes = ops.sigmoid(self.bbox_embed_2(self.bbox_embed_1(self.bbox_embed_0(hidden))))
         # (L, B, Q, ...) → batch first, so that predict() can concatenate batches.
@@ -218,16 +237,17 @@ class DETRHead(keras.layers.Layer):
             "aux_boxes": ops.transpose(boxes[:-1], (1, 0, 2, 3)),
         }
 
-    def compute_output_spec(self, features, feature_mask=None, training=None):
+    def compute_output_spec(self, features, feature_mask=None, training=None, queries=None):
         batch = features.shape[0]
         aux = self.num_decoder_layers - 1
         classes = self.num_classes + 1
+        n = self.num_queries if queries is None else queries["position"].shape[1]
         spec = keras.KerasTensor
         return {
-            "logits": spec((batch, self.num_queries, classes), dtype=self.compute_dtype),
-            "boxes": spec((batch, self.num_queries, 4), dtype=self.compute_dtype),
-            "aux_logits": spec((batch, aux, self.num_queries, classes), dtype=self.compute_dtype),
-            "aux_boxes": spec((batch, aux, self.num_queries, 4), dtype=self.compute_dtype),
+            "logits": spec((batch, n, classes), dtype=self.compute_dtype),
+            "boxes": spec((batch, n, 4), dtype=self.compute_dtype),
+            "aux_logits": spec((batch, aux, n, classes), dtype=self.compute_dtype),
+            "aux_boxes": spec((batch, aux, n, 4), dtype=self.compute_dtype),
         }
 
     # ---------------------------------------------------------------- loss and post-processing

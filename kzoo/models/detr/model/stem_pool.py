@@ -4,22 +4,19 @@ The portable ``keras.ops.max_pool`` is the default; JAX gets nine strided slices
 dispatch (``kzoo/backends/jax/detr_backbone.py`` says why).
 """
 
-from keras import ops
-
 from kzoo.backends import dispatch
+from kzoo.backends.common.detr_backbone import max_pool_portable
 
 OP = "detr_stem_pool"
 
-
-def max_pool_portable(x, data_format):
-    return ops.max_pool(x, 3, strides=2, padding="valid", data_format=data_format)
+__all__ = ["OP", "max_pool_portable", "stem_max_pool"]
 
 
 dispatch.register(
     OP,
     dispatch.Implementation(
         name="portable",
-        target="kzoo.models.detr.model.stem_pool:max_pool_portable",
+        target="kzoo.backends.common.detr_backbone:max_pool_portable",
         description="keras.ops.max_pool",
     ),
     fallback=True,

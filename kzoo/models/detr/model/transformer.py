@@ -50,6 +50,9 @@ class DETRAttention(keras.layers.Layer):
         value: (B, Tk, d_model).
         key_mask: Optional (B, Tk), True/1 for keys to attend to.
         training: Whether dropout applies.
+        attention_mask: Optional (B, Tq, Tk) bool, True where query i may attend to key j
+            (combined with ``key_mask``); every query must keep at least one key. Training only
+            uses it (DETR's denoising queries and query groups).
 
     Example:
 
@@ -77,7 +80,14 @@ class DETRAttention(keras.layers.Layer):
         self.out_proj = _dense(d_model, "out_proj")
         self.attention_dropout = Dropout(self.dropout)
 
-    def build(self, query_shape=None, key_shape=None, value_shape=None, key_mask_shape=None):
+    def build(
+        self,
+        query_shape=None,
+        key_shape=None,
+        value_shape=None,
+        key_mask_shape=None,
+        attention_mask_shape=None,
+    ):
         for layer in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
             layer.build((None, self.d_model))
         self.built = True
@@ -86,7 +96,7 @@ class DETRAttention(keras.layers.Layer):
         shape = ops.shape(x)
         return ops.reshape(x, (shape[0], shape[1], self.num_heads, self.head_dim))
 
-    def call(self, query, key, value, key_mask=None, training=None):
+    def call(self, query, key, value, key_mask=None, training=None, attention_mask=None):
         q = self._heads(self.q_proj(query))
         k = self._heads(self.k_proj(key))
         v = self._heads(self.v_proj(value))
@@ -94,6 +104,9 @@ class DETRAttention(keras.layers.Layer):
         if key_mask is not None:
             # expand_dims, not [:, None, None]: TF Lite has no builtin for new-axis slices.
             keep = ops.expand_dims(ops.cast(key_mask, "bool"), (1, 2))
+        if attention_mask is not None:
+            pairs = ops.expand_dims(ops.cast(attention_mask, "bool"), 1)
+            keep = pairs if keep is None else ops.logical_and(keep, pairs)
         if not training or self.dropout == 0:
             # The backend's fused attention (torch's scaled_dot_product_attention, JAX's
             # dot_product_attention); it has no dropout on the weights, hence the other path.
@@ -221,7 +234,9 @@ class TransformerDecoderLayer(keras.layers.Layer):
         tgt: (B, Q, d_model) decoder state; memory: (B, T, d_model) encoder output;
         pos: (B, T, d_model) spatial positions (added to the cross-attention keys);
         query_pos: (B, Q, d_model) object queries (added to self-attention q/k and the
-        cross-attention queries); memory_mask: optional (B, T), True for valid positions.
+        cross-attention queries); memory_mask: optional (B, T), True for valid positions;
+        self_attention_mask: optional (B, Q, Q) bool, True where query i may attend to query j
+        (training only: denoising queries and query groups).
 
     Example:
 
@@ -258,6 +273,7 @@ class TransformerDecoderLayer(keras.layers.Layer):
         pos_shape=None,
         query_pos_shape=None,
         memory_mask_shape=None,
+        self_attention_mask_shape=None,
     ):
         self.self_attn.build()
         self.multihead_attn.build()
@@ -267,9 +283,16 @@ class TransformerDecoderLayer(keras.layers.Layer):
             norm.build((None, None, self.d_model))
         self.built = True
 
-    def call(self, tgt, memory, pos, query_pos, memory_mask=None, training=None):
+    def call(
+        self, tgt, memory, pos, query_pos, memory_mask=None, training=None, self_attention_mask=None
+    ):
         qk = tgt + query_pos
-        attended = self.self_attn(qk, qk, tgt, training=training)
+        if self_attention_mask is None:
+            attended = self.self_attn(qk, qk, tgt, training=training)
+        else:
+            attended = self.self_attn(
+                qk, qk, tgt, training=training, attention_mask=self_attention_mask
+            )
         tgt = self.norm1(tgt + self.dropout1(attended, training=training))
         attended = self.multihead_attn(
             tgt + query_pos, memory + pos, memory, key_mask=memory_mask, training=training
@@ -309,7 +332,9 @@ class DETRTransformer(keras.layers.Layer):
     Call arguments:
         features: (B, T, d_model) flattened projected features; pos: (B, T, d_model);
         query_pos: (B, Q, d_model) object queries; valid_mask: optional (B, T), True where
-        valid.
+        valid; query_content: optional (B, Q, d_model) start of the decoder's target (default
+        zeros, DETR's); query_mask: optional (B, Q, Q) bool self-attention mask of the queries.
+        The last two are for training with denoising queries and query groups only.
 
     Returns (num_decoder_layers, B, Q, d_model): every decoder layer's output after the decoder
     norm (the last one is the final output).
@@ -360,21 +385,39 @@ class DETRTransformer(keras.layers.Layer):
         self.decoder_norm = _norm("decoder_norm")
 
     def build(
-        self, features_shape=None, pos_shape=None, query_pos_shape=None, valid_mask_shape=None
+        self,
+        features_shape=None,
+        pos_shape=None,
+        query_pos_shape=None,
+        valid_mask_shape=None,
+        query_content_shape=None,
+        query_mask_shape=None,
     ):
         for layer in self.encoder_layers + self.decoder_layers:
             layer.build()
         self.decoder_norm.build((None, None, self.d_model))
         self.built = True
 
-    def call(self, features, pos, query_pos, valid_mask=None, training=None):
+    def call(
+        self,
+        features,
+        pos,
+        query_pos,
+        valid_mask=None,
+        training=None,
+        query_content=None,
+        query_mask=None,
+    ):
         memory = features
         for layer in self.encoder_layers:
             memory = layer(memory, pos, key_mask=valid_mask, training=training)
-        tgt = ops.zeros_like(query_pos)
+        tgt = ops.zeros_like(query_pos) if query_content is None else query_content
+        extra = {} if query_mask is None else {"self_attention_mask": query_mask}
         outputs = []
         for layer in self.decoder_layers:
-            tgt = layer(tgt, memory, pos, query_pos, memory_mask=valid_mask, training=training)
+            tgt = layer(
+                tgt, memory, pos, query_pos, memory_mask=valid_mask, training=training, **extra
+            )
             outputs.append(self.decoder_norm(tgt))
         return ops.stack(outputs, axis=0)
 

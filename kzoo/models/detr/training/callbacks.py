@@ -199,7 +199,8 @@ class CocoEvaluation(keras.callbacks.Callback):
             "epoch": epoch + 1,
             "val_metrics": {k: float(v) for k, v in metrics.items()},
         }
-        preset_io.save_preset(self.model, self.best_preset, extra_metadata=metadata)
+        with _inference_weights(self.model):
+            preset_io.save_preset(self.model, self.best_preset, extra_metadata=metadata)
         if self.verbose:
             print(
                 f"epoch {epoch + 1}: best validation {self.monitor} so far; saved "
@@ -224,3 +225,12 @@ class CocoEvaluation(keras.callbacks.Callback):
         if not any(curves for _, curves in panels):
             return None
         return save_curves(panels, path)
+
+
+def _inference_weights(model):
+    """The model's ``without_training_queries()`` context (a DETR's), else a no-op: presets
+    hold the inference weights only."""
+    import contextlib
+
+    hide = getattr(model, "without_training_queries", None)
+    return hide() if hide is not None else contextlib.nullcontext()

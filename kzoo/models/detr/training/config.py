@@ -95,6 +95,10 @@ class TrainConfig:
     ffn_dim: int = _SYNTHETIC["ffn_dim"]
     dropout: float | None = None
     dtype_policy: str = "float32"
+    denoising_groups: int = 0
+    box_noise_scale: float = recipe.DN_BOX_NOISE_SCALE
+    label_noise_ratio: float = recipe.DN_LABEL_NOISE_RATIO
+    query_groups: int = 1
     data_parallel: bool = False
     seed: int = 0
     fresh: bool = False
@@ -225,6 +229,20 @@ class TrainConfig:
             value = getattr(config, option)
             if value is not None and value <= 0:
                 raise ValueError(f"{flag(option)} must be > 0 minutes; got {value}.")
+        if config.denoising_groups < 0:
+            raise ValueError(
+                f"--denoising-groups must be >= 0 (0: no denoising queries); got "
+                f"{config.denoising_groups}."
+            )
+        if config.query_groups < 1:
+            raise ValueError(
+                f"--query-groups must be >= 1 (1: DETR's own queries only); got "
+                f"{config.query_groups}."
+            )
+        for option in ("box_noise_scale", "label_noise_ratio"):
+            value = getattr(config, option)
+            if not 0 <= value <= 1:
+                raise ValueError(f"{flag(option)} must be in [0, 1]; got {value}.")
         if config.verbose not in (0, 1, 2):
             raise ValueError(f"--verbose must be 0, 1 or 2; got {config.verbose}.")
 

@@ -1,6 +1,6 @@
 """``train(config)``: DETR training from a ``TrainConfig``, on synthetic shapes or COCO files.
 
-One entry point for ``kzoo train detr``, ``scripts/train_detr.py`` and Python. It reads the
+One entry point for ``kzoo train detr``, ``scripts/train/detr.py`` and Python. It reads the
 config (:class:`kzoo.models.detr.training.config.TrainConfig`) and never changes it.
 
 Without ``train_annotations`` it trains a small DETR from scratch on the built-in synthetic
@@ -289,15 +289,30 @@ def compile_model(model, config, steps_per_epoch):
     if not model.built:
         model.build((None, None, None, 3))
     model.compile(
+        **training_query_options(config),
         optimizer=ScaledAdamW(
             learning_rate=schedule,
             weight_decay=config.weight_decay,
             global_clipnorm=config.clipnorm,
             # Matched against variable paths, which start with the model's name.
             learning_rate_scales={model.backbone_path_pattern(): config.backbone_lr_scale},
-        )
+        ),
     )
     return model
+
+
+def training_query_options(config):
+    """``compile``'s ``denoising`` and ``query_groups`` of the run (training-only queries)."""
+    from kzoo.models.detr.training.training_queries import DenoisingConfig
+
+    denoising = None
+    if config.denoising_groups:
+        denoising = DenoisingConfig(
+            groups=config.denoising_groups,
+            box_noise_scale=config.box_noise_scale,
+            label_noise_ratio=config.label_noise_ratio,
+        )
+    return {"denoising": denoising, "query_groups": config.query_groups}
 
 
 def synthetic_model(config):
@@ -308,7 +323,20 @@ def synthetic_model(config):
 
 
 def model_definition(config, num_classes):
-    """What a backup depends on: recorded in it, compared when resuming (``start_run``)."""
+    """What a backup depends on: recorded in it, compared when resuming (``start_run``).
+
+    The training-only queries are part of it when they are on (their weights are in the
+    backups); runs without them record what they always did.
+    """
+    definition = _model_definition(config, num_classes)
+    if config.denoising_groups:
+        definition["denoising_groups"] = config.denoising_groups
+    if config.query_groups != 1:
+        definition["query_groups"] = config.query_groups
+    return definition
+
+
+def _model_definition(config, num_classes):
     if config.preset is None and not config.coco:
         return {key: getattr(config, key) for key in ARCHITECTURE_KEYS}
     if config.preset is not None:
@@ -372,9 +400,14 @@ def fit_and_save(model, data, config, callbacks, time_limit, preset_dir, metadat
     history = fit(model, data, config, callbacks)
     seconds = time.time() - start
     steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    preset_io.save_preset(
-        model, preset_dir, force=config.force, extra_metadata={**metadata, "trained_steps": steps}
-    )
+    # The preset is the inference model: training-only queries stay in the backups only.
+    with model.without_training_queries():
+        preset_io.save_preset(
+            model,
+            preset_dir,
+            force=config.force,
+            extra_metadata={**metadata, "trained_steps": steps},
+        )
     losses = history.history.get("loss")
     return {
         "steps": steps,
@@ -437,9 +470,9 @@ def _check_folder(path, option):
 
 def check_paths(config):
     """The data options name files and folders that exist; validation comes in pairs."""
-    # The command line's own check (a message naming the option); the one import of kzoo.cli
-    # left below it, to go when the check moves down to kzoo.utils.
-    from kzoo.cli.paths import check_input_file
+    # The command line's own check, so a mistake reads the same through the API (it names the
+    # option).
+    from kzoo.utils.paths import check_input_file
 
     if config.train_images is None:
         raise ValueError("--train-annotations needs --train-images DIR (the images' folder).")

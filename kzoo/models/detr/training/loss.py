@@ -92,7 +92,7 @@ class DETRLoss(keras.losses.Loss):
             )
         self.matcher = matcher
 
-    def _outputs(self, y_pred):
+    def _outputs(self, y_pred, grouped=False):
         if not isinstance(y_pred, dict) or "logits" not in y_pred or "boxes" not in y_pred:
             raise ValueError(
                 "DETRLoss expects the model's output dict with 'logits' and 'boxes'; got "
@@ -100,11 +100,19 @@ class DETRLoss(keras.losses.Loss):
                 + (f" with keys {sorted(y_pred)}" if isinstance(y_pred, dict) else "")
                 + "."
             )
-        outputs = [(y_pred["logits"], y_pred["boxes"])]
-        if self.aux_loss and "aux_logits" in y_pred:
-            num_aux = y_pred["aux_logits"].shape[1]
+        prefix = "group_" if grouped else ""
+        outputs = [(y_pred[f"{prefix}logits"], y_pred[f"{prefix}boxes"])]
+        if self.aux_loss and f"{prefix}aux_logits" in y_pred:
+            num_aux = y_pred[f"{prefix}aux_logits"].shape[1]
             for i in range(num_aux):
-                outputs.append((y_pred["aux_logits"][:, i], y_pred["aux_boxes"][:, i]))
+                outputs.append(
+                    (y_pred[f"{prefix}aux_logits"][:, i], y_pred[f"{prefix}aux_boxes"][:, i])
+                )
+        if grouped:
+            # (B, K, Q, ...) -> (B * K, Q, ...): group k of image b is row b * K + k.
+            outputs = [
+                tuple(ops.reshape(x, (-1, *tuple(x.shape[2:]))) for x in pair) for pair in outputs
+            ]
         return outputs
 
     def _targets(self, y_true):
@@ -125,42 +133,111 @@ class DETRLoss(keras.losses.Loss):
         return boxes, labels
 
     def components(self, y_true, y_pred):
-        """The unweighted terms per output: ``{"loss_ce": [final, aux_0, ...], ...}``."""
+        """The unweighted terms per output: ``{"loss_ce": [final, aux_0, ...], ...}``.
+
+        With query groups (``group_logits`` in ``y_pred``) the matched terms cover every group,
+        each matched on its own, averaged over the groups; with denoising queries (``dn_logits``)
+        the reconstruction terms ``loss_ce_dn``, ``loss_bbox_dn``, ``loss_giou_dn`` come too.
+        """
         target_boxes, labels = self._targets(y_true)
+        terms = {k: [] for k in _TERMS}
+        grouped = isinstance(y_pred, dict) and "group_logits" in y_pred
+        if grouped:
+            groups = y_pred["group_logits"].shape[1]
+            # Each group is a DETR of its own: group k of image b is image b * K + k, with the
+            # targets repeated, so one batched matching solves every group.
+            target_boxes = ops.repeat(target_boxes, groups, axis=0)
+            labels = ops.repeat(labels, groups, axis=0)
         valid = labels >= 0
         valid_f = ops.cast(valid, "float32")
         num_boxes = ops.maximum(ops.sum(valid_f), 1.0)
-        terms = {k: [] for k in _TERMS}
-        for logits, pred_boxes in self._outputs(y_pred):
+        for logits, pred_boxes in self._outputs(y_pred, grouped):
             logits = ops.cast(logits, "float32")
             pred_boxes = ops.cast(pred_boxes, "float32")
-            num_logits = logits.shape[-1]
-            if self.num_classes is not None and num_logits != self.num_classes + 1:
-                raise ValueError(
-                    f"DETRLoss(num_classes={self.num_classes}) expects {self.num_classes + 1} "
-                    f"logits per query (the last is 'no object'); the model gives {num_logits}."
-                )
+            self._check_logits(logits)
             num_queries = pred_boxes.shape[1]
             query = self.matcher(logits, pred_boxes, target_boxes, labels)
             # (B, T, Q): target slot t of image b is matched to query q (padded slots: none).
             assign = ops.one_hot(query, num_queries, dtype="float32") * valid_f[..., None]
-            is_matched = ops.sum(assign, axis=1)
-            matched_label = ops.sum(assign * ops.cast(labels, "float32")[..., None], axis=1)
-            no_object = num_logits - 1
-            target_class = ops.where(is_matched > 0, ops.cast(matched_label, "int32"), no_object)
-            log_prob = ops.log_softmax(logits, axis=-1)
-            nll = -ops.sum(ops.one_hot(target_class, num_logits) * log_prob, axis=-1)
-            weight = ops.where(target_class == no_object, self.eos_coef, 1.0)
-            terms["loss_ce"].append(ops.sum(weight * nll) / ops.sum(weight))
-
-            matched_boxes = ops.einsum("btq,bqd->btd", assign, pred_boxes)
-            l1 = ops.sum(ops.abs(matched_boxes - target_boxes), axis=-1)
-            terms["loss_bbox"].append(ops.sum(l1 * valid_f) / num_boxes)
-            giou = box_ops.aligned_generalized_box_iou(
-                box_ops.box_cxcywh_to_xyxy(matched_boxes), box_ops.box_cxcywh_to_xyxy(target_boxes)
-            )
-            terms["loss_giou"].append(ops.sum((1.0 - giou) * valid_f) / num_boxes)
+            for key, value in self.pair_terms(
+                logits, pred_boxes, target_boxes, labels, assign, num_boxes
+            ).items():
+                terms[key].append(value)
+        if "dn_logits" in y_pred:
+            terms.update(self.denoising_components(y_true, y_pred))
         return terms
+
+    def pair_terms(self, logits, pred_boxes, target_boxes, labels, assign, num_boxes):
+        """The three terms of an assignment ``assign`` (B, T, Q) of targets to queries.
+
+        Cross-entropy over every query (unassigned ones: "no object", weight ``eos_coef``;
+        divided by the sum of the weights), L1 and ``1 - GIoU`` over the assigned pairs divided
+        by ``num_boxes``.
+        """
+        num_logits = logits.shape[-1]
+        valid_f = ops.cast(labels >= 0, "float32")
+        is_matched = ops.sum(assign, axis=1)
+        matched_label = ops.sum(assign * ops.cast(labels, "float32")[..., None], axis=1)
+        no_object = num_logits - 1
+        target_class = ops.where(is_matched > 0, ops.cast(matched_label, "int32"), no_object)
+        log_prob = ops.log_softmax(logits, axis=-1)
+        nll = -ops.sum(ops.one_hot(target_class, num_logits) * log_prob, axis=-1)
+        weight = ops.where(target_class == no_object, self.eos_coef, 1.0)
+        matched_boxes = ops.einsum("btq,bqd->btd", assign, pred_boxes)
+        l1 = ops.sum(ops.abs(matched_boxes - target_boxes), axis=-1)
+        giou = box_ops.aligned_generalized_box_iou(
+            box_ops.box_cxcywh_to_xyxy(matched_boxes), box_ops.box_cxcywh_to_xyxy(target_boxes)
+        )
+        return {
+            "loss_ce": ops.sum(weight * nll) / ops.sum(weight),
+            "loss_bbox": ops.sum(l1 * valid_f) / num_boxes,
+            "loss_giou": ops.sum((1.0 - giou) * valid_f) / num_boxes,
+        }
+
+    def denoising_components(self, y_true, y_pred):
+        """DN-DETR's reconstruction terms: DN query (g, t) answers for target t, no matching.
+
+        The matched loss's terms on those fixed pairs: cross-entropy (every DN query has a real
+        class, weight 1), L1 and ``1 - GIoU``, each summed over the real (unpadded) slots and
+        divided by their number, G times the number of targets (at least 1); for the final and
+        every auxiliary output. ``{"loss_ce_dn": [final, aux_0, ...], ...}``.
+        """
+        target_boxes, labels = self._targets(y_true)
+        slots = labels.shape[1]
+        groups = y_pred["dn_logits"].shape[1] // slots
+        target_boxes = ops.tile(target_boxes, (1, groups, 1))
+        labels = ops.tile(labels, (1, groups))
+        valid_f = ops.cast(labels >= 0, "float32")
+        count = ops.maximum(ops.sum(valid_f), 1.0)
+        outputs = [(y_pred["dn_logits"], y_pred["dn_boxes"])]
+        if self.aux_loss and "dn_aux_logits" in y_pred:
+            for i in range(y_pred["dn_aux_logits"].shape[1]):
+                outputs.append((y_pred["dn_aux_logits"][:, i], y_pred["dn_aux_boxes"][:, i]))
+        terms = {f"{k}_dn": [] for k in _TERMS}
+        for logits, pred_boxes in outputs:
+            logits = ops.cast(logits, "float32")
+            pred_boxes = ops.cast(pred_boxes, "float32")
+            self._check_logits(logits)
+            num_logits = logits.shape[-1]
+            log_prob = ops.log_softmax(logits, axis=-1)
+            onehot = ops.one_hot(ops.maximum(labels, 0), num_logits, dtype="float32")
+            nll = -ops.sum(onehot * log_prob, axis=-1)
+            terms["loss_ce_dn"].append(ops.sum(nll * valid_f) / count)
+            l1 = ops.sum(ops.abs(pred_boxes - target_boxes), axis=-1)
+            terms["loss_bbox_dn"].append(ops.sum(l1 * valid_f) / count)
+            giou = box_ops.aligned_generalized_box_iou(
+                box_ops.box_cxcywh_to_xyxy(pred_boxes), box_ops.box_cxcywh_to_xyxy(target_boxes)
+            )
+            terms["loss_giou_dn"].append(ops.sum((1.0 - giou) * valid_f) / count)
+        return terms
+
+    def _check_logits(self, logits):
+        num_logits = logits.shape[-1]
+        if self.num_classes is not None and num_logits != self.num_classes + 1:
+            raise ValueError(
+                f"DETRLoss(num_classes={self.num_classes}) expects {self.num_classes + 1} "
+                f"logits per query (the last is 'no object'); the model gives {num_logits}."
+            )
 
     def call(self, y_true, y_pred):
         terms = self.components(y_true, y_pred)
@@ -172,7 +249,7 @@ class DETRLoss(keras.losses.Loss):
         total = 0.0
         for key, values in terms.items():
             for value in values:
-                total = total + weights[key] * value
+                total = total + weights[key.removesuffix("_dn")] * value
         return total
 
     def get_config(self):

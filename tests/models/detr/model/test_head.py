@@ -1,12 +1,11 @@
-"""kzoo.layers.DETRHead: DETR's head on any feature map, serializable, with its loss."""
+"""kzoo.models.DETRHead: DETR's head on any feature map, serializable, with its loss."""
 
 import keras
 import numpy as np
 import pytest
 
 import kzoo
-from kzoo.layers import DETRHead
-from kzoo.models import DETR
+from kzoo.models import DETR, DETRHead
 from kzoo.models.detr.model.postprocess import outputs_to_detections
 from kzoo.models.detr.training.loss import DETRLoss
 
@@ -66,7 +65,7 @@ def test_is_what_detr_runs_after_its_backbone():
     alone = model.head(features, mask)
     for key in ("logits", "boxes", "aux_logits", "aux_boxes"):
         np.testing.assert_allclose(_np(out[key]), _np(alone[key]), rtol=1e-5, atol=1e-5)
-    assert isinstance(model.head, kzoo.layers.DETRHead)
+    assert isinstance(model.head, kzoo.models.DETRHead)
 
 
 def test_output_shapes_and_masked_positions_are_ignored(head):

@@ -18,7 +18,8 @@ ARGS_KEYS = {
     "lr", "backbone_lr_scale", "weight_decay", "clipnorm", "lr_drop", "image_size",
     "num_classes", "max_objects", "eval_images", "num_queries", "d_model", "num_heads",
     "num_encoder_layers", "num_decoder_layers", "ffn_dim", "dropout", "dtype_policy",
-    "data_parallel", "seed", "fresh", "verbose", "coco",
+    "data_parallel", "seed", "fresh", "verbose", "coco", "denoising_groups",
+    "box_noise_scale", "label_noise_ratio", "query_groups",
 }  # fmt: skip
 
 
@@ -37,6 +38,35 @@ def test_the_flags_build_the_config_with_its_own_defaults():
     assert set(run_arguments(config.resolved())) == ARGS_KEYS
     with pytest.raises(ValueError, match="Unknown TrainConfig options: command"):
         TrainConfig.from_flags({"command": "train", "epochs": 2})
+
+
+def test_training_query_flags_build_and_check_the_config():
+    from kzoo.models.detr.training.engine import model_definition, training_query_options
+
+    config = train_cli.config_from_args(
+        parse("--denoising-groups", "5", "--box-noise-scale", "0.3", "--query-groups", "11")
+    )
+    assert (config.denoising_groups, config.box_noise_scale, config.query_groups) == (5, 0.3, 11)
+    options = training_query_options(config)
+    assert options["query_groups"] == 11
+    assert options["denoising"].get_config() == {
+        "groups": 5,
+        "box_noise_scale": 0.3,
+        "label_noise_ratio": 0.2,
+    }
+    assert training_query_options(TrainConfig()) == {"denoising": None, "query_groups": 1}
+    # Backups record them only when they are on (older backups still match plain runs).
+    plain = model_definition(TrainConfig().resolved(), 3)
+    assert "query_groups" not in plain and "denoising_groups" not in plain
+    assert model_definition(config.resolved(), 3)["query_groups"] == 11
+    for argv, message in (
+        (("--denoising-groups", "-1"), "--denoising-groups must be >= 0"),
+        (("--query-groups", "0"), "--query-groups must be >= 1"),
+        (("--box-noise-scale", "1.5"), "--box-noise-scale must be in"),
+        (("--label-noise-ratio", "-0.1"), "--label-noise-ratio must be in"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            train_cli.config_from_args(parse(*argv)).validate()
 
 
 def test_resolved_fills_the_defaults_of_the_data_source():

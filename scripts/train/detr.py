@@ -2,9 +2,9 @@
 
 The same as ``kzoo train detr``: its flags become a ``kzoo.models.detr.TrainConfig`` and
 ``kzoo.models.detr.train(config)`` runs (``kzoo.models.detr.training.engine`` describes the run
-directory). Example (the figures in docs/benchmarks.md):
+directory). Example (the figures in docs/benchmarks-history.md):
 
-    KERAS_BACKEND=jax python scripts/train_detr.py --out runs/detr --time-limit 30
+    KERAS_BACKEND=jax python scripts/train/detr.py --out runs/detr --time-limit 30
 """
 
 import sys

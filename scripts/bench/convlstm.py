@@ -12,10 +12,10 @@ per-pair ratios (keras time / kzoo time; > 1 means kzoo is faster) of:
   per call (data adapter, callbacks, iterator) and is the same for both layers;
 - ``predict_on_batch``.
 
-Usage: ``python scripts/bench_convlstm.py [--backends jax,tensorflow,torch] [--repeats 5]``
+Usage: ``python scripts/bench/convlstm.py [--backends jax,tensorflow,torch] [--repeats 5]``
 (or ``kzoo bench convlstm -- ...``).
 
-``--grid`` times instead every point of ``scripts/convlstm_grid.py`` (published ConvLSTM
+``--grid`` times instead every point of ``scripts/bench/convlstm_grid.py`` (published ConvLSTM
 configurations): a ``fit`` training step of the point's model built with each layer (same
 weights), alternating, until ``--point-seconds`` or ``--repeats`` pairs; and, each model in a
 fresh process of its own, the peak memory a training epoch adds after a warm-up epoch (resident
@@ -25,13 +25,27 @@ layer. ``--plot PNG`` draws the speedups; ``--json PATH`` keeps every figure.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _grid():
+    """``scripts/bench/convlstm_grid.py``, loaded by its path: scripts/ is a folder of scripts,
+    not a package, and this script's functions also run where its folder is not on
+    ``sys.path`` (the profiler and the tests load it by path)."""
+    name = "_script_bench_convlstm_grid"
+    if name not in sys.modules:
+        path = os.path.join(SCRIPTS, "bench", "convlstm_grid.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
 CHILD_OPTIONS = (
@@ -49,6 +63,8 @@ CHILD_OPTIONS = (
 def _bench_backend(args):
     import keras
     import numpy as np
+
+    from kzoo.utils import benchmark
 
     class StepTimer(keras.callbacks.Callback):
         """Wall time of each training step, from the batch-begin to the batch-end callback."""
@@ -114,24 +130,25 @@ def _bench_backend(args):
             model.predict_on_batch(x[: args.batch])
             return time.perf_counter() - start
 
-        # Warm-up: compiles the train and predict functions of both models.
-        for model in (kz, ref):
-            fit(model)
-            infer(model)
-        timings = {"fit": ([], []), "fit_call": ([], []), "predict": ([], [])}
-        for _ in range(args.repeats):
-            for index, model in enumerate((kz, ref)):
+        def side(model):
+            def run():
                 step, call = fit(model)
-                timings["fit"][index].append(step)
-                timings["fit_call"][index].append(call)
-                timings["predict"][index].append(infer(model))
+                return {"fit": step, "fit_call": call, "predict": infer(model)}
+
+            return run
+
+        # The warm-up round compiles the train and predict functions of both models.
+        samples = benchmark.alternate(
+            {"kzoo": side(kz), "keras": side(ref)}, args.repeats, warmup=1, self_timed=True
+        )
         row = {"backend": keras.backend.backend(), "model": model_name, "max_diff": max_diff}
-        for kind, (t_kz, t_ref) in timings.items():
-            ratios = [r / k for k, r in zip(t_kz, t_ref)]
+        for kind in ("fit", "fit_call", "predict"):
+            times = benchmark.field(samples, kind)
+            medians = benchmark.medians(times)
             row[kind] = {
-                "kzoo_s": float(np.median(t_kz)),
-                "keras_s": float(np.median(t_ref)),
-                "speedup": float(np.median(ratios)),
+                "kzoo_s": float(medians["kzoo"]),
+                "keras_s": float(medians["keras"]),
+                "speedup": float(benchmark.ratio(times, "keras", "kzoo")),
             }
         results.append(row)
         print(json.dumps(row), flush=True)
@@ -175,7 +192,8 @@ def _grid_data(point, steps):
 
 def _grid_pair(point):
     import keras
-    from convlstm_grid import build_model
+
+    build_model = _grid().build_model
 
     import kzoo
 
@@ -191,7 +209,10 @@ def _grid_pair(point):
 
 def _grid_time_child(args):
     import numpy as np
-    from convlstm_grid import points
+
+    from kzoo.utils import benchmark
+
+    points = _grid().points
 
     for point in points(args.points.split(",") if args.points else None):
         x, y = _grid_data(point, args.batches)
@@ -211,23 +232,27 @@ def _grid_time_child(args):
             model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
             return float(np.median(timer.steps))
 
-        models = [m for m in (ours, theirs) if m is not None]
-        for model in models:  # compile the train functions
-            step_time(model)
-        t_ours, t_theirs = [], []
-        start = time.perf_counter()
-        while len(t_ours) < args.repeats and (
-            len(t_ours) < 3 or time.perf_counter() - start < args.point_seconds
-        ):
-            t_ours.append(step_time(ours))
-            if theirs is not None:
-                t_theirs.append(step_time(theirs))
-        ratios = [b / a for a, b in zip(t_ours, t_theirs)]
-        row = dict(point, backend=args.backend_name, max_diff=diff, pairs=len(t_ours))
+        runs = {"kzoo": lambda m=ours: step_time(m)}
+        if theirs is not None:
+            runs["keras"] = lambda m=theirs: step_time(m)
+        # The warm-up round compiles the train functions; then pairs until --repeats of them or
+        # --point-seconds (at least 3 pairs).
+        samples = benchmark.alternate(
+            runs,
+            args.repeats,
+            warmup=1,
+            self_timed=True,
+            budget_seconds=args.point_seconds,
+            min_rounds=3,
+        )
+        medians = benchmark.medians(samples)
+        row = dict(point, backend=args.backend_name, max_diff=diff, pairs=len(samples["kzoo"]))
         row.update(
-            kzoo_s=float(np.median(t_ours)),
-            keras_s=float(np.median(t_theirs)) if t_theirs else None,
-            speedup=float(np.median(ratios)) if ratios else None,
+            kzoo_s=float(medians["kzoo"]),
+            keras_s=float(medians["keras"]) if theirs is not None else None,
+            speedup=float(benchmark.ratio(samples, "keras", "kzoo"))
+            if theirs is not None
+            else None,
         )
         print(json.dumps(row), flush=True)
 
@@ -242,7 +267,8 @@ def _grid_memory_child(args):
     import threading
 
     import keras
-    from convlstm_grid import points
+
+    points = _grid().points
 
     (point,) = points([args.points])
     x, y = _grid_data(point, 3)
@@ -298,9 +324,6 @@ def _child_env(backend, threads):
             env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
             " intra_op_parallelism_threads=1"
         ).strip()
-    env["PYTHONPATH"] = os.pathsep.join(
-        [ROOT, os.path.join(ROOT, "scripts"), env.get("PYTHONPATH", "")]
-    )
     return env
 
 
@@ -313,7 +336,7 @@ def _run_json(cmd, env, what):
 
 
 def run_grid(args):
-    from convlstm_grid import points
+    points = _grid().points
 
     names = [p["name"] for p in points(args.points.split(",") if args.points else None)]
     rows = []
@@ -420,7 +443,7 @@ def merge_grid_json(paths):
 
     Points come out in the grid's order (``convlstm_grid.points``), backends in first-seen order.
     """
-    from convlstm_grid import points
+    points = _grid().points
 
     merged = {}
     for path in paths:

@@ -11,7 +11,7 @@ about the other jobs than about kzoo.
 
 Example (the figures in docs/benchmarks.md):
 
-    KERAS_BACKEND=jax python scripts/train_detr_coco_shapes.py --data /tmp/shapes_coco \\
+    KERAS_BACKEND=jax python scripts/train/detr_coco_shapes.py --data /tmp/shapes_coco \\
         --out /tmp/detr_runs/coco96 -- --epochs 8 --augment flip --cpu-time-limit 27
 """
 
@@ -23,12 +23,9 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def export_splits(data, image_size, train_images, eval_images, num_classes, max_objects):
     """Write ``data/train`` and ``data/val`` once; returns their (annotations, images) pairs."""
-    sys.path.insert(0, ROOT)
     from kzoo.data import SyntheticDetection, export_coco
 
     splits = {}
@@ -77,8 +74,7 @@ def main(argv=None):
     print("$", " ".join(cmd), flush=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.time()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    code = subprocess.call(cmd, env=env)
+    code = subprocess.call(cmd)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if code != 0:

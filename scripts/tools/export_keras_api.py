@@ -18,8 +18,8 @@
 Each backend runs in its own subprocess. kzoo is imported from ``PYTHONPATH``, so the same
 command measures another checkout (e.g. a ``git worktree`` of an older commit):
 
-    PYTHONPATH=$PWD python scripts/export_keras_api.py
-    PYTHONPATH=/path/to/old/checkout python scripts/export_keras_api.py
+    PYTHONPATH=$PWD python scripts/tools/export_keras_api.py
+    PYTHONPATH=/path/to/old/checkout python scripts/tools/export_keras_api.py
 """
 
 import argparse

@@ -23,22 +23,25 @@ DETR's recipe trains layer2-layer4. ``--backbone recipe`` (default) unfreezes HF
 ``stages.{1,2,3}`` convolutions to match kzoo's default; ``--backbone frozen`` freezes kzoo's
 whole backbone (``backbone_trainable_stages=0``) to match HF's default.
 
+``--training-queries`` times kzoo against kzoo instead: the same DETR-R50 step without and
+with the training-only queries (``compile(denoising=DenoisingConfig(groups=--dn-groups),
+query_groups=--query-groups)``, DN-DETR's 5 and LW-DETR's 13 by default), alternating in one
+process per backend; the ratio is with / without (the issue's target: at most 1.25x).
+
 Usage:
-    python scripts/bench_detr_train.py                         # all backends, 512x640
-    python scripts/bench_detr_train.py --backends torch jax --rounds 7 --backbone frozen
+    python scripts/bench/detr_train.py                         # all backends, 512x640
+    python scripts/bench/detr_train.py --backends torch jax --rounds 7 --backbone frozen
+    python scripts/bench/detr_train.py --training-queries      # DN + groups vs plain, per backend
 """
 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _targets(rng, batch, counts, num_classes):
@@ -55,7 +58,7 @@ def build_steps(args):
     """``(step_hf, step_kzoo, hf, model)``: one training step of each on the same batch.
 
     ``args`` needs ``batch``, ``height``, ``width``, ``backbone``, ``dtype_policy`` and
-    ``hf_default_dropout`` (as this script's options); ``scripts/profile_detr_train.py`` profiles
+    ``hf_default_dropout`` (as this script's options); ``scripts/profile/detr_train.py`` profiles
     the same two steps.
     """
     # transformers pulls in triton, whose LLVM clashes with TensorFlow's when loaded after it:
@@ -65,7 +68,6 @@ def build_steps(args):
     import keras
     import torch
 
-    sys.path.insert(0, ROOT)
     from kzoo.models import DETR
 
     if args.dtype_policy:
@@ -129,28 +131,62 @@ def build_steps(args):
     return step_hf, step_kzoo, hf, model
 
 
+def build_query_steps(args):
+    """``(step_plain, step_queries, plain, model)``: one kzoo step without and with the
+    training-only queries, same weights, same batch."""
+    import keras
+
+    from kzoo.models import DETR
+    from kzoo.models.detr import DenoisingConfig
+
+    if args.dtype_policy:
+        keras.config.set_dtype_policy(args.dtype_policy)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(args.batch, args.height, args.width, 3)).astype("float32")
+    num_classes = 91
+    boxes, labels = _targets(rng, args.batch, (3, 5, 2, 4), num_classes)
+    width = max(len(b) for b in boxes)
+    y = {
+        "boxes": np.zeros((args.batch, width, 4), "float32"),
+        "labels": np.full((args.batch, width), -1, "int32"),
+    }
+    for i, (b, lab) in enumerate(zip(boxes, labels)):
+        y["boxes"][i, : len(b)] = b
+        y["labels"][i, : len(lab)] = lab
+    stages = 0 if args.backbone == "frozen" else None
+    plain = DETR(num_classes=num_classes, backbone_trainable_stages=stages)
+    plain.build((None, None, None, 3))
+    model = DETR(num_classes=num_classes, backbone_trainable_stages=stages)
+    model.build((None, None, None, 3))
+    model.set_weights(plain.get_weights())
+    plain.compile()
+    model.compile(
+        denoising=DenoisingConfig(groups=args.dn_groups) if args.dn_groups else None,
+        query_groups=args.query_groups,
+    )
+
+    def step(m):
+        return lambda: float(np.asarray(m.train_on_batch(images, y)))
+
+    return step(plain), step(model), plain, model
+
+
 def child(args):
+    if args.training_queries:
+        return child_queries(args)
     step_hf, step_kzoo, hf, model = build_steps(args)  # imports transformers before keras
     import keras
     import torch
 
+    from kzoo.utils import benchmark
+
     start = time.perf_counter()
     step_kzoo()
     first_call = time.perf_counter() - start
-    for _ in range(args.warmup):
-        step_hf()
-        step_kzoo()
-    hf_times, kzoo_times = [], []
-    for _ in range(args.rounds):
-        time.sleep(args.pause)
-        start = time.perf_counter()
-        step_hf()
-        hf_times.append(time.perf_counter() - start)
-        time.sleep(args.pause)
-        start = time.perf_counter()
-        step_kzoo()
-        kzoo_times.append(time.perf_counter() - start)
-    ratios = [k / h for k, h in zip(kzoo_times, hf_times)]
+    samples = benchmark.alternate(
+        {"hf": step_hf, "kzoo": step_kzoo}, args.rounds, warmup=args.warmup, pause=args.pause
+    )
+    medians = benchmark.medians(samples)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     hf_trainable = sum(p.numel() for p in hf.parameters() if p.requires_grad)
     print(
@@ -160,15 +196,50 @@ def child(args):
                 "backend": keras.backend.backend(),
                 "dtype_policy": args.dtype_policy or "float32",
                 "backbone": args.backbone,
-                "kzoo_median_s": statistics.median(kzoo_times),
-                "hf_median_s": statistics.median(hf_times),
-                "ratio_median": statistics.median(ratios),
+                "kzoo_median_s": medians["kzoo"],
+                "hf_median_s": medians["hf"],
+                "ratio_median": benchmark.ratio(samples, "kzoo", "hf"),
                 "kzoo_first_call_s": first_call,
                 "kzoo_trainable": trainable,
                 "hf_trainable": hf_trainable,
                 "torch_threads": torch.get_num_threads(),
                 "rounds": args.rounds,
                 "hf_dropout": "transformers defaults" if args.hf_default_dropout else "DETR (0.1)",
+                "size": [args.height, args.width],
+            }
+        ),
+        flush=True,
+    )
+
+
+def child_queries(args):
+    step_plain, step_queries, plain, model = build_query_steps(args)
+    import keras
+
+    from kzoo.utils import benchmark
+
+    for step in (step_plain, step_queries):
+        step()  # compile / trace
+    samples = benchmark.alternate(
+        {"plain": step_plain, "queries": step_queries},
+        args.rounds,
+        warmup=args.warmup,
+        pause=args.pause,
+    )
+    medians = benchmark.medians(samples)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "backend": keras.backend.backend(),
+                "dtype_policy": args.dtype_policy or "float32",
+                "backbone": args.backbone,
+                "dn_groups": args.dn_groups,
+                "query_groups": args.query_groups,
+                "plain_median_s": medians["plain"],
+                "queries_median_s": medians["queries"],
+                "ratio_median": benchmark.ratio(samples, "queries", "plain"),
+                "rounds": args.rounds,
                 "size": [args.height, args.width],
             }
         ),
@@ -197,6 +268,13 @@ def main(argv=None):
         default=0.0,
         help="seconds idle before each timed step (lets the other side's threads go to sleep)",
     )
+    parser.add_argument(
+        "--training-queries",
+        action="store_true",
+        help="time kzoo with denoising queries and query groups against plain kzoo (no HF)",
+    )
+    parser.add_argument("--dn-groups", type=int, default=5, help="with --training-queries (0: off)")
+    parser.add_argument("--query-groups", type=int, default=13, help="with --training-queries")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0 or not 1 <= args.batch <= 4 or args.pause < 0:
@@ -210,6 +288,9 @@ def main(argv=None):
         cmd = [sys.executable, os.path.abspath(__file__), "--child"]
         for key in ("rounds", "warmup", "batch", "height", "width", "backbone", "pause"):
             cmd += [f"--{key}", str(getattr(args, key))]
+        if args.training_queries:
+            cmd += ["--training-queries", "--dn-groups", str(args.dn_groups)]
+            cmd += ["--query-groups", str(args.query_groups)]
         if args.dtype_policy:
             cmd += ["--dtype-policy", args.dtype_policy]
         if args.hf_default_dropout:
@@ -221,6 +302,14 @@ def main(argv=None):
             continue
         result = json.loads(lines[-1][len("RESULT ") :])
         results.append(result)
+        if args.training_queries:
+            print(
+                f"{backend:>10}: plain {result['plain_median_s']:.3f} s, with {args.dn_groups} "
+                f"DN groups and {args.query_groups} query groups "
+                f"{result['queries_median_s']:.3f} s, ratio {result['ratio_median']:.2f}x",
+                flush=True,
+            )
+            continue
         print(
             f"{backend:>10}: kzoo {result['kzoo_median_s']:.3f} s, HF torch "
             f"{result['hf_median_s']:.3f} s, ratio {result['ratio_median']:.2f}x "

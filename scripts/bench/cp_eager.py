@@ -8,7 +8,7 @@ attention, and the later calls of the same shape should only run it.
 The script uses nothing added with the eager cache, so it runs on older checkouts as well
 (for a before/after comparison run it from each checkout's root).
 
-Usage: ``python scripts/bench_cp_eager.py [--seq-lens 32,64] [--calls 3] [--devices 8]
+Usage: ``python scripts/bench/cp_eager.py [--seq-lens 32,64] [--calls 3] [--devices 8]
 [--strategy ring]``. Prints one line per call and a Markdown table.
 """
 

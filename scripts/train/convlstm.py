@@ -3,13 +3,13 @@ copy-the-last-frame baseline on freshly generated sequences.
 
 Usage (the shipped preset was made with the defaults, on torch, the fastest backend on CPU):
 
-    KERAS_BACKEND=torch python scripts/train_convlstm.py
+    KERAS_BACKEND=torch python scripts/train/convlstm.py
 
 It writes the preset to ``kzoo/presets/builtin/convlstm_color_shapes`` (``--preset-dir``), and
 the loss curve and history to ``--output-dir``. It also prints the per-step MSE of a 10-step
 rollout (``--eval-steps``) against copying the last frame. ``--rollout-steps K`` trains the
 model's own K-step rollout (unrolled into one graph) on the next K true frames: that is how
-``convlstm_color_shapes_rollout`` was made (the commands are in docs/benchmarks.md). An
+``convlstm_color_shapes_rollout`` was made (the commands are in docs/benchmarks-history.md). An
 interrupted run resumes from ``--output-dir/backup`` when rerun with the same arguments.
 """
 
@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main():
@@ -63,7 +63,6 @@ def main():
     )
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "build", "convlstm_train"))
     args = parser.parse_args()
-    sys.path.insert(0, ROOT)
     # Read by torch (and OpenMP) at import: set before keras loads the backend.
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 

@@ -28,7 +28,7 @@ machine only; ``--no-time`` skips them.
 
 Usage::
 
-    python scripts/bench_cp_torch.py [--seq-lens 4096,16384] [--cp 2,4]
+    python scripts/bench/cp_torch.py [--seq-lens 4096,16384] [--cp 2,4]
         [--strategies ring,all_to_all] [--heads 8] [--kv-heads 4] [--head-dim 64]
         [--repeats 5] [--exact-max-seq 4096] [--no-time] [--json rows.json]
 
@@ -46,8 +46,6 @@ import sys
 import tempfile
 import time
 import types
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _inputs(args, length, seed):
@@ -271,7 +269,7 @@ def _free_port():
 
 
 def _run(args, mode, nproc, seq_len, out):
-    env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, KERAS_BACKEND="torch", CUDA_VISIBLE_DEVICES="")
     env.setdefault("OMP_NUM_THREADS", "1")
     own = [
         "--child", mode, "--seq-len", str(seq_len), "--out", out,

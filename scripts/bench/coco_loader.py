@@ -11,7 +11,7 @@ to a temporary directory (tiny by default, so the script runs in seconds). Pipel
 - ``eval``: DETR's evaluation resize (``--size`` shorter side, capped at ``--size * 1333 / 800``);
 - ``train``: DETR's training augmentation with its scales multiplied by ``--size / 800``.
 
-Usage: ``python scripts/bench_coco_loader.py [--images 64] [--image-size 96] [--size 128]
+Usage: ``python scripts/bench/coco_loader.py [--images 64] [--image-size 96] [--size 128]
 [--workers 1,2] [--multiprocessing] [--annotation-file F --image-dir D]``.
 """
 
@@ -19,12 +19,8 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def images_per_second(dataset, repeats=3):

@@ -1,4 +1,4 @@
-"""The grid of published ConvLSTM configurations that ``bench_convlstm.py --grid`` times.
+"""The grid of published ConvLSTM configurations that ``scripts/bench/convlstm.py --grid`` times.
 
 Each point is a next-frame model of the kind papers and tutorials train: 1-3 stacked
 ``ConvLSTM2D`` layers (BatchNorm between them) and a sigmoid convolution head, trained with

@@ -6,13 +6,12 @@ process: with the real matcher (cost matrices, host callback, scipy), and with a
 returns a fixed assignment without leaving the device. The difference is the matching's cost.
 Also reports the host-side scipy time alone.
 
-    KERAS_BACKEND=jax python scripts/bench_detr_matching.py --config train
-    KERAS_BACKEND=jax python scripts/bench_detr_matching.py --config r50
+    KERAS_BACKEND=jax python scripts/bench/detr_matching.py --config train
+    KERAS_BACKEND=jax python scripts/bench/detr_matching.py --config r50
 """
 
 import argparse
 import statistics
-import time
 
 import keras
 import numpy as np
@@ -21,9 +20,10 @@ from keras import ops
 from kzoo.models.detr.training.loss import DETRLoss
 from kzoo.models.detr.training.matcher import HungarianMatcher
 from kzoo.ops.hungarian import solve_numpy
+from kzoo.utils import benchmark
 
 CONFIGS = {
-    # scripts/train_detr.py defaults: batch 8, 10 queries, 3 decoder layers, <= 4 objects.
+    # scripts/train/detr.py defaults: batch 8, 10 queries, 3 decoder layers, <= 4 objects.
     "train": dict(batch=8, queries=10, classes=3, layers=3, targets=4),
     # DETR R50 on COCO: batch 2 per GPU, 100 queries, 6 decoder layers, up to ~30 objects.
     "r50": dict(batch=2, queries=100, classes=91, layers=6, targets=30),
@@ -96,14 +96,12 @@ def main():
     y_pred, y_true = make_problem(c, np.random.default_rng(0))
     real = compiled_step(DETRLoss())
     fixed = compiled_step(DETRLoss(matcher=FixedMatcher()))
-    block(real(y_pred, y_true))
-    block(fixed(y_pred, y_true))
-    times = {"real": [], "fixed": []}
-    for _ in range(args.repeats):
-        for name, fn in (("real", real), ("fixed", fixed)):
-            start = time.perf_counter()
-            block(fn(y_pred, y_true))
-            times[name].append(time.perf_counter() - start)
+    times = benchmark.alternate(
+        {"real": lambda: real(y_pred, y_true), "fixed": lambda: fixed(y_pred, y_true)},
+        args.repeats,
+        warmup=1,
+        sync=block,
+    )
     matcher = HungarianMatcher()
     outputs = [(y_pred["logits"], y_pred["boxes"])] + [
         (y_pred["aux_logits"][:, i], y_pred["aux_boxes"][:, i]) for i in range(c["layers"] - 1)
@@ -116,14 +114,12 @@ def main():
         )
         for lg, bx in outputs
     ]
-    scipy_times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        for cost in costs:
-            solve_numpy(cost)
-        scipy_times.append(time.perf_counter() - start)
-    real_ms = statistics.median(times["real"]) * 1e3
-    fixed_ms = statistics.median(times["fixed"]) * 1e3
+    scipy_times = benchmark.alternate(
+        {"scipy": lambda: [solve_numpy(cost) for cost in costs]}, args.repeats, warmup=0
+    )["scipy"]
+    medians = benchmark.medians(times)
+    real_ms = medians["real"] * 1e3
+    fixed_ms = medians["fixed"] * 1e3
     print(
         f"backend {keras.backend.backend()}, config {args.config} {c}\n"
         f"loss value+grad with Hungarian matching: {real_ms:.2f} ms (median of {args.repeats})\n"

@@ -8,8 +8,8 @@ are repeated to RGB for a colour model). MSE here is the mean over pixels; OpenS
 MSE is the sum over a frame's 64x64 pixels in 0-1 units (4096 times larger). An exactly copied
 frame has an infinite PSNR: it is printed as ``inf`` and written to JSON as ``null``.
 
-    KERAS_BACKEND=torch python scripts/eval_video.py --preset convlstm_color_shapes --steps 10
-    KERAS_BACKEND=torch python scripts/eval_video.py --preset runs/next/preset \\
+    KERAS_BACKEND=torch python scripts/train/eval_video.py --preset convlstm_color_shapes --steps 10
+    KERAS_BACKEND=torch python scripts/train/eval_video.py --preset runs/next/preset \\
         --moving-mnist mnist_test_seq.npy --json results.json
 """
 
@@ -18,7 +18,6 @@ import json
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("mse", "mae", "psnr", "ssim")
 
 
@@ -80,7 +79,6 @@ def main(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.json and os.path.exists(args.json) and not args.overwrite:
         parser.error(f"--json {args.json} already exists; pass --overwrite to replace it")
-    sys.path.insert(0, ROOT)
 
     import keras
     import numpy as np

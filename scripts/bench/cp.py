@@ -23,7 +23,7 @@ machine could run.
    ``kzoo.distribution.balance_documents`` reorders each row's documents. All-to-all gives
    every device every block for 1/CP of the heads: its max/mean is 1 by construction.
 
-Usage: ``python scripts/bench_cp.py [--seq-lens 8192,32768] [--plot docs/img/bench_cp.png]``
+Usage: ``python scripts/bench/cp.py [--seq-lens 8192,32768] [--plot docs/img/bench_cp.png]``
 (the default lengths take about 6 minutes on 2 shared cores, 8192,16384,32768 about 9; the
 32768-token all-to-all compiles dominate).
 """

@@ -1,10 +1,9 @@
 """``kzoo train|predict convlstm-color`` and ``kzoo train|predict convlstm-next``."""
 
-import math
 import os
 import sys
 
-from kzoo.cli.paths import check_output_file
+from kzoo.utils.paths import check_output_file
 
 DEFAULT_PRESET = "convlstm_color_shapes"
 OUT_FORMATS = (".png", ".gif", ".mp4")
@@ -142,13 +141,6 @@ def _check_positive(args, *names):
             raise ValueError(f"--{name.replace('_', '-')} must be positive; got {value}.")
 
 
-def check_learning_rate(value):
-    """The CLI's check of ``--learning-rate`` (the Python API runs the same one)."""
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"--learning-rate must be a finite number greater than 0; got {value}.")
-    return value
-
-
 def train(args):
     spec = TARGETS[args._target]
     _check_positive(
@@ -161,7 +153,9 @@ def train(args):
         "frame_size",
         "stride",
     )
-    check_learning_rate(args.learning_rate)
+    from kzoo.models.conv_lstm.training import check_learning_rate
+
+    check_learning_rate(args.learning_rate, "--learning-rate")
     filters = _int_list(args.filters, "filters")
     kernel_sizes = _int_list(args.kernel_sizes, "kernel-sizes")
     if len(filters) != len(kernel_sizes):

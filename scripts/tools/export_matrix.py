@@ -7,18 +7,19 @@ a cell reports the largest difference over both sizes and all outputs (pixel box
 the image's larger side), or the converter's error.
 
 Usage:
-    python scripts/export_matrix.py                       # all backends, markdown table
-    python scripts/export_matrix.py --backends torch --cases DETR CausalLM
+    python scripts/tools/export_matrix.py                       # all backends, markdown table
+    python scripts/tools/export_matrix.py --backends torch --cases DETR CausalLM
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COLUMNS = [
     ("tensorflow", "saved_model"),
     ("tensorflow", "onnx"),
@@ -37,12 +38,22 @@ HEADERS = {
 }
 
 
+def _load(path, name):
+    """The Python file ``path`` as module ``name`` (the tests folder is not installed)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def child(cases, formats):
-    sys.path.insert(0, ROOT)
     import keras
 
     from kzoo import export
-    from tests.export.cases import CASES, run_case
+
+    test_cases = _load(os.path.join(ROOT, "tests", "export", "cases.py"), "export_cases")
+    CASES, run_case = test_cases.CASES, test_cases.run_case
 
     backend = keras.backend.backend()
     for name in cases or CASES:

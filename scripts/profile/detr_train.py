@@ -1,22 +1,33 @@
 """Where a DETR-R50 training step spends its time: kzoo's step against transformers'.
 
-Builds the two steps of ``scripts/bench_detr_train.py`` (same images, targets, dropout and
+Builds the two steps of ``scripts/bench/detr_train.py`` (same images, targets, dropout and
 optimizer recipe, at batch 2 and 512x640), warms both up, then profiles two steps of each and
 prints the top ops by self CPU time: transformers' with ``torch.profiler``; kzoo's on torch the
-same way, on JAX and TensorFlow with their own profilers (``scripts/xplane_ops.py``: XLA
+same way, on JAX and TensorFlow with their own profilers (``scripts/profile/xplane_ops.py``: XLA
 instructions or TensorFlow op types). The last line compares the time in convolutions and
 matrix products (``_heavy``). ``--python`` prints instead ``cProfile``'s top functions of kzoo's
 step by cumulative time (where keras's eager Python costs show). Usage:
-``python scripts/profile_detr_train.py [--backend torch|jax|tensorflow] [--rows 25] [--python]``.
+``python scripts/profile/detr_train.py [--backend torch|jax|tensorflow] [--rows 25] [--python]``.
 """
 
 import argparse
 import cProfile
+import importlib.util
 import os
 import pstats
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _script(path):
+    """``scripts/<path>`` as a module: scripts/ is a folder of scripts, not a package."""
+    name = "_script_" + path[:-3].replace("/", "_")
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(SCRIPTS, path))
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
 def main(argv=None):
@@ -27,9 +38,8 @@ def main(argv=None):
     parser.add_argument("--by-name", action="store_true", help="kzoo's single ops, not op types")
     args = parser.parse_args(argv)
     os.environ["KERAS_BACKEND"] = args.backend
-    sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts")]
-    import bench_detr_train
-    import xplane_ops
+    bench_detr_train = _script("bench/detr_train.py")
+    xplane_ops = _script("profile/xplane_ops.py")
 
     setup = argparse.Namespace(
         batch=2, height=512, width=640, backbone="recipe", dtype_policy="", hf_default_dropout=False

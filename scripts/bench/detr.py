@@ -29,37 +29,18 @@ only torchvision 0.28 wheel on the index is the CUDA build, whose ``_C.so`` need
 ``libtorch_cuda.so``. The script checks the patched model's feature map is at stride 16.
 
 Usage:
-    python scripts/bench_detr.py                       # all three backends and their exports
-    python scripts/bench_detr.py --dc5 --formats       # DETR-DC5, kzoo against transformers
-    python scripts/bench_detr.py --backends jax torch --rounds 7 --formats onnx
-    python scripts/bench_detr.py --small --rounds 1 --warmup 0 --height 64 --width 96  # smoke
+    python scripts/bench/detr.py                       # all three backends and their exports
+    python scripts/bench/detr.py --dc5 --formats       # DETR-DC5, kzoo against transformers
+    python scripts/bench/detr.py --backends jax torch --rounds 7 --formats onnx
+    python scripts/bench/detr.py --small --rounds 1 --warmup 0 --height 64 --width 96  # smoke
 """
 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _time_pair(run_a, run_b, rounds, warmup):
-    """Alternate two callables; returns their times."""
-    for _ in range(warmup):
-        run_a()
-        run_b()
-    a_times, b_times = [], []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        run_a()
-        a_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        run_b()
-        b_times.append(time.perf_counter() - start)
-    return a_times, b_times
 
 
 def _exported_rows(model, image, run_hf, formats, rounds, warmup):
@@ -70,6 +51,7 @@ def _exported_rows(model, image, run_hf, formats, rounds, warmup):
     import numpy as np
 
     from kzoo import export
+    from kzoo.utils import benchmark
 
     backend = keras.backend.backend()
     inputs = {"images": image, "pixel_mask": np.ones(image.shape[:3], "float32")}
@@ -93,15 +75,18 @@ def _exported_rows(model, image, run_hf, formats, rounds, warmup):
             def run_artifact(artifact=artifact):
                 return artifact(inputs)["logits"]
 
-            art_times, hf_times = _time_pair(run_artifact, run_hf, rounds, warmup)
+            samples = benchmark.alternate(
+                {"artifact": run_artifact, "hf": run_hf}, rounds, warmup=warmup
+            )
+        medians = benchmark.medians(samples)
         rows.append(
             {
                 "backend": backend,
                 "runtime": export.runtimes.RUNTIMES[format].split(",")[0],
                 "format": format,
-                "median_s": statistics.median(art_times),
-                "hf_median_s": statistics.median(hf_times),
-                "ratio_median": statistics.median(a / h for a, h in zip(art_times, hf_times)),
+                "median_s": medians["artifact"],
+                "hf_median_s": medians["hf"],
+                "ratio_median": benchmark.ratio(samples, "artifact", "hf"),
                 "export_s": export_s,
                 "max_diff": diff,
                 "fixed": fixed,
@@ -139,8 +124,8 @@ def child(rounds, warmup, height, width, formats=(), small=False, dc5=False):
     import numpy as np
     import torch
 
-    sys.path.insert(0, ROOT)
     from kzoo.models import DETR
+    from kzoo.utils import benchmark
 
     rng = np.random.default_rng(0)
     image = rng.normal(size=(1, height, width, 3)).astype("float32")
@@ -181,8 +166,8 @@ def child(rounds, warmup, height, width, formats=(), small=False, dc5=False):
     start = time.perf_counter()
     run_kzoo()
     first_call = time.perf_counter() - start
-    hf_times, kzoo_times = _time_pair(run_hf, run_kzoo, rounds, warmup)
-    ratios = [k / h for k, h in zip(kzoo_times, hf_times)]
+    samples = benchmark.alternate({"hf": run_hf, "kzoo": run_kzoo}, rounds, warmup=warmup)
+    medians = benchmark.medians(samples)
     exported = _exported_rows(model, image, run_hf, formats, rounds, warmup)
     print(
         "RESULT "
@@ -190,9 +175,9 @@ def child(rounds, warmup, height, width, formats=(), small=False, dc5=False):
             {
                 "backend": keras.backend.backend(),
                 "dc5": dc5,
-                "kzoo_median_s": statistics.median(kzoo_times),
-                "hf_median_s": statistics.median(hf_times),
-                "ratio_median": statistics.median(ratios),
+                "kzoo_median_s": medians["kzoo"],
+                "hf_median_s": medians["hf"],
+                "ratio_median": benchmark.ratio(samples, "kzoo", "hf"),
                 "kzoo_first_call_s": first_call,
                 "kzoo_params": kzoo_params,
                 "hf_params": hf_params,

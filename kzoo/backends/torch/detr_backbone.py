@@ -13,7 +13,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from kzoo.models.detr.model.conv_bn import conv_bn_portable
+from kzoo.backends.common.detr_backbone import conv_bn_portable
 
 _CACHE = weakref.WeakKeyDictionary()
 

@@ -1,23 +1,34 @@
 """Where a ConvLSTM training step spends its time: kzoo's layer against keras's.
 
 Profiles ``--steps`` ``train_on_batch`` steps (after two warm-up steps) of one point of the
-benchmark grid (``scripts/convlstm_grid.py``), one CPU thread, and prints the top ops by self
+benchmark grid (``scripts/bench/convlstm_grid.py``), one CPU thread, and prints the top ops by self
 CPU time for each layer:
 
 - torch: ``torch.profiler``;
-- TensorFlow and JAX: their own profilers' XSpace traces (``scripts/xplane_ops.py``), ops
+- TensorFlow and JAX: their own profilers' XSpace traces (``scripts/profile/xplane_ops.py``), ops
   grouped by type (TensorFlow: ``Conv2DBackpropFilter``, ...; JAX: XLA instructions without
   their number, ``convolution``, ``fusion``, ...); ``--by-name`` lists single ops instead.
 
-Usage: ``python scripts/profile_convlstm.py [POINT] [--backend torch|tensorflow|jax]``
+Usage: ``python scripts/profile/convlstm.py [POINT] [--backend torch|tensorflow|jax]``
 (default ``64px-k3`` on torch).
 """
 
 import argparse
+import importlib.util
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+SCRIPTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _script(path):
+    """``scripts/<path>`` as a module: scripts/ is a folder of scripts, not a package."""
+    name = "_script_" + path[:-3].replace("/", "_")
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(SCRIPTS, path))
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
 def _profile_torch(backend, model, x, y, steps, title, top, by_name):
@@ -34,10 +45,11 @@ def _profile_torch(backend, model, x, y, steps, title, top, by_name):
 
 
 def _profile_xplane(backend, model, x, y, steps, title, top, by_name):
-    from xplane_ops import print_table, profile_steps
-
-    totals, wall_ms = profile_steps(backend, lambda: model.train_on_batch(x, y), steps, by_name)
-    print_table(totals, title, top, wall_ms)
+    xplane_ops = _script("profile/xplane_ops.py")
+    totals, wall_ms = xplane_ops.profile_steps(
+        backend, lambda: model.train_on_batch(x, y), steps, by_name
+    )
+    xplane_ops.print_table(totals, title, top, wall_ms)
 
 
 def main(argv=None):
@@ -49,14 +61,13 @@ def main(argv=None):
     parser.add_argument("--by-name", action="store_true", help="single ops, not op types")
     parser.add_argument("--layers", default="kzoo,keras", help="kzoo and/or keras")
     args = parser.parse_args(argv)
-    sys.path[:0] = [os.path.dirname(ROOT), ROOT]
-    from bench_convlstm import _child_env
-
     # One CPU thread, as the benchmark's processes run (set before keras picks the backend).
-    os.environ.update(_child_env(args.backend, 1))
+    os.environ.update(_script("bench/convlstm.py")._child_env(args.backend, 1))
     import keras
     import numpy as np
-    from convlstm_grid import build_model, points
+
+    grid = _script("bench/convlstm_grid.py")
+    build_model, points = grid.build_model, grid.points
 
     from kzoo.layers import ConvLSTM2D
 

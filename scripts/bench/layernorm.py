@@ -33,7 +33,7 @@ summarised at the end: on the CPU kzoo's layers and ops at most 1.02x keras's ti
 forward pass at >= 85% of the copy bandwidth for hidden >= 4096 in bfloat16, and
 forward+backward >= 1.3x faster than torch's functions (torch) or keras's unfused ops (JAX).
 
-Usage: ``python scripts/bench_layernorm.py [--quick] [--backends jax,tensorflow,torch]``
+Usage: ``python scripts/bench/layernorm.py [--quick] [--backends jax,tensorflow,torch]``
 (or ``kzoo bench layernorm -- ...``). ``--quick`` is a small CPU-sized grid (minutes); the
 default grid is the GPU one, which takes minutes per backend on a GPU: run one backend per
 command there (``--backends torch``), or narrow it with ``--rows/--hidden/--dtypes/--variants``;
@@ -44,14 +44,12 @@ import argparse
 import json
 import math
 import os
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EPS = 1e-5
 VARIANTS = ("layer", "rms", "add_layer", "add_rms")
 GRIDS = {
@@ -93,43 +91,31 @@ CASE = ("backend", "platform", "variant", "dtype", "rows", "hidden", "mode")
 def _timer(fns, sync, rounds, min_time, case_seconds=None, min_rounds=21):
     """Seconds per call of each callable, one sample per round, alternating within a round.
 
-    With ``case_seconds``, the rounds are cut so that the case takes about that long (but at
-    least ``min_rounds``): short samples in many rounds pair better than long ones in few (the
-    VM's load drifts within a 50 ms sample), and large shapes need fewer of them.
+    With ``case_seconds``, no new round starts once the case's rounds have taken that long (but
+    at least ``min_rounds`` run): short samples in many rounds pair better than long ones in few
+    (the VM's load drifts within a 50 ms sample), and large shapes need fewer of them.
 
     Every callable runs the same number of calls per sample (enough for the slowest to take
     ``min_time``): a sample pays a fixed cost when the timer switches to another function (cold
     caches for its buffers), and with unequal counts that cost would weigh more on the side with
-    fewer calls (identical XLA programs measured 1.04-1.08 apart that way).
+    fewer calls (identical XLA programs measured 1.04-1.08 apart that way). Each round runs the
+    callables in a fresh order, so that no implementation always runs right after the same other
+    one (a rotation keeps every predecessor fixed; a large free just before a call, for instance,
+    costs the next allocation page faults).
     """
-    once = []
-    for fn in fns.values():
-        sync(fn())  # compile / warm up
-        warm = []
-        for _ in range(3):
-            start = time.perf_counter()
-            sync(fn())
-            warm.append(time.perf_counter() - start)
-        once.append(statistics.median(warm))
-    calls = max(1, min(1000, math.ceil(min_time / max(max(once), 1e-7))))
-    if case_seconds:
-        rounds = min(rounds, max(min_rounds, int(case_seconds / (calls * sum(once)))))
-    samples = {name: [] for name in fns}
-    names = list(fns)
-    order = random.Random(0)
-    for _ in range(rounds):
-        # A fresh order each round, so that no implementation always runs right after the same
-        # other one (a rotation keeps every predecessor fixed; a large free just before a call,
-        # for instance, costs the next allocation page faults).
-        order.shuffle(names)
-        for name in names:
-            fn = fns[name]
-            start = time.perf_counter()
-            for _ in range(calls):
-                out = fn()
-            sync(out)
-            samples[name].append((time.perf_counter() - start) / calls)
-    return samples
+    from kzoo.utils import benchmark
+
+    return benchmark.alternate(
+        fns,
+        rounds,
+        warmup=1,  # compile / warm up
+        sync=sync,
+        shuffle=True,
+        seed=0,
+        min_seconds=min_time,
+        budget_seconds=case_seconds or None,
+        min_rounds=min_rounds,
+    )
 
 
 def _layers(variant, dtype, hidden):
@@ -427,9 +413,11 @@ def _tf_cases(variant, rows, hidden, dtype, platform, opts):
 
 def _paired(samples, a, b):
     """Median over rounds of ``a``'s time over ``b``'s in the same round (``None`` if absent)."""
+    from kzoo.utils import benchmark
+
     if a not in samples or b not in samples:
         return None
-    return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
+    return benchmark.ratio(samples, a, b)
 
 
 def _worker(args):
@@ -685,7 +673,6 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "results.json")
             env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-            env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
             rc = subprocess.call(_worker_command(args, out), env=env, cwd=ROOT)
             if rc != 0:
                 print(f"{backend}: benchmark failed (exit {rc})", file=sys.stderr)
