@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -58,33 +57,9 @@ def _cache_root():
 
 def reference(tmp_path_factory, spec):
     """The directory holding ``spec``'s files, generated once and reused by later sessions."""
-    from pathlib import Path
+    from tests.models.detr.reference_cache import generated
 
-    root = Path(_cache_root())
-    out = root / spec
-    if not (out / "done").exists():
-        specs = DEFAULT_SPECS if spec in DEFAULT_SPECS else (spec,)
-        work = tmp_path_factory.mktemp("detr_reference")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KERAS_")}
-        result = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), str(work), *specs],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"reference generation failed:\n{result.stderr[-4000:]}")
-        root.mkdir(parents=True, exist_ok=True)
-        for name in specs:
-            (work / name / "done").write_text("ok")
-            try:
-                # Atomic: a concurrent session either sees the whole directory or none.
-                os.rename(work / name, root / name)
-            except OSError:
-                if not (root / name / "done").exists():
-                    raise
-    return out
+    return generated(__file__, _cache_root(), spec, DEFAULT_SPECS, tmp_path_factory, timeout=600)
 
 
 def load_npz(path):
