@@ -2,6 +2,12 @@
 
 JAX gets 8 virtual CPU devices for the distribution tests, and Triton runs kernels in its
 interpreter; both read their settings when first imported, so they are set before keras loads.
+
+XLA compiles the tests' programs without LLVM's optimisation passes: at the tests' tiny shapes
+compiling costs far more than running (the DETR model tests took 102 s with the passes and 70 s
+without on this 2-core machine, 2026-12-07). The passes do not reorder floating-point
+arithmetic (XLA leaves fast-math off), so what the tests compare is computed the same way.
+``KZOO_TEST_XLA_OPTIMIZE=1`` keeps them.
 """
 
 import os
@@ -9,6 +15,10 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
+if os.environ.get("KZOO_TEST_XLA_OPTIMIZE") != "1":
+    for flag in ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"):
+        if flag.split("=")[0] not in os.environ["XLA_FLAGS"]:
+            os.environ["XLA_FLAGS"] += " " + flag
 if os.environ.get("KZOO_TEST_GPU") != "1":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

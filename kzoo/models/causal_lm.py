@@ -12,6 +12,7 @@ from kzoo.layers.layer_normalization import LayerNormalization
 from kzoo.ops.ring_attention import active_context_parallel, validate_segment_ids
 from kzoo.ops.shapes import positions_along
 from kzoo.presets import PresetMixin
+from kzoo.training.first_step import OptimizerBuiltBeforeTracing
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
@@ -109,7 +110,9 @@ class CausalLMBlock(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class CausalLM(PresetMixin, ExportMixin, DistributedTrainer, keras.Model):
+class CausalLM(
+    OptimizerBuiltBeforeTracing, PresetMixin, ExportMixin, DistributedTrainer, keras.Model
+):
     """A decoder-only transformer language model whose attention can be context parallel.
 
     Token and learned position embeddings, ``num_layers`` pre-norm blocks of

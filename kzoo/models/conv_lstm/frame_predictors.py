@@ -6,6 +6,7 @@ import numpy as np
 from kzoo.export.mixin import ExportMixin
 from kzoo.layers.conv_lstm2d import ConvLSTM2D
 from kzoo.presets import PresetMixin
+from kzoo.training.first_step import OptimizerBuiltBeforeTracing
 
 
 def _check_stack(filters, kernel_sizes, channels):
@@ -84,7 +85,7 @@ def build_color_frame_graph(
     return inputs, outputs
 
 
-class _FramePredictor(PresetMixin, ExportMixin, keras.Model):
+class _FramePredictor(OptimizerBuiltBeforeTracing, PresetMixin, ExportMixin, keras.Model):
     """What both predictors share: self-compiling defaults and config handling."""
 
     _default_loss = "mae"

@@ -65,6 +65,7 @@ from kzoo.models.detr.model.pixel_mask import DETRInputChecks, check_batch, chec
 from kzoo.models.detr.model.training_queries_host import TARGETS_KEY, TrainingQueriesHost
 from kzoo.ops.shapes import arange, ceil_divide
 from kzoo.presets import PresetMixin
+from kzoo.training.first_step import OptimizerBuiltBeforeTracing
 
 # Where DETR's train step hands the targets to ``call`` (training-only queries need them).
 DEFAULT_TRAINABLE_STAGES = {"resnet50": 3, "resnet101": 3, "small": 5}
@@ -90,7 +91,14 @@ def _common_directory(paths):
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class DETR(DETRInputChecks, TrainingQueriesHost, PresetMixin, ExportMixin, keras.Model):
+class DETR(
+    OptimizerBuiltBeforeTracing,
+    DETRInputChecks,
+    TrainingQueriesHost,
+    PresetMixin,
+    ExportMixin,
+    keras.Model,
+):
     """DETR: a backbone, then a ``DETRHead`` (transformer encoder–decoder and set prediction).
 
     Args:
