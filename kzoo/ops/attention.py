@@ -22,8 +22,8 @@ from kzoo.backends import dispatch
 from kzoo.utils.errors import ArgumentTypeError
 
 OP = "dot_product_attention"
-# (implementation, compute dtype, scale) per call signature; emptied when an implementation is
-# registered.
+# (implementation, function, casts, scale) per call signature; emptied when an implementation
+# is registered.
 _PLANS = dispatch.new_cache()
 _MAX_PLANS = 4096
 
@@ -180,8 +180,9 @@ def dot_product_attention(query, key, value, *, mask=None, scale=None):
     dtype), masked scores filled with keras's large finite negative, so that a query whose keys
     are all masked gets the mean of the values (on every backend, as keras returns). On the CPU
     of JAX and TensorFlow, with at least 512 queries of a length known when traced, the softmax
-    is computed one block of queries at a time (several times faster there; the results agree
-    to float32 rounding); elsewhere, or with ``KZOO_KERNELS=off``, keras's function runs.
+    is computed one block of queries at a time (faster there at DETR-DC5's sizes, see
+    ``scripts/bench/attention.py``; the results agree to float32 rounding); elsewhere, or with
+    ``KZOO_KERNELS=off``, keras's function runs.
 
     ``mask`` and ``scale`` are keyword-only: keras's fourth positional argument is ``bias``.
 
