@@ -155,3 +155,16 @@ register(
         description="ONNX: dimensions the model merges in a reshape (jax2onnx)",
     ),
 )
+register(
+    "dot_product_attention",
+    Implementation(
+        name="jax-query-blocks",
+        target="kzoo.backends.jax.attention:dot_product_attention",
+        backends=BACKEND,
+        platforms=("cpu",),
+        dtypes=KERNEL_DTYPES,
+        supports="kzoo.backends.common.attention:supports_static",
+        priority=10,
+        description="CPU, >= 512 queries of known length: lax.map over blocks of <= 256 queries",
+    ),
+)

@@ -88,3 +88,16 @@ register(
         description="keras's writers plus an Erfc conversion for tf2onnx",
     ),
 )
+register(
+    "dot_product_attention",
+    Implementation(
+        name="tensorflow-query-blocks",
+        target="kzoo.backends.tensorflow.attention:dot_product_attention",
+        backends=BACKEND,
+        platforms=("cpu",),
+        dtypes=("float16", "bfloat16", "float32"),
+        supports="kzoo.backends.common.attention:supports_static_queries",
+        priority=10,
+        description="CPU, >= 512 queries of known length: unrolled blocks of <= 128 queries",
+    ),
+)

@@ -17,6 +17,7 @@ from keras import ops
 from kzoo.layers.dropout import Dropout
 from kzoo.layers.layer_normalization import LayerNormalization
 from kzoo.models.detr.model.initializers import glorot_uniform
+from kzoo.ops.attention import dot_product_attention
 
 LAYER_NORM_EPSILON = 1e-5
 
@@ -108,9 +109,10 @@ class DETRAttention(keras.layers.Layer):
             pairs = ops.expand_dims(ops.cast(attention_mask, "bool"), 1)
             keep = pairs if keep is None else ops.logical_and(keep, pairs)
         if not training or self.dropout == 0:
-            # The backend's fused attention (torch's scaled_dot_product_attention, JAX's
-            # dot_product_attention); it has no dropout on the weights, hence the other path.
-            out = ops.dot_product_attention(q, k, v, mask=keep, scale=self.head_dim**-0.5)
+            # keras's attention (torch's fused scaled_dot_product_attention), or on the CPU of
+            # JAX and TensorFlow blocks of queries for DC5's long encoder sequences; it has no
+            # dropout on the weights, hence the other path.
+            out = dot_product_attention(q, k, v, mask=keep, scale=self.head_dim**-0.5)
         else:
             q = q * ops.cast(self.head_dim**-0.5, q.dtype)
             scores = ops.einsum("bqhd,bkhd->bhqk", q, k)

@@ -4,12 +4,15 @@ import keras
 import numpy as np
 import pytest
 
+from kzoo.backends.common.attention import MIN_QUERIES
+from kzoo.backends.environment import platform
 from kzoo.models.detr.model.transformer import (
     DETRAttention,
     DETRTransformer,
     TransformerDecoderLayer,
     TransformerEncoderLayer,
 )
+from kzoo.ops import attention
 from tests.models.detr.compiled_call import run
 
 torch = pytest.importorskip("torch")
@@ -99,6 +102,24 @@ def test_attention_matches_torch_multihead_attention_with_key_padding():
     junk = kv.copy()
     junk[1, 5:] = 100.0
     np.testing.assert_allclose(run(attn, q, junk, junk, mask), out, atol=1e-5)
+
+
+def test_long_self_attention_matches_torch_multihead_attention():
+    # DC5's encoder sequences are long: from MIN_QUERIES tokens on, JAX and TensorFlow on the
+    # CPU compute the attention in blocks of queries (kzoo.ops.attention).
+    rng = np.random.default_rng(6)
+    attn = DETRAttention(D, HEADS)
+    tokens = MIN_QUERIES + 9
+    x = _data(rng, 2, tokens, D)
+    mask = _key_mask(2, tokens)
+    heads = np.zeros((2, tokens, HEADS, D // HEADS), "float32")
+    keep = mask[:, None, None, :]
+    blocked = {"jax": "jax-query-blocks", "tensorflow": "tensorflow-query-blocks"}
+    want = blocked.get(keras.backend.backend(), "keras") if platform() == "cpu" else "keras"
+    assert attention.implementation(heads, heads, heads, mask=keep).name == want
+    out = run(attn, x, x, x, mask)
+    expected = _mha(attn, *[torch.tensor(x).double()] * 3, mask)
+    np.testing.assert_allclose(out, expected.detach().numpy(), atol=1e-5)
 
 
 def test_encoder_layer_matches_reference():
