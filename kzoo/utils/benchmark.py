@@ -26,13 +26,18 @@ Example:
 True
 """
 
+import json
 import math
+import os
 import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 
-__all__ = ["alternate", "field", "medians", "ratio"]
+__all__ = ["alternate", "field", "medians", "ratio", "results_per_backend"]
 
 
 def _check_count(name, value, minimum):
@@ -206,3 +211,25 @@ def ratio(samples: Mapping[str, list], a: str, b: str) -> float:
 def field(samples: Mapping[str, list], key: str) -> dict[str, list[float]]:
     """``{name: [sample[key], ...]}`` of self-timed samples that are mappings of figures."""
     return {name: [sample[key] for sample in values] for name, values in samples.items()}
+
+
+def results_per_backend(backends, command, cwd=None):
+    """Run ``command(out_path)`` (an argv list) once per backend, each in a subprocess with
+    ``KERAS_BACKEND`` set (keras fixes its backend at import), and return the concatenation of
+    the JSON lists the subprocesses write to ``out_path``.
+
+    A backend whose subprocess fails is reported on stderr and contributes what it wrote, if
+    anything; the others still run.
+    """
+    results = []
+    for backend in backends:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "results.json")
+            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+            rc = subprocess.call(command(out), env=env, cwd=cwd)
+            if rc != 0:
+                print(f"{backend}: benchmark failed (exit {rc})", file=sys.stderr)
+            if os.path.exists(out):
+                with open(out) as f:
+                    results += json.load(f)
+    return results

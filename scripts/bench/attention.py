@@ -26,9 +26,7 @@ milliseconds long, so another process's load moves it.
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 
 SIDES = ("keras", "kzoo", "blocked")
 
@@ -190,20 +188,16 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker_out:
         return _worker(args)
-    results = []
-    for backend in args.backends.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "results.json")
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker-out", out]
-            for name in ("lengths", "heads", "head_dim", "batch", "padding", "rounds", "min_time"):
-                cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-            rc = subprocess.call(cmd, env=env)
-            if rc != 0:
-                print(f"{backend}: benchmark failed (exit {rc})", file=sys.stderr)
-            if os.path.exists(out):
-                with open(out) as f:
-                    results += json.load(f)
+
+    def command(out):
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker-out", out]
+        for name in ("lengths", "heads", "head_dim", "batch", "padding", "rounds", "min_time"):
+            cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        return cmd
+
+    from kzoo.utils import benchmark
+
+    results = benchmark.results_per_backend(args.backends.split(","), command)
     if not results:
         return 1
     print("\n" + "\n".join(table(results)))

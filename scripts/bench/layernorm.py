@@ -45,9 +45,7 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EPS = 1e-5
@@ -668,17 +666,11 @@ def main(argv=None):
         return _worker(args)
 
     os.makedirs(args.out, exist_ok=True)
-    results = []
-    for backend in args.backends.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "results.json")
-            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-            rc = subprocess.call(_worker_command(args, out), env=env, cwd=ROOT)
-            if rc != 0:
-                print(f"{backend}: benchmark failed (exit {rc})", file=sys.stderr)
-            if os.path.exists(out):
-                with open(out) as f:
-                    results += json.load(f)
+    from kzoo.utils import benchmark
+
+    results = benchmark.results_per_backend(
+        args.backends.split(","), lambda out: _worker_command(args, out), cwd=ROOT
+    )
     if not results:
         return 1
     lines, summary = _summarise(results)

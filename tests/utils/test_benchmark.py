@@ -8,6 +8,7 @@ counts, one positive sample per round).
 
 import random
 import statistics
+import sys
 
 import pytest
 
@@ -244,3 +245,16 @@ def test_the_module_example_runs():
 
     result = doctest.testmod(benchmark)
     assert result.attempted >= 3 and result.failed == 0
+
+
+def test_results_per_backend_gathers_each_subprocess_list_and_survives_a_failure(capsys):
+    # A real subprocess per backend: it writes its KERAS_BACKEND, then fails for "torch".
+    script = (
+        "import json, os, sys; b = os.environ['KERAS_BACKEND']; "
+        "json.dump([{'backend': b}], open(sys.argv[1], 'w')); sys.exit(3 if b == 'torch' else 0)"
+    )
+    results = benchmark.results_per_backend(
+        ["jax", "torch", "tensorflow"], lambda out: [sys.executable, "-c", script, out]
+    )
+    assert [r["backend"] for r in results] == ["jax", "torch", "tensorflow"]
+    assert "torch: benchmark failed (exit 3)" in capsys.readouterr().err
