@@ -18,8 +18,8 @@ can be restarted after an interruption; ``--fresh`` reruns everything.
 Example (about 80-100 minutes on an idle 2-core machine):
 
     KERAS_BACKEND=jax python scripts/train/detr_dn_experiments.py --data /tmp/shapes_coco \\
-        --out /tmp/detr_runs/dn --results docs/images/detr_dn_results.json \\
-        --plot docs/images/detr_dn_ap50.png
+        --out /tmp/detr_runs/dn --results docs/img/detr_dn_results.json \\
+        --plot docs/img/detr_dn_ap50.png
 """
 
 import argparse
