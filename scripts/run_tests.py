@@ -29,16 +29,16 @@ SLOW_PARTS = (
     ("others", ["tests", "--ignore=tests/models/detr", "--ignore=tests/cli"]),
 )
 LONGEST_FIRST = (
-    "slow tests (DETR training)",
-    "slow tests (others)",
     "tests (tensorflow, models)",
-    "tests (jax, rest)",
+    "slow tests (others)",
     "tests (jax, models)",
     "tests (tensorflow, rest)",
+    "tests (jax, rest)",
+    "slow tests (DETR training)",
+    "tests (torch, rest)",
     "slow tests (CLI)",
     "slow tests (DETR model)",
     "tests (torch, models)",
-    "tests (torch, rest)",
 )
 
 
@@ -153,7 +153,8 @@ def main():
             cmd = pytest_cmd(py, report, "-m", "slow", "--timeout=1500", *paths)
             jobs.append((f"slow tests ({part})", cmd, env))
             slow_steps.append(f"slow tests ({part})")
-    # Longest first, as measured on 2 cores (2026-12-07): the slow parts, then the halves.
+    # Longest first, as measured on 2 cores (2026-12-07): the last steps to start are the
+    # shortest, so that the lanes end close together (a long step started last ran alone).
     order = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
     jobs.sort(key=lambda job: order.get(job[0], len(order)))
     for step, rc in run_parallel(jobs, args.jobs).items():

@@ -8,6 +8,10 @@ compiling costs far more than running (the DETR model tests took 102 s with the 
 without on this 2-core machine, 2026-12-07). The passes do not reorder floating-point
 arithmetic (XLA leaves fast-math off), so what the tests compare is computed the same way.
 ``KZOO_TEST_XLA_OPTIMIZE=1`` keeps them.
+
+For the same reason TensorFlow runs its graphs without grappler's rewrites (the TensorFlow DETR
+model and training tests took 61 s with them and 55 s without, 2026-12-07);
+``KZOO_TEST_GRAPPLER=1`` keeps them.
 """
 
 import os
@@ -29,6 +33,10 @@ import pytest  # noqa: E402
 
 
 def pytest_configure(config):
+    if keras.backend.backend() == "tensorflow" and os.environ.get("KZOO_TEST_GRAPPLER") != "1":
+        import tensorflow as tf
+
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     config.addinivalue_line("markers", "backends(*names): run only under these keras backends")
 
 

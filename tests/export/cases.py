@@ -81,7 +81,7 @@ def small_detr():
         d_model=32,
         num_heads=4,
         num_encoder_layers=1,
-        num_decoder_layers=2,
+        num_decoder_layers=1,
         ffn_dim=64,
         backbone="small",
     )

@@ -19,6 +19,7 @@ import pytest
 
 from kzoo.distribution import pack_documents
 from kzoo.models import CausalLM
+from tests.xla import flags_with_devices
 
 VOCAB, SEQ, STEPS = 32, 32, 5
 # Two packed rows: three documents and padding, and one document filling the row.
@@ -249,8 +250,9 @@ def test_packed_fit_two_processes_four_devices_each_matches_one_device(tmp_path)
     env = dict(
         os.environ,
         KERAS_BACKEND="jax",
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        XLA_FLAGS=flags_with_devices(4),
         JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT),
     )
     procs = [
         subprocess.Popen(
@@ -449,7 +451,7 @@ def test_jax_and_torch_processes_give_the_same_losses(torch_runs):
     env = dict(
         os.environ,
         KERAS_BACKEND="jax",
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        XLA_FLAGS=flags_with_devices(8),
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(ROOT),
     )

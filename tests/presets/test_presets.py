@@ -152,14 +152,17 @@ m.save_to_preset(sys.argv[1])
 np.save(sys.argv[1] + ".npy", keras.ops.convert_to_numpy(m(np.asarray({x!r}, "float32"))))
 np.savez(sys.argv[1] + ".weights.npz", *m.get_weights())
 """
+# Loads each (preset, output) pair of its arguments in turn.
 LOAD = """
 import sys, numpy as np, keras
 sys.path.insert(0, {root!r})
 from tests.presets.tiny_model import TinyPresetModel
-m = TinyPresetModel.from_preset(sys.argv[1])
-np.save(sys.argv[2], keras.ops.convert_to_numpy(m(np.asarray({x!r}, "float32"))))
-np.savez(sys.argv[2] + ".weights.npz", *m.get_weights())
+for preset, out in zip(sys.argv[1::2], sys.argv[2::2]):
+    m = TinyPresetModel.from_preset(preset)
+    np.save(out, keras.ops.convert_to_numpy(m(np.asarray({x!r}, "float32"))))
+    np.savez(out + ".weights.npz", *m.get_weights())
 """
+BACKENDS = ("jax", "tensorflow", "torch")
 
 
 def _run(code, backend, *args):
@@ -169,19 +172,39 @@ def _run(code, backend, *args):
     )
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("saved_on", ["jax", "tensorflow", "torch"])
-def test_preset_loads_identically_on_every_backend(tmp_path, saved_on):
+@pytest.fixture(scope="module")
+def cross_backend(tmp_path_factory):
+    """A preset saved on each backend, then loaded on each other one: one process a backend
+    for the saves and one for the loads (a process's start costs more than its work).
+
+    Returns the directory: ``saved_<backend>`` presets and ``<saved_on>_on_<backend>.npy``.
+    """
+    root = tmp_path_factory.mktemp("cross_backend")
     fmt = {"root": ROOT, "x": X.tolist()}
-    preset = str(tmp_path / f"saved_{saved_on}")
-    _run(SAVE.format(**fmt), saved_on, preset)
+    for backend in BACKENDS:
+        _run(SAVE.format(**fmt), backend, str(root / f"saved_{backend}"))
+    for backend in BACKENDS:
+        pairs = []
+        for saved_on in BACKENDS:
+            if saved_on != backend:
+                pairs += [
+                    str(root / f"saved_{saved_on}"),
+                    str(root / f"{saved_on}_on_{backend}.npy"),
+                ]
+        _run(LOAD.format(**fmt), backend, *pairs)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("saved_on", BACKENDS)
+def test_preset_loads_identically_on_every_backend(cross_backend, saved_on):
+    preset = str(cross_backend / f"saved_{saved_on}")
     expected = np.load(preset + ".npy")
-    for backend in ("jax", "tensorflow", "torch"):
+    saved = np.load(preset + ".weights.npz")
+    for backend in BACKENDS:
         if backend == saved_on:
             continue
-        out = str(tmp_path / f"{backend}.npy")
-        _run(LOAD.format(**fmt), backend, preset, out)
-        saved = np.load(preset + ".weights.npz")
+        out = str(cross_backend / f"{saved_on}_on_{backend}.npy")
         loaded = np.load(out + ".weights.npz")
         assert len(saved.files) == len(loaded.files) == 4
         for key in saved.files:  # the weights arrive bit for bit

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.models.detr.coco_files import tiny_detr
+from tests.xla import flags_with_devices
 
 STEPS, BATCH = 5, 8
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 4))
@@ -141,7 +142,7 @@ def test_data_parallel_on_two_processes_of_four_devices_matches_one_device(refer
     env = dict(
         os.environ,
         KERAS_BACKEND="jax",
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        XLA_FLAGS=flags_with_devices(4),
         JAX_PLATFORMS="cpu",
         PYTHONPATH=ROOT,
     )

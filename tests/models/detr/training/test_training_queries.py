@@ -418,13 +418,13 @@ def _h5_datasets(path):
 
 
 @slow_on_jax
-def test_preset_of_a_model_trained_with_the_options_is_a_plain_detr(tmp_path):
-    x, y = _batch()
-    plain, model = _plain_and_compiled()
-    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+def test_preset_of_a_model_trained_with_the_options_is_a_plain_detr(trained, tmp_path):
+    x, _ = _batch()
+    model = trained["model"]
     model.save_to_preset(str(tmp_path / "trained"))
     # Its weights file has exactly the groups a plain DETR's has, none of the training queries
     # (the optimizer's groups aside: training changes no other group's names).
+    plain = tiny_detr()
     plain.compile()
     plain.save_to_preset(str(tmp_path / "plain"))
     trained = _h5_datasets(tmp_path / "trained" / "model.weights.h5")
@@ -539,13 +539,20 @@ def _fit(model, epochs=3):
     return np.array(history.history["loss"])
 
 
-@slow_unless_torch
-def test_fit_with_both_options_trains_every_weight():
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny DETR trained with both options, shared by the tests that only read it (a fit's
+    first step costs a trace or compile of several seconds)."""
     keras.utils.set_random_seed(8)
     model = tiny_detr()
     model.compile(denoising=DenoisingConfig(groups=2), query_groups=2)
     before = [np_(v) for v in model.training_queries.weights]
-    losses = _fit(model)
+    return {"model": model, "before": before, "losses": _fit(model)}
+
+
+@slow_unless_torch
+def test_fit_with_both_options_trains_every_weight(trained):
+    model, before, losses = trained["model"], trained["before"], trained["losses"]
     assert np.isfinite(losses).all()
     after = [np_(v) for v in model.training_queries.weights]
     for a, b in zip(before, after):
