@@ -87,6 +87,26 @@ def run_parallel(jobs, lanes):
     return results
 
 
+def step_environment(jobs, **overrides):
+    """This process's environment for a test step, with the frameworks' threads per operation
+    capped at the step's share of the cores.
+
+    When the steps outnumber the cores, a framework's idle pool threads spin waiting for work
+    the other steps are using the cores for: one thread an operation cut the CPU time of three
+    concurrent DETR test steps by 5 % and their wall time by 10 % on 2 cores (2026-12-07). A
+    variable the caller already set is kept.
+    """
+    env = dict(os.environ, **overrides)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env.setdefault("OMP_NUM_THREADS", str(threads))  # torch
+    env.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
+    if threads == 1 and "xla_cpu_multi_thread_eigen" not in env.get("XLA_FLAGS", ""):
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+        ).strip()
+    return env
+
+
 def pytest_cmd(py, report, *args):
     # Each step has its own temporary directory: concurrent sessions sharing pytest's default
     # one would prune each other's.
@@ -136,7 +156,7 @@ def main():
         )
     jobs = []
     for backend in args.backends.split(","):
-        env = dict(os.environ, KERAS_BACKEND=backend)
+        env = step_environment(args.jobs, KERAS_BACKEND=backend)
         # Each backend's suite in two halves, so that the lanes stay full until the end (one
         # process when pytest arguments name what to run).
         for part, paths in PARTS if not args.pytest_args else (("all", []),):
@@ -147,7 +167,7 @@ def main():
     if not args.no_slow:
         # Slow tests (multi-process, cross-backend round trips, full-size models) run once,
         # each choosing the backends it needs in its own subprocesses.
-        env = dict(os.environ, KERAS_BACKEND="jax")
+        env = step_environment(args.jobs, KERAS_BACKEND="jax")
         for part, paths in SLOW_PARTS:
             report = f"{reports}/slow-{part}.xml"
             cmd = pytest_cmd(py, report, "-m", "slow", "--timeout=1500", *paths)
