@@ -174,6 +174,8 @@ def test_running_as_the_command_is_read_from_the_interpreter_options(
     assert _command.running_as_command() is expected
 
 
+# The command runs on TensorFlow whatever this run's backend is: run once, in TensorFlow's run.
+@pytest.mark.backends("tensorflow")
 @pytest.mark.parametrize("level", [None, "0"])
 def test_commands_quiet_tensorflow_notes_unless_the_user_chose_a_level(level):
     # TF_CPP_MIN_LOG_LEVEL has to be set before TensorFlow loads, which for the command is after

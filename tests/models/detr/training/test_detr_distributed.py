@@ -58,12 +58,13 @@ def _weights(model):
     return [np.asarray(keras.ops.convert_to_numpy(v)) for v in model.weights]
 
 
-@pytest.fixture
-def reference(tmp_path):
-    """The one-device run: its preset (the starting weights), losses and final weights."""
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The one-device run: its preset (the starting weights), losses and final weights; both
+    tests compare with the same run."""
     keras.utils.set_random_seed(3)
     model = tiny_detr()
-    preset = str(tmp_path / "start")
+    preset = str(tmp_path_factory.mktemp("reference") / "start")
     model.save_to_preset(preset)
     x, y = _batch()
     losses = _fit(_compile(model), x, y)
