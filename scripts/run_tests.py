@@ -92,8 +92,9 @@ def step_environment(jobs, **overrides):
     capped at the step's share of the cores.
 
     When the steps outnumber the cores, a framework's idle pool threads spin waiting for work
-    the other steps are using the cores for: one thread an operation cut the CPU time of three
-    concurrent DETR test steps by 5 % and their wall time by 10 % on 2 cores (2026-12-07). A
+    the other steps are using the cores for. One thread an operation cut the CPU time of three
+    concurrent DETR test runs (one per backend) by 5 % and their wall time by 10 % on 2 cores
+    (2026-12-07); across whole clean-clone runs the gain was within the runs' spread. A
     variable the caller already set is kept.
     """
     env = dict(os.environ, **overrides)
