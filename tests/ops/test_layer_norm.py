@@ -237,8 +237,6 @@ def test_kzoo_info_lists_the_norm_ops(capsys):
 
 
 @pytest.mark.backends("torch")
-# The process is torch's whatever this run's backend is: run once, in torch's run.
-@pytest.mark.backends("torch")
 def test_import_kzoo_imports_no_kernel_framework():
     # keras itself imports triton (torch) or Pallas (JAX), so compare with what keras loaded.
     code = (

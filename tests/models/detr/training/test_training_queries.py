@@ -427,11 +427,11 @@ def test_preset_of_a_model_trained_with_the_options_is_a_plain_detr(trained, tmp
     plain = tiny_detr()
     plain.compile()
     plain.save_to_preset(str(tmp_path / "plain"))
-    trained = _h5_datasets(tmp_path / "trained" / "model.weights.h5")
+    saved = _h5_datasets(tmp_path / "trained" / "model.weights.h5")
     reference = _h5_datasets(tmp_path / "plain" / "model.weights.h5")
-    model_keys = {k for k in trained if not k.startswith("optimizer")}
+    model_keys = {k for k in saved if not k.startswith("optimizer")}
     assert model_keys == {k for k in reference if not k.startswith("optimizer")}
-    assert not any("training_queries" in k for k in trained)
+    assert not any("training_queries" in k for k in saved)
     loaded = DETR.from_preset(str(tmp_path / "trained"))
     assert getattr(loaded, "training_queries", None) is None
     expected = model(x)
