@@ -485,7 +485,7 @@ def plot_grid(rows, path):
     fig.savefig(path, dpi=110)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default="jax,tensorflow,torch")
     parser.add_argument("--models", default="color,next", help="color and/or next")
@@ -530,7 +530,7 @@ def main():
     parser.add_argument("--grid-child", choices=("time", "memory"), help=argparse.SUPPRESS)
     parser.add_argument("--backend-name", help=argparse.SUPPRESS)
     parser.add_argument("--layer", choices=("kzoo", "keras"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.timing and not (args.grid and args.memory):
         parser.error("--memory-only needs --grid and cannot be combined with --no-memory")
     if args.from_json:

@@ -25,3 +25,10 @@ def env(**extra):
     own process imports the kzoo under test (and not another installed copy)."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     return dict(os.environ, PYTHONPATH=path, **extra)
+
+
+def as_run(monkeypatch):
+    """This process's environment and working directory as a script run from the checkout
+    has them (see :func:`env`), for a script's ``main`` called here."""
+    monkeypatch.setenv("PYTHONPATH", env()["PYTHONPATH"])
+    monkeypatch.chdir(ROOT)

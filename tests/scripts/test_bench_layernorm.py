@@ -2,24 +2,21 @@
 machine or a GPU; this checks that every variant and implementation runs and is reported)."""
 
 import json
-import subprocess
-import sys
 
 import keras
 
 from tests.scripts import support
-from tests.scripts.support import ROOT
 
 
-def test_toy_run_times_every_variant_and_implementation(tmp_path):
+def test_toy_run_times_every_variant_and_implementation(tmp_path, monkeypatch, capfd):
     backend = keras.backend.backend()
-    env = {k: v for k, v in support.env().items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, str(ROOT / "scripts" / "bench" / "layernorm.py"), "--backends", backend]
-    cmd += ["--rows", "64", "--hidden", "32", "--dtypes", "float32", "--rounds", "1"]
-    cmd += ["--min-time", "0.0001", "--variants", "rms,add_layer", "--no-plot"]
-    cmd += ["--out", str(tmp_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    argv = ["--backends", backend, "--rows", "64", "--hidden", "32", "--dtypes", "float32"]
+    argv += ["--rounds", "1", "--min-time", "0.0001", "--variants", "rms,add_layer", "--no-plot"]
+    argv += ["--out", str(tmp_path)]
+    # The script's own part runs here; each backend's worker is its own process, as in a run.
+    support.as_run(monkeypatch)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert support.load("bench/layernorm.py").main(argv) == 0, capfd.readouterr().err[-3000:]
     report = json.loads((tmp_path / "results.json").read_text())
     impls = {"kzoo", "keras", "kzoo-op", "keras-op"} | ({"torch"} if backend == "torch" else set())
     for variant in ("rms", "add_layer"):
