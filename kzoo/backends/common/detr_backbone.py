@@ -33,8 +33,28 @@ def _subsample(x, stride):
     return x[:, : stops[0] : stride, : stops[1] : stride]
 
 
-def conv_bn_portable(conv, bn, x, stride, pad, data_format, fold=True, strided_conv=None):
-    """``bn(conv(x))`` with symmetric zero padding ``pad`` (as torch pads), in keras.ops.
+def epilogue(y, residual=None, relu=False):
+    """What follows a ResNet convolution and its norm: ``relu(y + residual)``, either optional."""
+    if residual is not None:
+        y = y + residual
+    return ops.relu(y) if relu else y
+
+
+def conv_bn_portable(
+    conv,
+    bn,
+    x,
+    stride,
+    pad,
+    data_format,
+    fold=True,
+    strided_conv=None,
+    *,
+    residual=None,
+    relu=False,
+):
+    """``bn(conv(x))`` with symmetric zero padding ``pad`` (as torch pads), in keras.ops; then
+    ``residual`` added and a ReLU when asked (:func:`epilogue`).
 
     The convolution's ``dilation_rate`` is honoured (DETR-DC5's last stage); ``pad`` is then the
     dilation, as torchvision pads a dilated 3x3 convolution.
@@ -73,7 +93,7 @@ def conv_bn_portable(conv, bn, x, stride, pad, data_format, fold=True, strided_c
     if data_format == "channels_first":
         scale = ops.reshape(scale, (1, -1, 1, 1))
         shift = ops.reshape(shift, (1, -1, 1, 1))
-    return y + shift if fold else y * scale + shift
+    return epilogue(y + shift if fold else y * scale + shift, residual, relu)
 
 
 def max_pool_portable(x, data_format):

@@ -26,10 +26,13 @@ from keras import ops
 from kzoo.backends.common.detr_backbone import conv_bn_portable, max_pool_portable
 
 
-def conv_bn_scale_after(conv, bn, x, stride, pad, data_format):
-    """``bn(conv(x))`` with the norm's scale applied to the output."""
+def conv_bn_scale_after(conv, bn, x, stride, pad, data_format, *, residual=None, relu=False):
+    """``bn(conv(x))`` with the norm's scale applied to the output (then ``residual`` and the
+    ReLU, which XLA fuses into the same pass)."""
     strided = strided_conv if data_format == "channels_last" else None
-    return conv_bn_portable(conv, bn, x, stride, pad, data_format, False, strided)
+    return conv_bn_portable(
+        conv, bn, x, stride, pad, data_format, False, strided, residual=residual, relu=relu
+    )
 
 
 def strided_conv(x, kernel, stride):

@@ -180,6 +180,15 @@ register(
     ),
 )
 register(
+    "dense",
+    Implementation(
+        name="torch-addmm",
+        target="kzoo.backends.torch.dense:dense",
+        backends=BACKEND,
+        description="torch.addmm: the bias added inside the matrix product",
+    ),
+)
+register(
     "export_artifact",
     Implementation(
         name="torch",

@@ -6,6 +6,11 @@ kernel, in torch's OIHW layout and contiguous, is kept between calls: re-folding
 out ResNet-50's 23 M weights on every call cost about 15% of a forward pass on the CPU. The
 cached kernel is rebuilt whenever one of its source tensors changes (another tensor object, or
 an in-place update, which bumps the tensor's version counter).
+
+At inference on the CPU, the ReLU and the residual sum that follow a convolution run inside it
+(oneDNN's post-ops, through ``torch.ops.mkldnn._convolution_pointwise``, the op torch's own
+compiler emits for the same pattern): one pass over each feature map instead of three. The
+post-ops add and clamp in the order the separate ops do, so the result is the same to the bit.
 """
 
 import weakref
@@ -28,10 +33,10 @@ def _sources(conv, bn):
     )
 
 
-def _fold(conv, bn, dtype):
+def _fold(conv, bn, dtype, memory_format=torch.contiguous_format):
     scale, shift = bn.scale_and_shift(dtype)
-    kernel = (conv.kernel.value.to(dtype) * scale).permute(3, 2, 0, 1).contiguous()
-    return kernel, shift
+    kernel = conv.kernel.value.to(dtype) * scale
+    return kernel.permute(3, 2, 0, 1).contiguous(memory_format=memory_format), shift
 
 
 def _same(key, other):
@@ -42,18 +47,63 @@ def _same(key, other):
     )
 
 
-def conv_bn(conv, bn, x, stride, pad, data_format):
+def _fused_op():
+    """oneDNN's convolution with post-ops, or None where this torch build lacks it."""
+    mkldnn = getattr(torch.ops, "mkldnn", None)
+    if not torch.backends.mkldnn.is_available() or mkldnn is None:
+        return None
+    try:
+        return mkldnn._convolution_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_FUSED = _fused_op()
+
+
+def _fusable(x, residual):
+    return (
+        _FUSED is not None
+        and not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and (residual is None or (isinstance(residual, torch.Tensor) and residual.dtype == x.dtype))
+    )
+
+
+def conv_bn(conv, bn, x, stride, pad, data_format, *, residual=None, relu=False):
     if data_format != "channels_first" or not isinstance(x, torch.Tensor) or x.is_meta:
-        return conv_bn_portable(conv, bn, x, stride, pad, data_format)
+        return conv_bn_portable(conv, bn, x, stride, pad, data_format, residual=residual, relu=relu)
     if torch.is_grad_enabled():
         kernel, shift = _fold(conv, bn, x.dtype)
     else:
         sources = _sources(conv, bn)
         # The tensors themselves are held (not their ids), so identity cannot be recycled.
-        key = tuple((t, t._version) for t in sources) + ((x.dtype, x.device),)
+        # The kernel is kept in the layout the convolution reads it in: oneDNN re-lays out a
+        # kernel that differs from its input's (channels last from the NHWC images), every call.
+        memory_format = _memory_format(x)
+        key = tuple((t, t._version) for t in sources) + ((x.dtype, x.device, memory_format),)
         entry = _CACHE.get(conv)
         if entry is None or not _same(entry[0], key):
-            entry = (key, *_fold(conv, bn, x.dtype))
+            entry = (key, *_fold(conv, bn, x.dtype, memory_format))
             _CACHE[conv] = entry
         _, kernel, shift = entry
-    return F.conv2d(x, kernel, shift, stride=stride, padding=pad, dilation=conv.dilation_rate)
+    dilation = tuple(conv.dilation_rate)
+    if (relu or residual is not None) and _fusable(x, residual):
+        args = ([pad, pad], [stride, stride], list(dilation), 1)
+        if residual is None:
+            return _FUSED(x, kernel, shift, *args, "relu", [], "")
+        unary = "relu" if relu else None
+        residual = residual.contiguous(memory_format=_memory_format(x))
+        return _FUSED.binary(x, residual, kernel, shift, *args, "add", 1.0, unary, [], "")
+    y = F.conv2d(x, kernel, shift, stride=stride, padding=pad, dilation=dilation)
+    if residual is not None:
+        y = y + residual
+    return F.relu(y) if relu else y
+
+
+def _memory_format(x):
+    # A convolution's output (and the fused sum's operand) is laid out as its input is.
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format

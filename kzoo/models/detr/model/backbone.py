@@ -356,25 +356,27 @@ class ResNetBackbone(PresetMixin, ExportMixin, keras.Model):
         x = masked(images, 1, nchw=False)
         if channels_first:
             x = ops.transpose(x, (0, 3, 1, 2))
-        x = ops.relu(conv_bn(self.conv1, self.bn1, x, 2, 3, data_format))
+        x = conv_bn(self.conv1, self.bn1, x, 2, 3, data_format, relu=True)
         # Features are >= 0 after the ReLU, so zero padding is the same as torch's -inf padding.
         x = pad_spatial(masked(x, 2), 1, data_format)
         x = stem_max_pool(x, data_format)
         total_stride = 4
         for prefix, _, stride, _, _ in self.block_specs:
             layer = functools.partial(self._block_layer, prefix)
-            y = ops.relu(conv_bn(layer("conv1"), layer("bn1"), x, 1, 0, data_format))
+            y = conv_bn(layer("conv1"), layer("bn1"), x, 1, 0, data_format, relu=True)
             y = masked(y, total_stride)
             # Padding = dilation keeps the size (torchvision's conv3x3).
             pad = layer("conv2").dilation_rate[0]
-            y = ops.relu(conv_bn(layer("conv2"), layer("bn2"), y, stride, pad, data_format))
-            y = conv_bn(layer("conv3"), layer("bn3"), y, 1, 0, data_format)
+            y = conv_bn(layer("conv2"), layer("bn2"), y, stride, pad, data_format, relu=True)
             shortcut = x
             if layer("downsample_0") is not None:
                 shortcut = conv_bn(
                     layer("downsample_0"), layer("downsample_1"), x, stride, 0, data_format
                 )
-            x = ops.relu(y + shortcut)
+            # relu(bn3(conv3(y)) + shortcut), in one pass where the backend fuses it.
+            x = conv_bn(
+                layer("conv3"), layer("bn3"), y, 1, 0, data_format, residual=shortcut, relu=True
+            )
             total_stride *= stride
         if channels_first:
             x = ops.transpose(x, (0, 2, 3, 1))

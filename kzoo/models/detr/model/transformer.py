@@ -18,12 +18,25 @@ from kzoo.layers.dropout import Dropout
 from kzoo.layers.layer_normalization import LayerNormalization
 from kzoo.models.detr.model.initializers import glorot_uniform
 from kzoo.ops.attention import dot_product_attention
+from kzoo.ops.dense import dense
 
 LAYER_NORM_EPSILON = 1e-5
 
 
+class _Dense(keras.layers.Dense):
+    """keras's ``Dense`` whose product and bias run as one op where the backend has one
+    (``kzoo.ops.dense``: ``torch.addmm``). The same weights, names and numbers up to the
+    rounding of where the bias is added."""
+
+    def call(self, inputs, training=None):
+        if self.lora_enabled or self.quantization_mode or self.bias is None:
+            return super().call(inputs, training=training)
+        x = dense(inputs, self.kernel, self.bias)
+        return x if self.activation is None else self.activation(x)
+
+
 def _dense(units, name):
-    return keras.layers.Dense(units, kernel_initializer=glorot_uniform(), name=name)
+    return _Dense(units, kernel_initializer=glorot_uniform(), name=name)
 
 
 def _check_positive_int(name, value):

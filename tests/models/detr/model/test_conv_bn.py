@@ -96,3 +96,109 @@ def test_jax_backbone_uses_the_strided_conv_only_for_strided_3x3():
     for stride, expected in ((2, True), (1, False)):
         jaxpr = str(jax.make_jaxpr(lambda a, s=stride: run(conv, bn, a, s, 1, "channels_last"))(x))
         assert ("custom_vjp_call" in jaxpr) is expected, stride
+
+
+def _epilogue_case(stride, seed=7):
+    conv, bn = _layers(3, stride, seed=seed)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2, 11, 9, 4)).astype("float32")
+    out_shape = (2, -(-11 // stride), -(-9 // stride), 6)
+    residual = rng.normal(size=out_shape).astype("float32")
+    return conv, bn, x, residual
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("relu,with_residual", [(True, False), (True, True), (False, True)])
+def test_the_dispatched_conv_bn_adds_the_residual_then_applies_the_relu(
+    stride, relu, with_residual
+):
+    """What ResNet's blocks ask of the op (``relu(bn(conv(x)) + shortcut)``), on this backend's
+    implementation, against the plain op followed by keras's add and ReLU."""
+    conv, bn, x, residual = _epilogue_case(stride)
+    run = dispatch.select("detr_conv_bn").load()
+    data_format = "channels_first" if keras.backend.backend() == "torch" else "channels_last"
+    to_format = (
+        (lambda a: np.transpose(a, (0, 3, 1, 2)))
+        if data_format == "channels_first"
+        else (lambda a: a)
+    )
+    x_in, r_in = (
+        keras.ops.convert_to_tensor(to_format(x)),
+        keras.ops.convert_to_tensor(to_format(residual)),
+    )
+    plain = run(conv, bn, x_in, stride, 1, data_format)
+    expected = plain + r_in if with_residual else plain
+    expected = keras.ops.convert_to_numpy(keras.ops.relu(expected) if relu else expected)
+    got = run(
+        conv, bn, x_in, stride, 1, data_format, residual=r_in if with_residual else None, relu=relu
+    )
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), expected)
+
+
+@pytest.mark.backends("torch")
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc-strides", "contiguous"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_torch_inference_fuses_the_relu_and_the_sum_to_the_bit(channels_last, stride):
+    """At inference on the CPU the ReLU and the residual sum run as oneDNN post-ops: the same
+    numbers as the separate ops, the residual left as it was, and the fused op really used."""
+    import torch
+
+    from kzoo.backends.torch import detr_backbone as tb
+
+    if tb._FUSED is None:
+        pytest.skip("this torch build has no oneDNN convolution post-ops")
+    conv, bn, x, residual = _epilogue_case(stride, seed=11)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.tensor(np.transpose(x, (0, 3, 1, 2))).contiguous(memory_format=memory_format)
+    residual = torch.tensor(np.transpose(residual, (0, 3, 1, 2)))
+    kept = residual.clone()
+    calls = []
+    fused = tb._FUSED
+
+    class Counting:
+        def __call__(self, *args):
+            calls.append("relu")
+            return fused(*args)
+
+        def binary(self, *args):
+            calls.append("binary")
+            return fused.binary(*args)
+
+    with torch.no_grad():
+        plain = tb.conv_bn(conv, bn, x, stride, 1, "channels_first")
+        expected = {"relu": torch.relu(plain), "sum": plain + residual}
+        expected["both"] = torch.relu(expected["sum"])
+        tb._FUSED = Counting()
+        try:
+            got = {
+                "relu": tb.conv_bn(conv, bn, x, stride, 1, "channels_first", relu=True),
+                "sum": tb.conv_bn(conv, bn, x, stride, 1, "channels_first", residual=residual),
+                "both": tb.conv_bn(
+                    conv, bn, x, stride, 1, "channels_first", residual=residual, relu=True
+                ),
+            }
+        finally:
+            tb._FUSED = fused
+    for key in expected:
+        np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy(), err_msg=key)
+    assert torch.equal(residual, kept)
+    assert calls == ["relu", "binary", "binary"]
+
+
+@pytest.mark.backends("torch")
+def test_torch_training_keeps_separate_ops_and_their_gradients():
+    """With gradients on, the fused op (which has no backward) is not used: the ReLU and the sum
+    stay torch ops, and the gradient reaches the input, the residual and the kernel."""
+    import torch
+
+    from kzoo.backends.torch import detr_backbone as tb
+
+    conv, bn, x, residual = _epilogue_case(1, seed=13)
+    x = torch.tensor(np.transpose(x, (0, 3, 1, 2)), requires_grad=True)
+    residual = torch.tensor(np.transpose(residual, (0, 3, 1, 2)), requires_grad=True)
+    out = tb.conv_bn(conv, bn, x, 1, 1, "channels_first", residual=residual, relu=True)
+    out.sum().backward()
+    positive = (out > 0).to(out.dtype)
+    np.testing.assert_array_equal(residual.grad.numpy(), positive.detach().numpy())
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert conv.kernel.value.grad is not None
