@@ -5,7 +5,8 @@ the portable path pays a separate pass to add it). At inference (grad disabled) 
 kernel, in torch's OIHW layout and contiguous, is kept between calls: re-folding and re-laying
 out ResNet-50's 23 M weights on every call cost about 15% of a forward pass on the CPU. The
 cached kernel is rebuilt whenever one of its source tensors changes (another tensor object, or
-an in-place update, which bumps the tensor's version counter).
+an in-place update, which bumps the tensor's version counter); a trace (``torch.export``, ONNX)
+neither reads nor fills the cache.
 
 At inference on the CPU, the ReLU and the residual sum that follow a convolution run inside it
 (oneDNN's post-ops, through ``torch.ops.mkldnn._convolution_pointwise``, the op torch's own
@@ -61,10 +62,22 @@ def _fused_op():
 _FUSED = _fused_op()
 
 
+def _tracing(x):
+    # An exported graph (torch.export, ONNX, TorchScript) must hold portable ops, not oneDNN's;
+    # export traces with tensor subclasses (fake and functional tensors).
+    return (
+        type(x) is not torch.Tensor
+        or torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+    )
+
+
 def _fusable(x, residual):
     return (
         _FUSED is not None
         and not torch.is_grad_enabled()
+        and not _tracing(x)
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and (residual is None or (isinstance(residual, torch.Tensor) and residual.dtype == x.dtype))
@@ -74,7 +87,8 @@ def _fusable(x, residual):
 def conv_bn(conv, bn, x, stride, pad, data_format, *, residual=None, relu=False):
     if data_format != "channels_first" or not isinstance(x, torch.Tensor) or x.is_meta:
         return conv_bn_portable(conv, bn, x, stride, pad, data_format, residual=residual, relu=relu)
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or _tracing(x):
+        # A traced fold holds the tracer's tensors: kept, it would poison later eager calls.
         kernel, shift = _fold(conv, bn, x.dtype)
     else:
         sources = _sources(conv, bn)

@@ -202,3 +202,27 @@ def test_torch_training_keeps_separate_ops_and_their_gradients():
     np.testing.assert_array_equal(residual.grad.numpy(), positive.detach().numpy())
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
     assert conv.kernel.value.grad is not None
+
+
+@pytest.mark.backends("torch")
+def test_torch_export_traces_portable_ops_even_without_gradients():
+    """An exported graph must run outside oneDNN's CPU build: tracing takes the separate ops,
+    with gradients off as at inference, and leaves no traced kernel in the cache for the eager
+    calls after it."""
+    import torch
+
+    from kzoo.backends.torch import detr_backbone as tb
+
+    conv, bn, x, residual = _epilogue_case(1, seed=17)
+
+    class Block(torch.nn.Module):
+        def forward(self, x, residual):
+            return tb.conv_bn(conv, bn, x, 1, 1, "channels_first", residual=residual, relu=True)
+
+    args = tuple(torch.tensor(np.transpose(a, (0, 3, 1, 2))) for a in (x, residual))
+    with torch.no_grad():
+        program = torch.export.export(Block(), args)
+        eager = Block()(*args)
+    graph = str(program.graph)
+    assert "mkldnn" not in graph and "conv" in graph and "relu" in graph
+    np.testing.assert_array_equal(program.module()(*args).numpy(), eager.numpy())
