@@ -21,7 +21,8 @@ def test_lists_each_sides_ops_largest_first(capsys):
         header, *rows = section.splitlines()
         total = float(re.search(r"([\d.]+) ms of op self time", header).group(1))
         times = [float(row.split()[0]) for row in rows]
-        assert rows and all(row.split()[2].startswith("aten::") for row in rows[:3])
+        # Each row: milliseconds, "ms", a dispatcher op name (aten::..., mkldnn::...).
+        assert rows and all("::" in row.split()[2] for row in rows)
         assert times == sorted(times, reverse=True) and 0 < sum(times) <= total + 0.01
-        # Both run ResNet-50's convolutions, at stride 16 (DC5).
-        assert any("aten::mkldnn_convolution" in row or "aten::convolution" in row for row in rows)
+        # Both run ResNet-50's convolutions (kzoo's with their ReLU and sum fused on the CPU).
+        assert any("convolution" in row for row in rows)
