@@ -38,8 +38,8 @@ def kzoo_in_process(*args, cwd=None):
     The command's whole path (parsing, checks, the model, its one-line errors) without a new
     interpreter's framework imports, about 5 CPU-seconds a call. What only a process shows (the
     exit status of ``python -m kzoo``, mounts, kills, imports) stays with :func:`kzoo`. Only for
-    commands that leave keras's global state alone: ``predict``, ``convert``, ``list``, not
-    ``train`` (it seeds the generators and sets the dtype policy).
+    commands that leave keras's global state alone: ``predict``, ``convert``, ``list``, and
+    ``train`` calls refused before it seeds the generators and sets the dtype policy.
     """
     import contextlib
     import io

@@ -10,7 +10,7 @@ from kzoo.backends.common.dense import dense_portable
 
 def dense(x, kernel, bias=None):
     x, kernel = ops.convert_to_tensor(x), ops.convert_to_tensor(kernel)
-    if bias is None or x.dim() < 2 or x.dtype != kernel.dtype:
+    if bias is None or x.dtype != kernel.dtype:
         return dense_portable(x, kernel, bias)
     bias = ops.convert_to_tensor(bias)
     if bias.dtype != x.dtype:

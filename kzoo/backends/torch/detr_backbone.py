@@ -87,15 +87,16 @@ def _fusable(x, residual):
 def conv_bn(conv, bn, x, stride, pad, data_format, *, residual=None, relu=False):
     if data_format != "channels_first" or not isinstance(x, torch.Tensor) or x.is_meta:
         return conv_bn_portable(conv, bn, x, stride, pad, data_format, residual=residual, relu=relu)
+    # The convolution's output (and the fused sum's operand) is laid out as its input is, and
+    # the cached kernel is kept in that layout too: oneDNN would otherwise re-lay out the kernel
+    # on every call (channels last from the NHWC images).
+    memory_format = _memory_format(x)
     if torch.is_grad_enabled() or _tracing(x):
         # A traced fold holds the tracer's tensors: kept, it would poison later eager calls.
         kernel, shift = _fold(conv, bn, x.dtype)
     else:
         sources = _sources(conv, bn)
         # The tensors themselves are held (not their ids), so identity cannot be recycled.
-        # The kernel is kept in the layout the convolution reads it in: oneDNN re-lays out a
-        # kernel that differs from its input's (channels last from the NHWC images), every call.
-        memory_format = _memory_format(x)
         key = tuple((t, t._version) for t in sources) + ((x.dtype, x.device, memory_format),)
         entry = _CACHE.get(conv)
         if entry is None or not _same(entry[0], key):
@@ -108,7 +109,7 @@ def conv_bn(conv, bn, x, stride, pad, data_format, *, residual=None, relu=False)
         if residual is None:
             return _FUSED(x, kernel, shift, *args, "relu", [], "")
         unary = "relu" if relu else None
-        residual = residual.contiguous(memory_format=_memory_format(x))
+        residual = residual.contiguous(memory_format=memory_format)
         return _FUSED.binary(x, residual, kernel, shift, *args, "add", 1.0, unary, [], "")
     y = F.conv2d(x, kernel, shift, stride=stride, padding=pad, dilation=dilation)
     if residual is not None:
@@ -117,7 +118,6 @@ def conv_bn(conv, bn, x, stride, pad, data_format, *, residual=None, relu=False)
 
 
 def _memory_format(x):
-    # A convolution's output (and the fused sum's operand) is laid out as its input is.
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
